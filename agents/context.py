@@ -1,0 +1,144 @@
+"""What a handler gets besides the payload: the input's envelope, a logger, publishing, state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents.agent import AgentSpec
+from blackboard.artifacts import Envelope, TypeRegistry, make_envelope, output_id
+from blackboard.errors import AgentError, UndeclaredOutputError
+from blackboard.logs import get_logger
+from blackboard.records import Record
+
+
+@dataclass(slots=True)
+class Output:
+    """An artifact a handler produced, waiting for the commit."""
+
+    envelope: Envelope
+    payload: BaseModel
+
+
+class KeyedState:
+    """An agent's state for one partition: bytes per key, committed with the offsets.
+
+    Writes are seen at once by this handler and, once it succeeds, by later records of the
+    partition; they become durable in the same atomic commit as the input's offset.
+    """
+
+    __slots__ = ("_base", "_writes")
+
+    def __init__(self, base: dict[str, bytes]) -> None:
+        self._base = base
+        self._writes: dict[str, bytes | None] = {}
+
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None."""
+        if key in self._writes:
+            return self._writes[key]
+        return self._base.get(key)
+
+    def set(self, key: str, value: bytes) -> None:
+        """Write ``value`` for ``key``."""
+        self._writes[key] = bytes(value)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``."""
+        self._writes[key] = None
+
+    @property
+    def writes(self) -> dict[str, bytes | None]:
+        """The writes of this handler call."""
+        return self._writes
+
+
+@dataclass(slots=True)
+class Context:
+    """Passed to a handler with the payload.
+
+    Attributes:
+        envelope: the input artifact's envelope (id, correlation id, causes, tenant, …).
+        record: where the input was read (topic, partition, offset).
+        attempt: 1 for the first try of this input in this worker.
+    """
+
+    spec: AgentSpec
+    registry: TypeRegistry
+    envelope: Envelope
+    record: Record
+    attempt: int
+    outputs: list[Output] = field(default_factory=list)
+    _state: KeyedState | None = None
+    _state_base: dict[str, bytes] | None = None
+    _log: Any = None
+
+    @property
+    def agent(self) -> str:
+        """The agent's name."""
+        return self.spec.name
+
+    @property
+    def correlation_id(self) -> str:
+        """The correlation id every output inherits."""
+        return self.envelope.correlation_id
+
+    @property
+    def state(self) -> KeyedState:
+        """This partition's keyed state (agents declared with ``ordered=True`` only).
+
+        Raises:
+            AgentError: the agent is not ordered, so two records of one key could race.
+        """
+        if not self.spec.ordered:
+            raise AgentError(f"agent {self.spec.name!r} uses state: declare it with ordered=True")
+        if self._state is None:
+            self._state = KeyedState(self._state_base if self._state_base is not None else {})
+        return self._state
+
+    def publish(
+        self,
+        payload: BaseModel,
+        *,
+        partition_key: str | None = None,
+        tenant: str | None = None,
+    ) -> Envelope:
+        """Add an output; it is committed with this input's offset, or not at all.
+
+        Its id is derived from the agent, the input id and the output's index, so a re-run
+        after a crash publishes the same ids. The partition key defaults to the input's.
+
+        Raises:
+            UndeclaredOutputError: the agent did not declare the payload's type.
+        """
+        art_type = self.registry.of(type(payload))
+        if not self.spec.may_publish(art_type):
+            declared = ", ".join(t.name for t in self.spec.publishes) or "nothing"
+            raise UndeclaredOutputError(
+                f"agent {self.spec.name!r} published {art_type.name}, but declares {declared}"
+            )
+        env = self.envelope
+        out = make_envelope(
+            art_type,
+            artifact_id=output_id(self.spec.name, (env.id,), len(self.outputs)),
+            correlation_id=env.correlation_id,
+            causation_ids=(env.id,),
+            partition_key=partition_key if partition_key is not None else env.partition_key,
+            tenant=tenant or env.tenant,
+            produced_by=self.spec.name,
+        )
+        self.outputs.append(Output(out, payload))
+        return out
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound with the agent, artifact id and correlation id."""
+        if self._log is None:
+            self._log = get_logger("agent").bind(
+                agent=self.spec.name,
+                artifact_id=self.envelope.id,
+                correlation_id=self.envelope.correlation_id,
+            )
+        return self._log

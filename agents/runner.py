@@ -1,0 +1,462 @@
+"""The processing loop of one agent in one worker process (DESIGN.md §4). It lives here once,
+above the stores, and works the same on every backend.
+
+The runner polls records, admits them to a ready queue, runs handlers concurrently (never
+inside an open commit), buffers what finished and commits it — outputs, dead letters, state
+writes and offsets — in one :class:`~blackboard.records.AtomicCommit` whenever ``commit_every``
+records finished, ``commit_interval_ms`` passed, or the agent went idle.
+
+Within a partition records may finish out of order: the committed offset is the lowest
+unfinished one, and the finished offsets above it ride in the commit metadata
+(:mod:`blackboard.offsets`). Every partition has an *epoch* that changes when the runner loses
+or rewinds it, so results of handlers that were running at that moment are dropped instead of
+committed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.agent import AgentSpec
+from agents.context import Context
+from blackboard.artifacts import Artifact
+from blackboard.blackboard import Blackboard
+from blackboard.dlq import Stage, dead_letter
+from blackboard.logs import get_logger
+from blackboard.errors import (
+    CommitError,
+    DecodeError,
+    FencedError,
+    InvalidArtifactError,
+    RecordTooLargeError,
+)
+from blackboard.offsets import PartitionProgress
+from blackboard.records import AtomicCommit, OutgoingRecord, Record, StateUpdate, TopicPartition
+from blackboard.store import MAX_RECORD_BYTES, GroupMember
+from blackboard.wire import decode
+
+log = get_logger("runner")
+
+
+class RunnerSettings(BaseModel):
+    """How a runner polls and commits. Defaults suit both the embedded store and Kafka."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    commit_every: int = Field(default=100, ge=1, description="commit after this many finished")
+    commit_interval_ms: float = Field(default=100.0, gt=0, description="or after this long")
+    poll_batch: int = Field(default=500, ge=1, description="most records one poll returns")
+    max_buffered: int = Field(
+        default=2000, ge=1, description="records read but not finished before fetching pauses"
+    )
+    max_offset_window: int = Field(
+        default=1000, ge=10, description="how far a partition may run ahead of its lowest unfinished"
+    )
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="time in-flight handlers get to finish")
+    idle_poll_s: float = Field(default=1.0, gt=0, description="longest wait in one poll")
+    max_record_bytes: int = Field(default=MAX_RECORD_BYTES, ge=1024)
+
+
+@dataclass(slots=True)
+class _Item:
+    record: Record
+    tp: TopicPartition
+    epoch: int
+    artifact: Artifact[BaseModel] | None = None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    item: _Item
+    outputs: list[OutgoingRecord] = field(default_factory=list)
+    dead_letter: OutgoingRecord | None = None
+    state: list[StateUpdate] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunnerStats:
+    """Counters of one runner."""
+
+    processed: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    outputs: int = 0
+    commits: int = 0
+    rewinds: int = 0
+
+
+class AgentRunner:
+    """Runs one agent as one member of its consumer group until :meth:`stop`.
+
+    Args:
+        board: the blackboard (store, registry, topic names).
+        spec: the agent.
+        settings: polling and commit settings.
+        member_name: a label for this member (e.g. the worker slot).
+    """
+
+    def __init__(
+        self,
+        board: Blackboard,
+        spec: AgentSpec,
+        settings: RunnerSettings | None = None,
+        *,
+        member_name: str = "",
+    ) -> None:
+        self.board = board
+        self.spec = spec
+        self.settings = settings or RunnerSettings()
+        self.stats = RunnerStats()
+        self.member_name = member_name
+        self._log = log.bind(agent=spec.name)
+        self._topics = {board.topics.for_type(t.name): t.name for t in spec.consumes}
+        self._member: GroupMember | None = None
+        self._progress: dict[TopicPartition, PartitionProgress] = {}
+        self._epoch: dict[TopicPartition, int] = {}
+        self._state: dict[int, dict[str, bytes]] = {}
+        self._ready: deque[_Item] = deque()
+        self._parked: dict[bytes | None, deque[_Item]] = {}
+        self._completed: list[_Outcome] = []
+        self._first_completed_at = 0.0
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused: set[TopicPartition] = set()
+        self._stopping = False
+        self._started = asyncio.Event()
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Join the group and process records until :meth:`stop`; then drain and leave."""
+        board, spec = self.board, self.spec
+        board.ensure_topics(list(spec.consumes) + list(spec.publishes))
+        member = await board.store.join(
+            spec.name, sorted(self._topics), self, member_name=self.member_name or spec.name
+        )
+        self._member = member
+        self._started.set()
+        self._log.info("agent started", member=member.member_id, topics=sorted(self._topics))
+        try:
+            await self._loop(member)
+            await self._drain()
+        finally:
+            await member.close()
+            self._log.info("agent stopped", **_stats(self.stats))
+
+    async def started(self) -> None:
+        """Wait until the runner has joined its group."""
+        await self._started.wait()
+
+    def stop(self) -> None:
+        """Stop polling; in-flight handlers get ``shutdown_grace_s`` to finish. Thread-unsafe:
+        call from the runner's event loop (signal handlers do)."""
+        self._stopping = True
+        if self._member is not None:
+            self._member.wakeup()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing read is waiting, running or uncommitted."""
+        return not (self._ready or self._parked or self._running or self._completed)
+
+    async def _loop(self, member: GroupMember) -> None:
+        settings = self.settings
+        interval = settings.commit_interval_ms / 1000.0
+        while not self._stopping:
+            self._flow_control(member)
+            dispatchable = bool(self._ready) and self._running < self.spec.concurrency
+            if dispatchable:
+                timeout = 0.0
+            elif self._completed:
+                timeout = max(0.0, self._first_completed_at + interval - time.monotonic())
+            else:
+                timeout = settings.idle_poll_s
+            records = await member.poll(settings.poll_batch, timeout)
+            if records:
+                self._admit(records)
+            self._dispatch()
+            if self._completed and (
+                len(self._completed) >= settings.commit_every
+                or time.monotonic() - self._first_completed_at >= interval
+                or (not records and not self._running and not self._ready)
+            ):
+                await self._commit()
+
+    async def _drain(self) -> None:
+        """After stop: let running handlers finish within the grace period, commit, leave."""
+        if self._tasks:
+            self._log.info("draining", in_flight=len(self._tasks), grace_s=self.settings.shutdown_grace_s)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                self._log.warning("gave up on handlers past the grace period", abandoned=len(pending))
+        await self._commit()
+
+    # -- rebalance listener ---------------------------------------------------------------
+    async def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        """Start tracking newly owned partitions from their committed offsets and metadata."""
+        assert self._member is not None
+        committed = await self._member.committed(partitions)
+        for tp in partitions:
+            done = committed.get(tp)
+            self._progress[tp] = (
+                PartitionProgress(done.offset, done.metadata) if done else PartitionProgress(0)
+            )
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
+            if self.spec.ordered and tp.partition not in self._state:
+                self._state[tp.partition] = await self._member.load_state(tp.partition)
+        self._log.info("partitions assigned", partitions=_names(partitions))
+
+    async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        """Commit what finished, then let the partitions go."""
+        await self._commit()
+        self._forget(partitions)
+        self._log.info("partitions revoked", partitions=_names(partitions))
+
+    async def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
+        """Drop the partitions' uncommitted work: another member owns them already."""
+        self._forget(partitions)
+        self._log.warning("partitions lost", partitions=_names(partitions))
+
+    def _forget(self, partitions: Sequence[TopicPartition]) -> None:
+        gone = set(partitions)
+        for tp in gone:
+            self._progress.pop(tp, None)
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
+            self._paused.discard(tp)
+        self._ready = deque(i for i in self._ready if i.tp not in gone)
+        still = {tp.partition for tp in self._progress}
+        for p in [p for p in self._state if p not in still]:
+            del self._state[p]
+
+    # -- admission and dispatch -----------------------------------------------------------
+    def _admit(self, records: list[Record]) -> None:
+        progress, epochs, registry = self._progress, self._epoch, self.board.registry
+        window = self.settings.max_offset_window
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            prog = progress.get(tp)
+            if prog is None:
+                continue
+            if not prog.start(rec.offset):
+                self.stats.skipped += 1
+                continue
+            item = _Item(rec, tp, epochs[tp])
+            try:
+                art = decode(rec, registry)
+                if art.envelope.type != self._topics[rec.topic]:
+                    raise DecodeError(
+                        f"record {rec.topic}[{rec.partition}]@{rec.offset} says it is a "
+                        f"{art.envelope.type}, but the topic holds {self._topics[rec.topic]}"
+                    )
+            except DecodeError as exc:
+                self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "deserialize", exc)))
+                continue
+            except InvalidArtifactError as exc:
+                self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "validate", exc)))
+                continue
+            item.artifact = art
+            if prog.ahead() >= window and tp not in self._paused:
+                self._pause({tp})
+            if self.spec.ordered:
+                parked = self._parked.get(rec.key)
+                if parked is not None:
+                    parked.append(item)
+                    continue
+                self._parked[rec.key] = deque()
+            self._ready.append(item)
+
+    def _dispatch(self) -> None:
+        cap = self.spec.concurrency
+        ready, epochs = self._ready, self._epoch
+        while ready and self._running < cap:
+            item = ready.popleft()
+            if epochs.get(item.tp) != item.epoch:
+                self._release_key(item)
+                continue
+            self._running += 1
+            task = asyncio.create_task(self._execute(item))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _release_key(self, item: _Item) -> None:
+        if not self.spec.ordered:
+            return
+        key = item.record.key
+        parked = self._parked.get(key)
+        if parked:
+            self._ready.append(parked.popleft())
+        else:
+            self._parked.pop(key, None)
+
+    async def _execute(self, item: _Item) -> None:
+        art = item.artifact
+        assert art is not None
+        rec = item.record
+        ctx = Context(
+            self.spec,
+            self.board.registry,
+            art.envelope,
+            rec,
+            attempt=1,
+            _state_base=self._state.get(rec.partition) if self.spec.ordered else None,
+        )
+        try:
+            result = await self.spec.handler(art.payload, ctx)
+            if result is not None:
+                for out in (result,) if isinstance(result, BaseModel) else result:
+                    ctx.publish(out)
+            outcome = _Outcome(item, outputs=self._encode(ctx))
+            if ctx._state is not None and ctx._state.writes:
+                base = self._state.setdefault(rec.partition, {})
+                for key, value in ctx._state.writes.items():
+                    outcome.state.append(StateUpdate(rec.partition, key, value))
+                    if value is None:
+                        base.pop(key, None)
+                    else:
+                        base[key] = value
+        except asyncio.CancelledError:
+            self._running -= 1
+            self._release_key(item)
+            raise
+        except RecordTooLargeError as exc:
+            outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "produce", exc))
+        except Exception as exc:
+            self._log.warning(
+                "handler failed", artifact_id=art.envelope.id, error=f"{type(exc).__name__}: {exc}"
+            )
+            outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "process", exc))
+        self._running -= 1
+        self._finish(outcome)
+        self._release_key(item)
+        if self._member is not None:
+            self._member.wakeup()
+
+    def _encode(self, ctx: Context) -> list[OutgoingRecord]:
+        limit = self.settings.max_record_bytes
+        records = []
+        for out in ctx.outputs:
+            record = self.board.record_for(out.envelope, out.payload)
+            if record.value is not None and len(record.value) > limit:
+                raise RecordTooLargeError(
+                    f"output {out.envelope.type} {out.envelope.id} is {len(record.value)} bytes, "
+                    f"over the limit of {limit}",
+                    code="MSG_SIZE_TOO_LARGE",
+                )
+            records.append(record)
+        return records
+
+    def _finish(self, outcome: _Outcome) -> None:
+        if not self._completed:
+            self._first_completed_at = time.monotonic()
+        self._completed.append(outcome)
+
+    def _dead_letter(self, record: Record, stage: Stage, exc: BaseException) -> OutgoingRecord:
+        return dead_letter(record, stage=stage, error=exc, group=self.spec.name, agent=self.spec.name)
+
+    # -- commit ---------------------------------------------------------------------------
+    async def _commit(self) -> None:
+        member = self._member
+        if member is None or not self._completed:
+            return
+        done, self._completed = self._completed, []
+        commit = AtomicCommit()
+        touched: set[TopicPartition] = set()
+        processed = dead = 0
+        epochs, progress = self._epoch, self._progress
+        for oc in done:
+            tp = oc.item.tp
+            if epochs.get(tp) != oc.item.epoch:
+                continue  # the partition was lost or rewound while this ran
+            progress[tp].finish(oc.item.record.offset)
+            touched.add(tp)
+            if oc.dead_letter is not None:
+                commit.dead_letters.append(oc.dead_letter)
+                dead += 1
+            else:
+                commit.outputs.extend(oc.outputs)
+                commit.state.extend(oc.state)
+                processed += 1
+        for tp in touched:
+            commit.offsets[tp] = progress[tp].position()
+        if not commit:
+            return
+        try:
+            await member.commit(commit)
+        except FencedError as exc:
+            self._log.warning("commit fenced; dropping the partitions", error=str(exc))
+            self._forget(sorted(touched))
+            return
+        except CommitError as exc:
+            self._log.warning("commit failed; redoing from the committed offsets", error=str(exc))
+            await self._rewind(sorted(touched))
+            return
+        self.stats.commits += 1
+        self.stats.processed += processed
+        self.stats.dead_lettered += dead
+        self.stats.outputs += len(commit.outputs)
+        self._resume_drained(member)
+
+    async def _rewind(self, partitions: Sequence[TopicPartition]) -> None:
+        """Forget uncommitted work on ``partitions`` and read them again from the committed offsets."""
+        member = self._member
+        assert member is not None
+        self.stats.rewinds += 1
+        committed = await member.committed(partitions)
+        gone = set(partitions)
+        self._ready = deque(i for i in self._ready if i.tp not in gone)
+        for tp in partitions:
+            done = committed.get(tp)
+            start = done.offset if done else 0
+            self._progress[tp] = PartitionProgress(start, done.metadata if done else "")
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
+            member.seek(tp, start)
+            if self.spec.ordered:
+                self._state[tp.partition] = await member.load_state(tp.partition)
+
+    # -- flow control ---------------------------------------------------------------------
+    def _buffered(self) -> int:
+        """Records read and not yet committed as finished (queued, parked, running, done)."""
+        return sum(p.in_flight for p in self._progress.values())
+
+    def _flow_control(self, member: GroupMember) -> None:
+        buffered = self._buffered()
+        limit = self.settings.max_buffered
+        if buffered >= limit:
+            self._pause(set(self._progress) - self._paused)
+        elif self._paused and buffered < limit // 2:
+            self._resume_drained(member)
+
+    def _pause(self, partitions: set[TopicPartition]) -> None:
+        if partitions and self._member is not None:
+            self._member.pause(partitions)
+            self._paused |= partitions
+
+    def _resume_drained(self, member: GroupMember) -> None:
+        if not self._paused:
+            return
+        if self._buffered() >= self.settings.max_buffered // 2:
+            return
+        window = self.settings.max_offset_window
+        ok = {tp for tp in self._paused if tp in self._progress and self._progress[tp].span() < window}
+        ok |= {tp for tp in self._paused if tp not in self._progress}
+        if ok:
+            member.resume(ok)
+            self._paused -= ok
+
+
+def _names(partitions: Sequence[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
+
+
+def _stats(stats: RunnerStats) -> dict[str, Any]:
+    return {k: getattr(stats, k) for k in stats.__slots__}  # type: ignore[attr-defined]

@@ -1,0 +1,134 @@
+"""A worker process: runs the agents of an :class:`~agents.agent.App` until told to stop.
+
+Each agent is one member of the consumer group named after it; start more workers and the
+partitions spread across them. SIGTERM or SIGINT stops polling, gives in-flight handlers a
+grace period, commits what finished and leaves the groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+
+from agents.agent import App
+from agents.runner import AgentRunner, RunnerSettings
+from blackboard.blackboard import Blackboard
+from blackboard.errors import AppLoadError, ConfigError
+from blackboard.logs import get_logger
+
+log = get_logger("worker")
+
+
+def load_app(ref: str) -> App:
+    """Import ``module:attribute`` (or ``path/to/file.py:attribute``) and return the App.
+
+    Raises:
+        AppLoadError: the reference is malformed, the module does not import, or the
+            attribute is missing or not an App.
+    """
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise AppLoadError(f"app reference {ref!r} must look like module:app")
+    if module_name.endswith(".py"):
+        path = Path(module_name).resolve()
+        sys.path.insert(0, str(path.parent))
+        module_name = path.stem
+    elif "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise AppLoadError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    app = getattr(module, attr, None)
+    if app is None:
+        raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}")
+    if not isinstance(app, App):
+        raise AppLoadError(f"{ref} is a {type(app).__name__}, not an agents.App")
+    return app
+
+
+class Worker:
+    """Runs some or all agents of ``app`` on ``board``.
+
+    Args:
+        app: the agents.
+        board: where they read and write.
+        settings: polling and commit settings for every runner.
+        agents: names of the agents to run (default: all).
+        slot: this worker's slot label (member names; transactional ids on Kafka).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        board: Blackboard,
+        settings: RunnerSettings | None = None,
+        *,
+        agents: Sequence[str] | None = None,
+        slot: str = "0",
+    ) -> None:
+        names = list(agents) if agents else list(app.agents)
+        unknown = [n for n in names if n not in app.agents]
+        if unknown:
+            raise ConfigError(f"unknown agent(s) {', '.join(unknown)}; the app has {', '.join(app.agents)}")
+        if not names:
+            raise ConfigError(f"app {app.name!r} has no agents")
+        if board.registry is not app.registry:
+            board.registry.merge(app.registry)
+        self.app = app
+        self.board = board
+        self.runners = [
+            AgentRunner(board, app.agents[n], settings, member_name=f"{n}-{slot}") for n in names
+        ]
+        self._stopped = asyncio.Event()
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Run every runner until :meth:`stop` (or SIGTERM/SIGINT when ``handle_signals``).
+
+        If one runner fails, the others are stopped and the error is raised.
+        """
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        started = time.monotonic()
+        tasks = [asyncio.create_task(r.run(), name=f"agent:{r.spec.name}") for r in self.runners]
+        log.info("worker started", app=self.app.name, agents=[r.spec.name for r in self.runners],
+                 store=self.board.store.url)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+            if failed:
+                self.stop()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise failed[0].exception()  # type: ignore[misc]
+        finally:
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            log.info("worker stopped", seconds=round(time.monotonic() - started, 3))
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("signal received, stopping", signal=sig.name)
+        self.stop()
+
+    def stop(self) -> None:
+        """Ask every runner to stop (call from the worker's event loop)."""
+        for runner in self.runners:
+            runner.stop()
+
+    async def started(self) -> None:
+        """Wait until every runner has joined its group."""
+        await asyncio.gather(*(r.started() for r in self.runners))
+
+    @property
+    def idle(self) -> bool:
+        """No runner holds read-but-uncommitted work."""
+        return all(r.idle for r in self.runners)

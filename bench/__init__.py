@@ -1,0 +1,1 @@
+"""Benchmarks and experiments; each module prints its figures."""

@@ -1,0 +1,211 @@
+"""The :class:`Blackboard`: a store, a type registry and the topic naming, used together.
+
+It is what scripts, notebooks and the CLI use to publish artifacts from outside agents, read
+them back and look at lag; workers use it to find their topics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from blackboard.artifacts import (
+    DEFAULT_TENANT,
+    Artifact,
+    ArtifactType,
+    Envelope,
+    TypeRegistry,
+    default_registry,
+    make_envelope,
+)
+from blackboard.errors import ArtifactError, ConfigError
+from blackboard.records import OutgoingRecord, Record, TopicPartition
+from blackboard.store import LagRow, Store
+from blackboard.stores import DEFAULT_URL, open_store
+from blackboard.topics import TopicNames
+from blackboard.wire import decode, encode_headers, encode_payload
+
+
+class BlackboardSettings(BaseModel):
+    """Where the blackboard lives and how its topics are laid out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = DEFAULT_URL
+    prefix: str = Field(default="bb", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=8, ge=1, le=10_000)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> BlackboardSettings:
+        """Settings from ``BLACKBOARD_URL``, ``BLACKBOARD_PREFIX`` and ``BLACKBOARD_PARTITIONS``,
+        with explicit non-None ``overrides`` winning.
+
+        Raises:
+            ConfigError: a value is invalid (one line naming it).
+        """
+        values: dict[str, Any] = {}
+        for field, var in (("url", "BLACKBOARD_URL"), ("prefix", "BLACKBOARD_PREFIX"), ("partitions", "BLACKBOARD_PARTITIONS")):
+            if os.environ.get(var):
+                values[field] = os.environ[var]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(f"invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+class Blackboard:
+    """A blackboard: typed artifacts on a partitioned store.
+
+    Args:
+        store: a store URL (``memory://``, ``kafka://host:port``, ``redis://host:port/0``) or an
+            open :class:`Store`; default from settings.
+        registry: the artifact types known here (default: everything ``@artifact`` registered).
+        settings: prefix and partition count; default from the environment.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        registry: TypeRegistry | None = None,
+        settings: BlackboardSettings | None = None,
+    ) -> None:
+        self.settings = settings or BlackboardSettings.from_env(url=store if isinstance(store, str) else None)
+        self.store = store if isinstance(store, Store) else open_store(self.settings.url)
+        self.registry = registry or default_registry
+        self.topics = TopicNames(self.settings.prefix)
+        self._ready: set[str] = set()
+
+    # -- topics ---------------------------------------------------------------------------
+    def topic(self, art_type: ArtifactType | type[BaseModel] | str) -> str:
+        """The topic of an artifact type (given as type, model or name)."""
+        name = art_type.name if isinstance(art_type, ArtifactType) else self.registry.of(art_type).name
+        return self.topics.for_type(name)
+
+    def ensure_topics(self, types: Sequence[ArtifactType]) -> None:
+        """Create the topics (and dead-letter topics) of ``types`` that do not exist yet."""
+        wanted = {self.topics.for_type(t.name) for t in types} - self._ready
+        if not wanted:
+            return
+        self.store.ensure_topics(wanted | {TopicNames.dlq(t) for t in wanted}, self.settings.partitions)
+        self._ready |= wanted
+
+    # -- publishing -----------------------------------------------------------------------
+    def publish(
+        self,
+        payload: BaseModel,
+        *,
+        correlation_id: str | None = None,
+        partition_key: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+        causation_ids: Sequence[str] = (),
+        artifact_id: str | None = None,
+    ) -> Envelope:
+        """Publish one artifact from outside any agent; returns its envelope.
+
+        ``artifact_id`` makes publishing idempotent for consumers that dedupe on ids.
+
+        Raises:
+            UnknownTypeError: the payload's model is not a registered type.
+            InvalidArtifactError: the payload does not validate (with the field errors).
+        """
+        return self.publish_many([payload], correlation_id=correlation_id, partition_key=partition_key,
+                                 tenant=tenant, causation_ids=causation_ids,
+                                 artifact_ids=[artifact_id] if artifact_id else None)[0]
+
+    def publish_many(
+        self,
+        payloads: Sequence[BaseModel],
+        *,
+        correlation_id: str | None = None,
+        partition_key: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+        causation_ids: Sequence[str] = (),
+        artifact_ids: Sequence[str] | None = None,
+    ) -> list[Envelope]:
+        """Publish several artifacts in one call (each its own correlation id unless given)."""
+        envelopes: list[Envelope] = []
+        records: list[OutgoingRecord] = []
+        types: list[ArtifactType] = []
+        for i, payload in enumerate(payloads):
+            art_type = self.registry.of(type(payload))
+            art_type.validate_payload(payload.model_dump())  # re-check: models may be built unvalidated
+            env = make_envelope(
+                art_type,
+                artifact_id=artifact_ids[i] if artifact_ids else None,
+                correlation_id=correlation_id,
+                causation_ids=causation_ids,
+                partition_key=partition_key,
+                tenant=tenant,
+            )
+            envelopes.append(env)
+            types.append(art_type)
+            records.append(self.record_for(env, payload))
+        self.ensure_topics(types)
+        self.store.publish(records)
+        return envelopes
+
+    def publish_json(self, type_name: str, data: Any, **kwargs: Any) -> Envelope:
+        """Validate plain data (e.g. parsed JSON) as ``type_name`` and publish it."""
+        payload = self.registry.get(type_name).validate_payload(data)
+        return self.publish(payload, **kwargs)
+
+    def record_for(self, env: Envelope, payload: BaseModel) -> OutgoingRecord:
+        """The wire record of an artifact (key = partition key, JSON value, ``bb.*`` headers)."""
+        return OutgoingRecord(
+            topic=self.topics.for_type(env.type),
+            key=env.partition_key.encode(),
+            value=encode_payload(payload),
+            headers=encode_headers(env),
+        )
+
+    # -- reading --------------------------------------------------------------------------
+    def records(self, type_name: str, *, start: int = 0, batch: int = 1000) -> Iterator[Record]:
+        """Committed records of a type, partition by partition, from offset ``start`` on."""
+        topic = self.topics.for_type(self.registry.get(type_name).name if type_name in self.registry else type_name)
+        parts = self.store.topic_partitions(topic) or 0
+        for p in range(parts):
+            offset = start
+            while True:
+                chunk = self.store.read(TopicPartition(topic, p), offset, batch)
+                yield from chunk
+                if len(chunk) < batch:
+                    break
+                offset = chunk[-1].offset + 1
+
+    def read(self, art_type: type[BaseModel] | str) -> Iterator[Artifact[BaseModel]]:
+        """Every committed artifact of a type, decoded (records that do not decode raise).
+
+        Raises:
+            ArtifactError: a record does not decode or validate.
+        """
+        name = art_type if isinstance(art_type, str) else self.registry.of(art_type).name
+        for record in self.records(name):
+            yield decode(record, self.registry)
+
+    def try_decode(self, record: Record) -> Artifact[BaseModel] | ArtifactError:
+        """Decode a record, returning the error instead of raising it."""
+        try:
+            return decode(record, self.registry)
+        except ArtifactError as exc:
+            return exc
+
+    def lag(self, groups: Sequence[str] | None = None) -> list[LagRow]:
+        """Per group, topic and partition: end offset, committed offset, lag."""
+        return self.store.lag(groups)
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    def __enter__(self) -> Blackboard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,188 @@
+"""The subcommands of ``blackboard``; each takes the parsed arguments and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from blackboard.artifacts import TypeRegistry
+from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.cli.main import _out
+from blackboard.errors import ArtifactError, ConfigError, DecodeError
+from blackboard.records import Record
+from blackboard.wire import decode_envelope
+
+
+def _registry(app_ref: str | None) -> TypeRegistry:
+    if app_ref:
+        from agents.worker import load_app
+
+        return load_app(app_ref).registry
+    from agents import demo
+
+    return demo.registry
+
+
+def _board(args: argparse.Namespace, registry: TypeRegistry | None = None) -> Blackboard:
+    settings = BlackboardSettings.from_env(url=args.store, prefix=args.prefix, partitions=args.partitions)
+    return Blackboard(settings.url, registry=registry, settings=settings)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the research workflow and print its figures."""
+    from agents.demo import run_demo
+
+    if args.ideas < 1:
+        raise ConfigError(f"--ideas must be at least 1, got {args.ideas}")
+    summary = asyncio.run(run_demo(ideas=args.ideas, seed=args.seed, latency_ms=args.latency_ms, url=args.store))
+    if args.json:
+        _out(summary)
+        return 0
+    lat = summary["latency_ms"]
+    lines = [
+        f"research demo on {summary['store']} (seed {summary['seed']})",
+        "artifacts:",
+        *(f"  {name:<20} {count:>6}" for name, count in summary["artifacts"].items()),
+        f"accepted ideas:        {summary['accepted']} of {summary['ideas']}",
+        f"makespan:              {summary['makespan_ms']:.1f} ms",
+        f"end-to-end latency:    p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  p99 {lat['p99']:.1f} ms",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_types(args: argparse.Namespace) -> int:
+    """List the registered artifact types."""
+    types = _registry(args.app).types()
+    if args.json:
+        _out({"types": [{"name": t.name, "version": t.version, "schema": t.json_schema()} for t in types]})
+        return 0
+    for t in types:
+        fields = ", ".join(t.model.model_fields)
+        sys.stdout.write(f"{t.name} v{t.version}  ({t.model.__module__}.{t.model.__qualname__}: {fields})\n")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run agents until SIGTERM/SIGINT; exit 0 after a clean stop."""
+    from agents.runner import RunnerSettings
+    from agents.worker import Worker, load_app
+
+    app = load_app(args.app_ref)
+    board = _board(args, app.registry)
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()] if args.agents else None
+    try:
+        worker = Worker(app, board, RunnerSettings(shutdown_grace_s=args.grace), agents=agents, slot=args.slot)
+        asyncio.run(worker.run(handle_signals=True))
+    finally:
+        board.close()
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Validate and publish artifacts; print their envelopes."""
+    registry = _registry(args.app)
+    art_type = registry.get(args.type_name)
+    if args.data and args.data != "-":
+        items = [args.data]
+    else:
+        items = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    payloads = []
+    for n, raw in enumerate(items, 1):
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ArtifactError(f"item {n} is not JSON: {exc}") from None
+        payloads.append(art_type.validate_payload(data))
+    with _board(args, registry) as board:
+        envelopes = board.publish_many(
+            payloads, correlation_id=args.correlation_id, partition_key=args.key, tenant=args.tenant
+        )
+    docs = [_envelope_doc(env) for env in envelopes]
+    if args.json:
+        _out({"published": docs})
+    else:
+        for doc in docs:
+            sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print a type's artifacts as JSON lines (optionally following new ones)."""
+    with _board(args) as board:
+        topic = board.topics.for_type(args.type_name)
+        parts = board.store.topic_partitions(topic)
+        if parts is None:
+            raise ConfigError(f"no artifacts of type {args.type_name!r} yet (topic {topic} does not exist)")
+        ends = board.store.end_offsets([topic])
+        positions = {
+            tp: max(0, end - args.limit) if args.limit is not None else 0 for tp, end in ends.items()
+        }
+        while True:
+            printed = 0
+            for tp in sorted(positions):
+                for record in board.store.read(tp, positions[tp], 1000):
+                    sys.stdout.write(orjson.dumps(record_doc(record)).decode() + "\n")
+                    positions[tp] = record.offset + 1
+                    printed += 1
+            sys.stdout.flush()
+            if not args.follow:
+                return 0
+            if not printed:
+                time.sleep(0.2)
+
+
+def cmd_lag(args: argparse.Namespace) -> int:
+    """Print per-group lag."""
+    with _board(args) as board:
+        rows = board.lag(args.group)
+    if args.json:
+        _out({"lag": [
+            {"group": r.group, "topic": r.topic, "partition": r.partition, "end_offset": r.end_offset,
+             "committed_offset": r.committed_offset, "lag": r.lag}
+            for r in rows
+        ]})
+        return 0
+    header = f"{'GROUP':<24} {'TOPIC':<32} {'PART':>4} {'END':>10} {'COMMITTED':>10} {'LAG':>8}"
+    sys.stdout.write(header + "\n")
+    for r in rows:
+        committed = "-" if r.committed_offset is None else str(r.committed_offset)
+        sys.stdout.write(f"{r.group:<24} {r.topic:<32} {r.partition:>4} {r.end_offset:>10} {committed:>10} {r.lag:>8}\n")
+    return 0
+
+
+def _envelope_doc(env: Any) -> dict[str, Any]:
+    return {
+        "id": env.id,
+        "type": env.type,
+        "schema_version": env.schema_version,
+        "correlation_id": env.correlation_id,
+        "causation_ids": list(env.causation_ids),
+        "partition_key": env.partition_key,
+        "tenant": env.tenant,
+        "produced_by": env.produced_by,
+        "created_at": env.created_at.isoformat(),
+        "traceparent": env.traceparent,
+    }
+
+
+def record_doc(record: Record) -> dict[str, Any]:
+    """A record as a JSON-ready dict: position, envelope and payload (raw when not JSON)."""
+    doc: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+    try:
+        doc.update(_envelope_doc(decode_envelope(record)))
+    except DecodeError as exc:
+        doc["envelope_error"] = str(exc)
+    try:
+        doc["payload"] = orjson.loads(record.value or b"null")
+    except orjson.JSONDecodeError:
+        doc["payload_raw"] = (record.value or b"").decode(errors="replace")
+    return doc
+
+
+__all__ = ["cmd_demo", "cmd_lag", "cmd_publish", "cmd_tail", "cmd_types", "cmd_worker"]

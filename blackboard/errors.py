@@ -1,0 +1,128 @@
+"""The one exception tree of kafka-blackboard.
+
+::
+
+    BlackboardError
+    ├── ConfigError                 bad settings; stops start-up with one line
+    │   ├── UnknownStoreError       a store URL with an unknown scheme
+    │   ├── MissingDependencyError  an optional package is not installed
+    │   └── AppLoadError            ``module:app`` does not import or is not an App
+    ├── ArtifactError
+    │   ├── UnknownTypeError        a type name that is not registered
+    │   ├── DuplicateTypeError      two models registered under one name and version
+    │   ├── InvalidArtifactError    a payload that does not validate (keeps field errors)
+    │   └── DecodeError             bytes that are not a well-formed artifact record
+    ├── AgentError
+    │   └── UndeclaredOutputError   a handler published a type it did not declare
+    └── StoreError                  carries the backend's error code when it has one
+        ├── StoreUnavailableError   the server cannot be reached
+        ├── TopicError              a topic is missing or has the wrong partition count
+        ├── RecordTooLargeError     a record over the store's size limit
+        ├── CommitError             an atomic commit did not happen (nothing of it is visible)
+        │   └── FencedError         the member lost its partitions or was fenced by a newer one
+        └── StoreClosedError        the store or member was closed
+
+Driver errors (Kafka, Redis) are translated at the store boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class BlackboardError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(BlackboardError):
+    """Settings that cannot work; reported as one line at start-up."""
+
+
+class UnknownStoreError(ConfigError):
+    """A store URL whose scheme no backend is registered for."""
+
+
+class MissingDependencyError(ConfigError):
+    """An optional dependency is not installed."""
+
+
+class AppLoadError(ConfigError):
+    """An application reference (``module:attribute``) that cannot be loaded."""
+
+
+class ArtifactError(BlackboardError):
+    """An artifact or artifact type is not what it should be."""
+
+
+class UnknownTypeError(ArtifactError):
+    """A type name that is not in the registry."""
+
+
+class DuplicateTypeError(ArtifactError):
+    """A second model registered under a name and version that is taken."""
+
+
+class InvalidArtifactError(ArtifactError):
+    """A payload that does not validate against its type.
+
+    Attributes:
+        type_name: the artifact type the payload was checked against.
+        errors: pydantic's list of field errors.
+    """
+
+    def __init__(self, type_name: str, errors: list[dict[str, object]]) -> None:
+        self.type_name = type_name
+        self.errors = errors
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or '<root>'}: {e.get('msg')}"  # type: ignore[attr-defined]
+            for e in errors
+        )
+        super().__init__(f"invalid {type_name} artifact: {fields}")
+
+
+class DecodeError(ArtifactError):
+    """Bytes or headers that do not form an artifact record."""
+
+
+class AgentError(BlackboardError):
+    """An agent was defined or used wrongly."""
+
+
+class UndeclaredOutputError(AgentError):
+    """A handler published an artifact type missing from its ``publishes`` list."""
+
+
+class StoreError(BlackboardError):
+    """A store operation failed.
+
+    Attributes:
+        code: the backend's own error code or name, when it has one.
+        retriable: the same call may succeed if made again.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retriable = retriable
+
+
+class StoreUnavailableError(StoreError):
+    """The store's server cannot be reached."""
+
+
+class TopicError(StoreError):
+    """A topic is missing or does not have the blackboard's partition count."""
+
+
+class RecordTooLargeError(StoreError):
+    """A record is larger than the store accepts."""
+
+
+class CommitError(StoreError):
+    """An atomic commit failed; none of its outputs, offsets or state became visible."""
+
+
+class FencedError(CommitError):
+    """The member no longer owns the partitions it tried to commit."""
+
+
+class StoreClosedError(StoreError):
+    """The store or group member was used after ``close()``."""

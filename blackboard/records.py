@@ -1,0 +1,99 @@
+"""The plain records every store moves: what is read, what is written, what is committed."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+class TopicPartition(NamedTuple):
+    """One partition of one topic."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record as read from a store, at a known position."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    timestamp: float
+    """Seconds since the epoch at which the store appended the record."""
+
+    @property
+    def tp(self) -> TopicPartition:
+        """The record's topic and partition."""
+        return TopicPartition(self.topic, self.partition)
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name``, or None."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class OutgoingRecord:
+    """A record to append. ``partition`` None means: choose from the key."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedOffset:
+    """A group's committed position in a partition: the next offset to read, and metadata.
+
+    The metadata carries the offsets above ``offset`` that already finished (see
+    :mod:`blackboard.offsets`); it is limited to a few KB, as Kafka limits it.
+    """
+
+    offset: int
+    metadata: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """A write to an agent's state store: ``value`` None deletes ``key``."""
+
+    partition: int
+    key: str
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class AtomicCommit:
+    """Everything one commit makes visible together, or not at all (DESIGN.md §3)."""
+
+    outputs: list[OutgoingRecord] = field(default_factory=list)
+    offsets: dict[TopicPartition, CommittedOffset] = field(default_factory=dict)
+    dead_letters: list[OutgoingRecord] = field(default_factory=list)
+    state: list[StateUpdate] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.outputs or self.offsets or self.dead_letters or self.state)
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    """The partition of ``key``: CRC32 modulo the partition count.
+
+    This is librdkafka's ``consistent`` partitioner, so a plain confluent-kafka or kcat
+    producer keying records the same way lands them on the same partitions. Every store uses
+    this function, which keeps topics co-partitioned by key.
+    """
+    if not key:
+        return 0
+    return zlib.crc32(key) % partitions

@@ -1,0 +1,114 @@
+"""Unit-test agents on the embedded store, no broker needed.
+
+::
+
+    async def test_reviewer() -> None:
+        async with TestBoard(app) as tb:
+            tb.publish(Idea(title="x"))
+            await tb.run_until_idle()
+            assert [r.payload.score for r in tb.artifacts(Review)] == [3]
+
+``run_until_idle`` returns once every agent has committed everything there is to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from agents.agent import App
+from agents.runner import RunnerSettings
+from agents.worker import Worker
+from blackboard.artifacts import Artifact, Envelope
+from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.records import Record
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Commit at once when idle and poll briefly, so tests see results quickly.
+FAST_SETTINGS = RunnerSettings(commit_interval_ms=5, idle_poll_s=0.05, shutdown_grace_s=5)
+
+
+class TestBoard:
+    """A blackboard on a fresh ``memory://`` store with ``app``'s agents running.
+
+    Args:
+        app: the agents to run.
+        url: the store (default: a new embedded store).
+        partitions: partitions per topic.
+        settings: runner settings (default :data:`FAST_SETTINGS`).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        url: str = "memory://",
+        partitions: int = 4,
+        settings: RunnerSettings | None = None,
+    ) -> None:
+        self.board = Blackboard(
+            url, registry=app.registry, settings=BlackboardSettings(url=url, partitions=partitions)
+        )
+        self.worker = Worker(app, self.board, settings or FAST_SETTINGS)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TestBoard:
+        self.board.ensure_topics(self.worker.app.types())
+        self._task = asyncio.create_task(self.worker.run())
+        await self.worker.started()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.worker.stop()
+        if self._task is not None:
+            await self._task
+        self.board.close()
+
+    def publish(self, payload: BaseModel, **kwargs: Any) -> Envelope:
+        """Publish an artifact from outside (see :meth:`Blackboard.publish`)."""
+        return self.board.publish(payload, **kwargs)
+
+    async def run_until_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every agent has read and committed everything.
+
+        Raises:
+            TimeoutError: still busy after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while quiet < 3:
+            if self._task is not None and self._task.done():
+                self._task.result()  # surface a crashed worker
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"agents still busy after {timeout}s")
+            quiet = quiet + 1 if self.worker.idle and self.lag() == 0 else 0
+            await asyncio.sleep(0.005)
+
+    def lag(self) -> int:
+        """Total lag of the app's agents."""
+        return sum(row.lag for row in self.board.lag(list(self.worker.app.agents)))
+
+    def artifacts(self, model: type[M]) -> list[Artifact[M]]:
+        """Every committed artifact of a type, in partition then offset order."""
+        return list(self.board.read(model))  # type: ignore[arg-type]
+
+    def dead_letters(self, model: type[BaseModel]) -> list[Record]:
+        """The dead letters of a type's topic."""
+        topic = self.board.topics.dlq(self.board.topic(model))
+        return [r for p in range(self.board.settings.partitions)
+                for r in self.board.store.read(_tp(topic, p), 0, 1_000_000)]
+
+
+def _tp(topic: str, partition: int) -> Any:
+    from blackboard.records import TopicPartition
+
+    return TopicPartition(topic, partition)

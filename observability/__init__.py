@@ -1,0 +1,1 @@
+"""Spans, the DuckDB exporter and canned analyses (see the observability issue)."""
