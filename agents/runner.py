@@ -147,6 +147,8 @@ class AgentRunner:
             await self._loop(member)
             await self._drain()
         finally:
+            for task in self._tasks:
+                task.cancel()  # only left when run() itself was cancelled or failed
             await member.close()
             self._log.info("agent stopped", **_stats(self.stats))
 

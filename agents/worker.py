@@ -110,6 +110,11 @@ class Worker:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise failed[0].exception()  # type: ignore[misc]
         finally:
+            alive = [t for t in tasks if not t.done()]
+            for task in alive:
+                task.cancel()  # run() itself was cancelled: stop like a killed process
+            if alive:
+                await asyncio.gather(*alive, return_exceptions=True)
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
