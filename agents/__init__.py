@@ -7,4 +7,13 @@ from agents.context import Context, KeyedState
 from agents.runner import AgentRunner, RunnerSettings
 from agents.worker import Worker, load_app
 
-__all__ = ["AgentRunner", "AgentSpec", "App", "Context", "KeyedState", "RunnerSettings", "Worker", "load_app"]
+__all__ = [
+    "AgentRunner",
+    "AgentSpec",
+    "App",
+    "Context",
+    "KeyedState",
+    "RunnerSettings",
+    "Worker",
+    "load_app",
+]

@@ -109,7 +109,7 @@ class App:
         """Add an agent without the decorator; see :meth:`agent`."""
         import inspect
 
-        agent_name = name or getattr(handler, "__name__", "")
+        agent_name: str = name or str(getattr(handler, "__name__", ""))
         if not _NAME.match(agent_name):
             raise AgentError(f"agent name {agent_name!r} must match {_NAME.pattern}")
         if agent_name in self.agents:

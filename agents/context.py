@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any
 
 from agents.agent import AgentSpec
 from blackboard.artifacts import Envelope, TypeRegistry, make_envelope, output_id
 from blackboard.errors import AgentError, UndeclaredOutputError
 from blackboard.logs import get_logger
 from blackboard.records import Record
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 @dataclass(slots=True)

@@ -106,11 +106,18 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def run_demo(
-    *, ideas: int = 50, seed: int = 7, latency_ms: float = 20.0, url: str = "memory://", partitions: int = 8
+    *,
+    ideas: int = 50,
+    seed: int = 7,
+    latency_ms: float = 20.0,
+    url: str = "memory://",
+    partitions: int = 8,
 ) -> dict[str, Any]:
     """Run the workflow for ``ideas`` ideas and return its figures (see :func:`summarize`)."""
     SIMULATION["seed"], SIMULATION["latency_s"] = seed, latency_ms / 1000
-    board = Blackboard(url, registry=registry, settings=BlackboardSettings(url=url, partitions=partitions))
+    board = Blackboard(
+        url, registry=registry, settings=BlackboardSettings(url=url, partitions=partitions)
+    )
     worker = Worker(app, board, RunnerSettings(commit_interval_ms=10, idle_poll_s=0.05))
     board.ensure_topics(app.types())
     task = asyncio.create_task(worker.run())
@@ -118,13 +125,17 @@ async def run_demo(
         await worker.started()
         rng = random.Random(seed)
         started = time.time()
-        board.publish_many([Idea(title=f"idea {i}", summary=f"{rng.random():.6f}") for i in range(ideas)])
+        board.publish_many(
+            [Idea(title=f"idea {i}", summary=f"{rng.random():.6f}") for i in range(ideas)]
+        )
         deadline = time.monotonic() + 120
         while _count(board, "research.Verdict") < ideas:
             if task.done():
                 task.result()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"demo did not finish: {_count(board, 'research.Verdict')}/{ideas} verdicts")
+                raise TimeoutError(
+                    f"demo did not finish: {_count(board, 'research.Verdict')}/{ideas} verdicts"
+                )
             await asyncio.sleep(0.005)
         return summarize(board, started, seed=seed, ideas=ideas)
     finally:
@@ -153,7 +164,9 @@ def summarize(board: Blackboard, started: float, *, seed: int, ideas: int) -> di
                 verdicts.append((art.envelope.correlation_id, ts))
     latencies = sorted((ts - created[corr]) * 1000 for corr, ts in verdicts if corr in created)
     last = max((ts for _, ts in verdicts), default=started)
-    accepted = sum(1 for art in board.read("research.Verdict") if getattr(art.payload, "accepted", False))
+    accepted = sum(
+        1 for art in board.read("research.Verdict") if getattr(art.payload, "accepted", False)
+    )
     return {
         "store": board.store.url,
         "seed": seed,

@@ -16,12 +16,12 @@ committed twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +30,6 @@ from agents.context import Context
 from blackboard.artifacts import Artifact
 from blackboard.blackboard import Blackboard
 from blackboard.dlq import Stage, dead_letter
-from blackboard.logs import get_logger
 from blackboard.errors import (
     CommitError,
     DecodeError,
@@ -38,6 +37,7 @@ from blackboard.errors import (
     InvalidArtifactError,
     RecordTooLargeError,
 )
+from blackboard.logs import get_logger
 from blackboard.offsets import PartitionProgress
 from blackboard.records import AtomicCommit, OutgoingRecord, Record, StateUpdate, TopicPartition
 from blackboard.store import MAX_RECORD_BYTES, GroupMember
@@ -58,9 +58,13 @@ class RunnerSettings(BaseModel):
         default=2000, ge=1, description="records read but not finished before fetching pauses"
     )
     max_offset_window: int = Field(
-        default=1000, ge=10, description="how far a partition may run ahead of its lowest unfinished"
+        default=1000,
+        ge=10,
+        description="how far a partition may run ahead of its lowest unfinished",
     )
-    shutdown_grace_s: float = Field(default=30.0, ge=0, description="time in-flight handlers get to finish")
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="time in-flight handlers get to finish"
+    )
     idle_poll_s: float = Field(default=1.0, gt=0, description="longest wait in one poll")
     max_record_bytes: int = Field(default=MAX_RECORD_BYTES, ge=1024)
 
@@ -194,13 +198,19 @@ class AgentRunner:
     async def _drain(self) -> None:
         """After stop: let running handlers finish within the grace period, commit, leave."""
         if self._tasks:
-            self._log.info("draining", in_flight=len(self._tasks), grace_s=self.settings.shutdown_grace_s)
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace_s)
+            self._log.info(
+                "draining", in_flight=len(self._tasks), grace_s=self.settings.shutdown_grace_s
+            )
+            _, pending = await asyncio.wait(
+                set(self._tasks), timeout=self.settings.shutdown_grace_s
+            )
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-                self._log.warning("gave up on handlers past the grace period", abandoned=len(pending))
+                self._log.warning(
+                    "gave up on handlers past the grace period", abandoned=len(pending)
+                )
         await self._commit()
 
     # -- rebalance listener ---------------------------------------------------------------
@@ -363,7 +373,9 @@ class AgentRunner:
         self._completed.append(outcome)
 
     def _dead_letter(self, record: Record, stage: Stage, exc: BaseException) -> OutgoingRecord:
-        return dead_letter(record, stage=stage, error=exc, group=self.spec.name, agent=self.spec.name)
+        return dead_letter(
+            record, stage=stage, error=exc, group=self.spec.name, agent=self.spec.name
+        )
 
     # -- commit ---------------------------------------------------------------------------
     async def _commit(self) -> None:
@@ -409,7 +421,7 @@ class AgentRunner:
         self._resume_drained(member)
 
     async def _rewind(self, partitions: Sequence[TopicPartition]) -> None:
-        """Forget uncommitted work on ``partitions`` and read them again from the committed offsets."""
+        """Forget uncommitted work on ``partitions``; read them again from the committed offsets."""
         member = self._member
         assert member is not None
         self.stats.rewinds += 1
@@ -449,7 +461,9 @@ class AgentRunner:
         if self._buffered() >= self.settings.max_buffered // 2:
             return
         window = self.settings.max_offset_window
-        ok = {tp for tp in self._paused if tp in self._progress and self._progress[tp].span() < window}
+        ok = {
+            tp for tp in self._paused if tp in self._progress and self._progress[tp].span() < window
+        }
         ok |= {tp for tp in self._paused if tp not in self._progress}
         if ok:
             member.resume(ok)
@@ -461,4 +475,4 @@ def _names(partitions: Sequence[TopicPartition]) -> list[str]:
 
 
 def _stats(stats: RunnerStats) -> dict[str, Any]:
-    return {k: getattr(stats, k) for k in stats.__slots__}  # type: ignore[attr-defined]
+    return dataclasses.asdict(stats)

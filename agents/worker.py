@@ -15,8 +15,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-
-
 from agents.agent import App
 from agents.runner import AgentRunner, RunnerSettings
 from blackboard.blackboard import Blackboard
@@ -77,7 +75,9 @@ class Worker:
         names = list(agents) if agents else list(app.agents)
         unknown = [n for n in names if n not in app.agents]
         if unknown:
-            raise ConfigError(f"unknown agent(s) {', '.join(unknown)}; the app has {', '.join(app.agents)}")
+            raise ConfigError(
+                f"unknown agent(s) {', '.join(unknown)}; the app has {', '.join(app.agents)}"
+            )
         if not names:
             raise ConfigError(f"app {app.name!r} has no agents")
         if board.registry is not app.registry:
@@ -100,8 +100,12 @@ class Worker:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         started = time.monotonic()
         tasks = [asyncio.create_task(r.run(), name=f"agent:{r.spec.name}") for r in self.runners]
-        log.info("worker started", app=self.app.name, agents=[r.spec.name for r in self.runners],
-                 store=self.board.store.url)
+        log.info(
+            "worker started",
+            app=self.app.name,
+            agents=[r.spec.name for r in self.runners],
+            store=self.board.store.url,
+        )
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failed = [t for t in done if not t.cancelled() and t.exception() is not None]

@@ -12,9 +12,10 @@ correlation id, causes, partition key, tenant, producer, time, trace context) pl
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -146,7 +147,7 @@ class TypeRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    def __iter__(self) -> Iterable[ArtifactType]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[ArtifactType]:
         return iter(self.types())
 
     def types(self) -> list[ArtifactType]:
@@ -165,7 +166,9 @@ class TypeRegistry:
 
 def _same_model(a: type[BaseModel], b: type[BaseModel]) -> bool:
     # A module imported twice (e.g. as __main__ and by name) yields two equal classes.
-    return a is b or (a.__qualname__ == b.__qualname__ and a.model_fields.keys() == b.model_fields.keys())
+    return a is b or (
+        a.__qualname__ == b.__qualname__ and a.model_fields.keys() == b.model_fields.keys()
+    )
 
 
 #: The registry ``@artifact`` writes to unless given another one.
@@ -218,19 +221,32 @@ class Artifact(Generic[M]):
         return self.envelope.type
 
 
+def _format_uuid(raw: bytes, version: int) -> str:
+    """RFC 4122 text of 16 bytes with the version and variant bits set (what ``uuid.UUID``
+    gives, without building the object: ids are made on the hot path)."""
+    b = bytearray(raw[:16])
+    b[6] = (b[6] & 0x0F) | (version << 4)
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMESPACE_BYTES = OUTPUT_ID_NAMESPACE.bytes
+
+
 def new_id() -> str:
     """A fresh random artifact id (UUIDv4) for artifacts published from outside agents."""
-    return str(uuid.UUID(bytes=os.urandom(16), version=4))
+    return _format_uuid(os.urandom(16), 4)
 
 
 def output_id(agent: str, input_ids: Sequence[str], index: int) -> str:
-    """The deterministic id of ``agent``'s ``index``-th output for the given inputs.
+    """The deterministic id (UUIDv5) of ``agent``'s ``index``-th output for the given inputs.
 
     The same agent, inputs and index always give the same id, so a re-run after a crash
     republishes the same ids and consumers can dedupe on them.
     """
     key = "\x1f".join((agent, ",".join(sorted(input_ids)), str(index)))
-    return str(uuid.uuid5(OUTPUT_ID_NAMESPACE, key))
+    return _format_uuid(hashlib.sha1(_NAMESPACE_BYTES + key.encode()).digest(), 5)
 
 
 def make_envelope(

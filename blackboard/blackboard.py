@@ -47,7 +47,11 @@ class BlackboardSettings(BaseModel):
             ConfigError: a value is invalid (one line naming it).
         """
         values: dict[str, Any] = {}
-        for field, var in (("url", "BLACKBOARD_URL"), ("prefix", "BLACKBOARD_PREFIX"), ("partitions", "BLACKBOARD_PARTITIONS")):
+        for field, var in (
+            ("url", "BLACKBOARD_URL"),
+            ("prefix", "BLACKBOARD_PREFIX"),
+            ("partitions", "BLACKBOARD_PARTITIONS"),
+        ):
             if os.environ.get(var):
                 values[field] = os.environ[var]
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -55,7 +59,9 @@ class BlackboardSettings(BaseModel):
             return cls(**values)
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise ConfigError(f"invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            raise ConfigError(
+                f"invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}"
+            ) from None
 
 
 class Blackboard:
@@ -75,7 +81,9 @@ class Blackboard:
         registry: TypeRegistry | None = None,
         settings: BlackboardSettings | None = None,
     ) -> None:
-        self.settings = settings or BlackboardSettings.from_env(url=store if isinstance(store, str) else None)
+        self.settings = settings or BlackboardSettings.from_env(
+            url=store if isinstance(store, str) else None
+        )
         self.store = store if isinstance(store, Store) else open_store(self.settings.url)
         self.registry = registry or default_registry
         self.topics = TopicNames(self.settings.prefix)
@@ -84,7 +92,9 @@ class Blackboard:
     # -- topics ---------------------------------------------------------------------------
     def topic(self, art_type: ArtifactType | type[BaseModel] | str) -> str:
         """The topic of an artifact type (given as type, model or name)."""
-        name = art_type.name if isinstance(art_type, ArtifactType) else self.registry.of(art_type).name
+        name = (
+            art_type.name if isinstance(art_type, ArtifactType) else self.registry.of(art_type).name
+        )
         return self.topics.for_type(name)
 
     def ensure_topics(self, types: Sequence[ArtifactType]) -> None:
@@ -92,7 +102,9 @@ class Blackboard:
         wanted = {self.topics.for_type(t.name) for t in types} - self._ready
         if not wanted:
             return
-        self.store.ensure_topics(wanted | {TopicNames.dlq(t) for t in wanted}, self.settings.partitions)
+        self.store.ensure_topics(
+            wanted | {TopicNames.dlq(t) for t in wanted}, self.settings.partitions
+        )
         self._ready |= wanted
 
     # -- publishing -----------------------------------------------------------------------
@@ -114,9 +126,14 @@ class Blackboard:
             UnknownTypeError: the payload's model is not a registered type.
             InvalidArtifactError: the payload does not validate (with the field errors).
         """
-        return self.publish_many([payload], correlation_id=correlation_id, partition_key=partition_key,
-                                 tenant=tenant, causation_ids=causation_ids,
-                                 artifact_ids=[artifact_id] if artifact_id else None)[0]
+        return self.publish_many(
+            [payload],
+            correlation_id=correlation_id,
+            partition_key=partition_key,
+            tenant=tenant,
+            causation_ids=causation_ids,
+            artifact_ids=[artifact_id] if artifact_id else None,
+        )[0]
 
     def publish_many(
         self,
@@ -133,8 +150,7 @@ class Blackboard:
         records: list[OutgoingRecord] = []
         types: list[ArtifactType] = []
         for i, payload in enumerate(payloads):
-            art_type = self.registry.of(type(payload))
-            art_type.validate_payload(payload.model_dump())  # re-check: models may be built unvalidated
+            art_type = self.registry.of(type(payload))  # the model validated when built
             env = make_envelope(
                 art_type,
                 artifact_id=artifact_ids[i] if artifact_ids else None,
@@ -157,6 +173,11 @@ class Blackboard:
 
     def record_for(self, env: Envelope, payload: BaseModel) -> OutgoingRecord:
         """The wire record of an artifact (key = partition key, JSON value, ``bb.*`` headers)."""
+        if self.store.keeps_envelopes:
+            return OutgoingRecord(
+                self.topics.for_type(env.type), env.partition_key.encode(), encode_payload(payload),
+                envelope=env,
+            )
         return OutgoingRecord(
             topic=self.topics.for_type(env.type),
             key=env.partition_key.encode(),
@@ -167,7 +188,9 @@ class Blackboard:
     # -- reading --------------------------------------------------------------------------
     def records(self, type_name: str, *, start: int = 0, batch: int = 1000) -> Iterator[Record]:
         """Committed records of a type, partition by partition, from offset ``start`` on."""
-        topic = self.topics.for_type(self.registry.get(type_name).name if type_name in self.registry else type_name)
+        topic = self.topics.for_type(
+            self.registry.get(type_name).name if type_name in self.registry else type_name
+        )
         parts = self.store.topic_partitions(topic) or 0
         for p in range(parts):
             offset = start
@@ -208,4 +231,3 @@ class Blackboard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -25,7 +25,7 @@ def dead_letter(
     attempt: int = 1,
     first_failure_ts: float | None = None,
 ) -> OutgoingRecord:
-    """The dead letter for ``record``: same key, value, headers and partition, on ``<topic>.dlq``."""
+    """The dead letter of ``record``: its key, value, headers and partition, on ``<topic>.dlq``."""
     trace = "".join(traceback.format_exception(error))[-_MAX_TRACE:]
     extra = (
         ("bb.dlq.original.topic", record.topic),

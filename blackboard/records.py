@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from blackboard.artifacts import Envelope
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -18,16 +21,31 @@ class TopicPartition(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A record as read from a store, at a known position."""
+    """A record as read from a store, at a known position.
+
+    An in-process store may keep the artifact's :class:`Envelope` instead of its encoded
+    headers (``raw_headers`` then holds only extra headers); :attr:`headers` renders the wire
+    form either way.
+    """
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: Headers
+    raw_headers: Headers
     timestamp: float
     """Seconds since the epoch at which the store appended the record."""
+    envelope: Envelope | None = None
+
+    @property
+    def headers(self) -> Headers:
+        """The record's headers as they are on the wire."""
+        if self.envelope is None:
+            return self.raw_headers
+        from blackboard.wire import encode_headers
+
+        return encode_headers(self.envelope) + self.raw_headers
 
     @property
     def tp(self) -> TopicPartition:
@@ -51,6 +69,16 @@ class OutgoingRecord:
     value: bytes | None
     headers: Headers = ()
     partition: int | None = None
+    envelope: Envelope | None = None
+    """Set (and ``headers`` left empty) only for stores that keep envelopes in process."""
+
+    def wire_headers(self) -> Headers:
+        """The headers to send: the envelope's rendered, then the explicit ones."""
+        if self.envelope is None:
+            return self.headers
+        from blackboard.wire import encode_headers
+
+        return encode_headers(self.envelope) + self.headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,13 +115,18 @@ class Store(abc.ABC):
 
     #: The ``messaging.system`` of spans: ``memory``, ``kafka`` or ``redis``.
     system: str = "unknown"
+    #: The store keeps :class:`Envelope` objects on records instead of encoded headers
+    #: (in-process only). Other stores send ``OutgoingRecord.wire_headers()``.
+    keeps_envelopes: bool = False
 
     def __init__(self, url: str) -> None:
         self.url = url
 
     # -- topics ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def create_topics(self, topics: Sequence[str], partitions: int, *, compacted: bool = False) -> None:
+    def create_topics(
+        self, topics: Sequence[str], partitions: int, *, compacted: bool = False
+    ) -> None:
         """Create the topics that do not exist yet (existing ones are left as they are)."""
 
     @abc.abstractmethod
@@ -178,7 +183,9 @@ class Store(abc.ABC):
         return set()
 
     # -- shared logic ---------------------------------------------------------------------
-    def ensure_topics(self, topics: Iterable[str], partitions: int, *, compacted: bool = False) -> None:
+    def ensure_topics(
+        self, topics: Iterable[str], partitions: int, *, compacted: bool = False
+    ) -> None:
         """Create missing topics and check that existing ones have ``partitions`` partitions.
 
         Raises:
@@ -197,7 +204,9 @@ class Store(abc.ABC):
                     "artifact topics must be co-partitioned"
                 )
 
-    def lag(self, groups: Iterable[str] | None = None, topics: Iterable[str] | None = None) -> list[LagRow]:
+    def lag(
+        self, groups: Iterable[str] | None = None, topics: Iterable[str] | None = None
+    ) -> list[LagRow]:
         """Per group, topic and partition: end offset, committed offset and lag.
 
         A group is shown for the topics it has committed on (or ``topics`` when given).
@@ -215,7 +224,9 @@ class Store(abc.ABC):
                 end = ends[tp]
                 done = committed.get(tp)
                 offset = done.offset if done is not None else None
-                rows.append(LagRow(group, tp.topic, tp.partition, end, offset, max(0, end - (offset or 0))))
+                rows.append(
+                    LagRow(group, tp.topic, tp.partition, end, offset, max(0, end - (offset or 0)))
+                )
         return rows
 
     def __enter__(self) -> Store:

@@ -66,7 +66,10 @@ class TestBoard:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.worker.stop()
         if self._task is not None:
@@ -104,8 +107,11 @@ class TestBoard:
     def dead_letters(self, model: type[BaseModel]) -> list[Record]:
         """The dead letters of a type's topic."""
         topic = self.board.topics.dlq(self.board.topic(model))
-        return [r for p in range(self.board.settings.partitions)
-                for r in self.board.store.read(_tp(topic, p), 0, 1_000_000)]
+        return [
+            r
+            for p in range(self.board.settings.partitions)
+            for r in self.board.store.read(_tp(topic, p), 0, 1_000_000)
+        ]
 
 
 def _tp(topic: str, partition: int) -> Any:

@@ -57,7 +57,9 @@ def decode_envelope(record: Record) -> Envelope:
         for name, value in record.headers:
             found[name] = value.decode()
     except UnicodeDecodeError as exc:
-        raise DecodeError(f"header is not UTF-8 in {record.topic}[{record.partition}]@{record.offset}") from exc
+        raise DecodeError(
+            f"header is not UTF-8 in {record.topic}[{record.partition}]@{record.offset}"
+        ) from exc
     try:
         art_id = found[H_ID]
         type_name = found[H_TYPE]
@@ -102,7 +104,7 @@ def decode(record: Record, registry: TypeRegistry) -> Artifact[BaseModel]:
             ``deserialize``).
         InvalidArtifactError: well-formed JSON that does not validate (stage ``validate``).
     """
-    env = decode_envelope(record)
+    env = record.envelope if record.envelope is not None else decode_envelope(record)
     try:
         art_type = registry.for_decoding(env.type, env.schema_version)
     except UnknownTypeError as exc:
@@ -119,5 +121,7 @@ def decode_payload(art_type: ArtifactType, value: bytes | None, art_id: str) -> 
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False)
         if any(e["type"] == "json_invalid" for e in errors):
-            raise DecodeError(f"artifact {art_id} value is not valid JSON: {errors[0]['msg']}") from exc
+            raise DecodeError(
+                f"artifact {art_id} value is not valid JSON: {errors[0]['msg']}"
+            ) from exc
         raise InvalidArtifactError(art_type.name, [dict(e) for e in errors]) from exc

@@ -7,7 +7,12 @@ import pytest
 from pydantic import BaseModel
 
 from blackboard.artifacts import TypeRegistry, artifact, make_envelope, output_id
-from blackboard.errors import DecodeError, DuplicateTypeError, InvalidArtifactError, UnknownTypeError
+from blackboard.errors import (
+    DecodeError,
+    DuplicateTypeError,
+    InvalidArtifactError,
+    UnknownTypeError,
+)
 from blackboard.records import Record
 from blackboard.wire import decode, encode_headers, encode_payload
 
@@ -36,9 +41,9 @@ def test_registry_refuses_a_second_model_under_a_taken_name() -> None:
     class Other(BaseModel):
         x: int
 
-    with pytest.raises(DuplicateTypeError, match="w.Note v2"):
+    with pytest.raises(DuplicateTypeError, match=r"w\.Note v2"):
         reg.register(Other, "w.Note", 2)
-    with pytest.raises(UnknownTypeError, match="known: w.Note"):
+    with pytest.raises(UnknownTypeError, match=r"known: w\.Note"):
         reg.get("w.Nope")
 
 
@@ -62,12 +67,14 @@ def test_wire_form_is_plain_json_with_string_headers() -> None:
 
 def test_a_plain_producers_record_with_minimal_headers_is_accepted() -> None:
     art = decode(_record(b'{"text": "from kcat"}', (("bb.id", b"x1"), ("bb.type", b"w.Note"))), reg)
-    assert art.id == "x1" and art.envelope.correlation_id == "x1" and art.envelope.schema_version == 1
+    assert (
+        art.id == "x1" and art.envelope.correlation_id == "x1" and art.envelope.schema_version == 1
+    )
     assert art.payload == Note(text="from kcat")
 
 
 def test_decode_errors_name_what_is_wrong() -> None:
-    with pytest.raises(DecodeError, match="no bb.id header"):
+    with pytest.raises(DecodeError, match=r"no bb\.id header"):
         decode(_record(b"{}", ()), reg)
     with pytest.raises(DecodeError, match="not valid JSON"):
         decode(_record(b"{oops", (("bb.id", b"1"), ("bb.type", b"w.Note"))), reg)
@@ -75,3 +82,14 @@ def test_decode_errors_name_what_is_wrong() -> None:
         decode(_record(b"{}", (("bb.id", b"1"), ("bb.type", b"w.Else"))), reg)
     with pytest.raises(InvalidArtifactError, match="text: Field required"):
         decode(_record(b'{"stars": 1}', (("bb.id", b"1"), ("bb.type", b"w.Note"))), reg)
+
+
+def test_ids_are_standard_uuids() -> None:
+    import uuid
+
+    from blackboard.artifacts import OUTPUT_ID_NAMESPACE, new_id
+
+    key = "\x1f".join(("agent", "a,b", "3"))
+    assert output_id("agent", ["b", "a"], 3) == str(uuid.uuid5(OUTPUT_ID_NAMESPACE, key))
+    fresh = uuid.UUID(new_id())
+    assert fresh.version == 4 and fresh.variant == uuid.RFC_4122

@@ -16,9 +16,13 @@ import pytest
 CLI = [sys.executable, "-m", "blackboard.cli.main"]
 
 
-def run(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BLACKBOARD_URL": ""}
-    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+    return subprocess.run(
+        [*CLI, *args], input=stdin, capture_output=True, text=True, timeout=120, env=env, cwd=cwd
+    )
 
 
 def test_demo_json_prints_exactly_one_document_with_the_figures() -> None:
@@ -64,8 +68,14 @@ def test_bad_input_gets_one_line_and_exit_code_2(tmp_path: Path) -> None:
 
 def test_publish_tail_worker_lag_round_trip_with_sigterm(tmp_path: Path) -> None:
     store = f"memory://{tmp_path}/board"
-    out = run("publish", "research.Idea", "--store", store, "--json",
-              stdin='{"title": "a"}\n{"title": "b"}\n')
+    out = run(
+        "publish",
+        "research.Idea",
+        "--store",
+        store,
+        "--json",
+        stdin='{"title": "a"}\n{"title": "b"}\n',
+    )
     assert out.returncode == 0, out.stderr
     published = json.loads(out.stdout)["published"]
     assert [p["type"] for p in published] == ["research.Idea", "research.Idea"]
@@ -75,7 +85,8 @@ def test_publish_tail_worker_lag_round_trip_with_sigterm(tmp_path: Path) -> None
     assert sorted(r["payload"]["title"] for r in rows) == ["a", "b"]
     assert {r["id"] for r in rows} == {p["id"] for p in published}
 
-    (tmp_path / "slowapp.py").write_text(textwrap.dedent("""
+    (tmp_path / "slowapp.py").write_text(
+        textwrap.dedent("""
         import asyncio
         from agents import App, Context
         from agents.demo import Idea, Review, registry
@@ -85,9 +96,15 @@ def test_publish_tail_worker_lag_round_trip_with_sigterm(tmp_path: Path) -> None
         async def novelty(idea: Idea, ctx: Context) -> Review:
             await asyncio.sleep(1.0)
             return Review(idea_id=ctx.envelope.id, aspect="novelty", score=5)
-    """))
-    worker = subprocess.Popen([*CLI, "worker", "slowapp:app", "--store", store], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """)
+    )
+    worker = subprocess.Popen(
+        [*CLI, "worker", "slowapp:app", "--store", store],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         log = ""

@@ -29,7 +29,9 @@ def _registry(app_ref: str | None) -> TypeRegistry:
 
 
 def _board(args: argparse.Namespace, registry: TypeRegistry | None = None) -> Blackboard:
-    settings = BlackboardSettings.from_env(url=args.store, prefix=args.prefix, partitions=args.partitions)
+    settings = BlackboardSettings.from_env(
+        url=args.store, prefix=args.prefix, partitions=args.partitions
+    )
     return Blackboard(settings.url, registry=registry, settings=settings)
 
 
@@ -39,7 +41,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.ideas < 1:
         raise ConfigError(f"--ideas must be at least 1, got {args.ideas}")
-    summary = asyncio.run(run_demo(ideas=args.ideas, seed=args.seed, latency_ms=args.latency_ms, url=args.store))
+    summary = asyncio.run(
+        run_demo(ideas=args.ideas, seed=args.seed, latency_ms=args.latency_ms, url=args.store)
+    )
     if args.json:
         _out(summary)
         return 0
@@ -50,7 +54,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         *(f"  {name:<20} {count:>6}" for name, count in summary["artifacts"].items()),
         f"accepted ideas:        {summary['accepted']} of {summary['ideas']}",
         f"makespan:              {summary['makespan_ms']:.1f} ms",
-        f"end-to-end latency:    p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  p99 {lat['p99']:.1f} ms",
+        f"end-to-end latency:    p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms"
+        f"  p99 {lat['p99']:.1f} ms",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
@@ -60,11 +65,19 @@ def cmd_types(args: argparse.Namespace) -> int:
     """List the registered artifact types."""
     types = _registry(args.app).types()
     if args.json:
-        _out({"types": [{"name": t.name, "version": t.version, "schema": t.json_schema()} for t in types]})
+        _out(
+            {
+                "types": [
+                    {"name": t.name, "version": t.version, "schema": t.json_schema()} for t in types
+                ]
+            }
+        )
         return 0
     for t in types:
         fields = ", ".join(t.model.model_fields)
-        sys.stdout.write(f"{t.name} v{t.version}  ({t.model.__module__}.{t.model.__qualname__}: {fields})\n")
+        sys.stdout.write(
+            f"{t.name} v{t.version}  ({t.model.__module__}.{t.model.__qualname__}: {fields})\n"
+        )
     return 0
 
 
@@ -77,7 +90,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     board = _board(args, app.registry)
     agents = [a.strip() for a in args.agents.split(",") if a.strip()] if args.agents else None
     try:
-        worker = Worker(app, board, RunnerSettings(shutdown_grace_s=args.grace), agents=agents, slot=args.slot)
+        worker = Worker(
+            app, board, RunnerSettings(shutdown_grace_s=args.grace), agents=agents, slot=args.slot
+        )
         asyncio.run(worker.run(handle_signals=True))
     finally:
         board.close()
@@ -118,10 +133,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
         topic = board.topics.for_type(args.type_name)
         parts = board.store.topic_partitions(topic)
         if parts is None:
-            raise ConfigError(f"no artifacts of type {args.type_name!r} yet (topic {topic} does not exist)")
+            raise ConfigError(
+                f"no artifacts of type {args.type_name!r} yet (topic {topic} does not exist)"
+            )
         ends = board.store.end_offsets([topic])
         positions = {
-            tp: max(0, end - args.limit) if args.limit is not None else 0 for tp, end in ends.items()
+            tp: max(0, end - args.limit) if args.limit is not None else 0
+            for tp, end in ends.items()
         }
         while True:
             printed = 0
@@ -142,17 +160,30 @@ def cmd_lag(args: argparse.Namespace) -> int:
     with _board(args) as board:
         rows = board.lag(args.group)
     if args.json:
-        _out({"lag": [
-            {"group": r.group, "topic": r.topic, "partition": r.partition, "end_offset": r.end_offset,
-             "committed_offset": r.committed_offset, "lag": r.lag}
-            for r in rows
-        ]})
+        _out(
+            {
+                "lag": [
+                    {
+                        "group": r.group,
+                        "topic": r.topic,
+                        "partition": r.partition,
+                        "end_offset": r.end_offset,
+                        "committed_offset": r.committed_offset,
+                        "lag": r.lag,
+                    }
+                    for r in rows
+                ]
+            }
+        )
         return 0
     header = f"{'GROUP':<24} {'TOPIC':<32} {'PART':>4} {'END':>10} {'COMMITTED':>10} {'LAG':>8}"
     sys.stdout.write(header + "\n")
     for r in rows:
         committed = "-" if r.committed_offset is None else str(r.committed_offset)
-        sys.stdout.write(f"{r.group:<24} {r.topic:<32} {r.partition:>4} {r.end_offset:>10} {committed:>10} {r.lag:>8}\n")
+        sys.stdout.write(
+            f"{r.group:<24} {r.topic:<32} {r.partition:>4} {r.end_offset:>10}"
+            f" {committed:>10} {r.lag:>8}\n"
+        )
     return 0
 
 
@@ -173,7 +204,11 @@ def _envelope_doc(env: Any) -> dict[str, Any]:
 
 def record_doc(record: Record) -> dict[str, Any]:
     """A record as a JSON-ready dict: position, envelope and payload (raw when not JSON)."""
-    doc: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+    doc: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+    }
     try:
         doc.update(_envelope_doc(decode_envelope(record)))
     except DecodeError as exc:

@@ -22,26 +22,34 @@ EXIT_USAGE = 2
 
 
 def _out(doc: Any) -> None:
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+    )
     sys.stdout.flush()
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", metavar="URL", help="store URL (default: $BLACKBOARD_URL or memory://)")
+    p.add_argument(
+        "--store", metavar="URL", help="store URL (default: $BLACKBOARD_URL or memory://)"
+    )
     p.add_argument("--prefix", help="topic prefix (default: $BLACKBOARD_PREFIX or bb)")
     p.add_argument("--partitions", type=int, help="partitions per topic (default 8)")
 
 
 def _app_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--app", metavar="MODULE:APP", default=None,
+        "--app",
+        metavar="MODULE:APP",
+        default=None,
         help="the app whose artifact types to use (default: the demo's types)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="blackboard", description="A blackboard of typed artifacts for agents.")
+    parser = argparse.ArgumentParser(
+        prog="blackboard", description="A blackboard of typed artifacts for agents."
+    )
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -49,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ideas", type=int, default=50, help="ideas to review (default 50)")
     p.add_argument("--seed", type=int, default=7, help="seed of the simulated latencies and scores")
     p.add_argument("--latency-ms", type=float, default=20.0, help="median simulated agent latency")
-    p.add_argument("--store", metavar="URL", default="memory://", help="store URL (default memory://)")
+    p.add_argument(
+        "--store", metavar="URL", default="memory://", help="store URL (default memory://)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
     p = sub.add_parser("types", help="list artifact types and their JSON Schema")
@@ -61,17 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p)
     p.add_argument("--agents", help="comma-separated agent names (default: all)")
     p.add_argument("--slot", default="0", help="this worker's slot label (default 0)")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight handlers get at shutdown")
+    p.add_argument(
+        "--grace", type=float, default=30.0, help="seconds in-flight handlers get at shutdown"
+    )
 
     p = sub.add_parser("publish", help="publish artifacts (JSON argument, or JSON lines on stdin)")
     p.add_argument("type_name", metavar="TYPE")
-    p.add_argument("data", nargs="?", help="the payload as JSON; '-' or absent reads JSON lines from stdin")
+    p.add_argument(
+        "data", nargs="?", help="the payload as JSON; '-' or absent reads JSON lines from stdin"
+    )
     _app_arg(p)
     _store_args(p)
     p.add_argument("--correlation-id")
     p.add_argument("--key", help="partition key (default: the correlation id)")
     p.add_argument("--tenant", default="default")
-    p.add_argument("--json", action="store_true", help="print one JSON document (default: one line each)")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document (default: one line each)"
+    )
 
     p = sub.add_parser("tail", help="print the artifacts of a type as JSON lines")
     p.add_argument("type_name", metavar="TYPE")

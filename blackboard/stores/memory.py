@@ -60,6 +60,7 @@ class MemoryStore(Store):
     """The embedded store. Thread-safe; members may live on different event loops."""
 
     system = "memory"
+    keeps_envelopes = True
 
     def __init__(self, url: str = "memory://", *, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         super().__init__(url)
@@ -80,10 +81,14 @@ class MemoryStore(Store):
                 self._topics = loaded.topics
                 self._compacted = loaded.compacted
                 for name, committed in loaded.committed.items():
-                    self._groups[name] = _Group(committed=committed, state=loaded.state.get(name, {}))
+                    self._groups[name] = _Group(
+                        committed=committed, state=loaded.state.get(name, {})
+                    )
 
     # -- topics ---------------------------------------------------------------------------
-    def create_topics(self, topics: Sequence[str], partitions: int, *, compacted: bool = False) -> None:
+    def create_topics(
+        self, topics: Sequence[str], partitions: int, *, compacted: bool = False
+    ) -> None:
         if partitions < 1:
             raise TopicError(f"a topic needs at least one partition, got {partitions}")
         with self._lock:
@@ -211,7 +216,9 @@ class MemoryStore(Store):
                     code="MSG_SIZE_TOO_LARGE",
                 )
 
-    def _append(self, records: Iterable[OutgoingRecord], now: float) -> list[tuple[TopicPartition, int]]:
+    def _append(
+        self, records: Iterable[OutgoingRecord], now: float
+    ) -> list[tuple[TopicPartition, int]]:
         positions: list[tuple[TopicPartition, int]] = []
         touched: set[str] = set()
         topics = self._topics
@@ -220,7 +227,7 @@ class MemoryStore(Store):
             p = rec.partition if rec.partition is not None else partition_for(rec.key, len(parts))
             log = parts[p]
             offset = len(log)
-            log.append(Record(rec.topic, p, offset, rec.key, rec.value, rec.headers, now))
+            log.append(Record(rec.topic, p, offset, rec.key, rec.value, rec.headers, now, rec.envelope))
             positions.append((TopicPartition(rec.topic, p), offset))
             touched.add(rec.topic)
         for topic in touched:
@@ -377,7 +384,9 @@ class MemoryMember(GroupMember):
             return True
         store_topics = self._store._topics
         for tp in self._owned:
-            if tp not in self._paused and self._positions[tp] < len(store_topics[tp.topic][tp.partition]):
+            if tp not in self._paused and self._positions[tp] < len(
+                store_topics[tp.topic][tp.partition]
+            ):
                 return True
         return False
 

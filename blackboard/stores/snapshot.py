@@ -33,7 +33,9 @@ class Snapshot:
 
 class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"store file holds a {module}.{name}; only plain data is allowed")
+        raise pickle.UnpicklingError(
+            f"store file holds a {module}.{name}; only plain data is allowed"
+        )
 
 
 class SnapshotFile:
@@ -74,18 +76,26 @@ class SnapshotFile:
                 raise ValueError(f"unknown format {data.get('format')!r}")
             topics = {
                 name: [
-                    [Record(name, p, off, k, v, tuple(h), ts) for off, (k, v, h, ts) in enumerate(log)]
+                    [
+                        Record(name, p, off, k, v, tuple(h), ts)
+                        for off, (k, v, h, ts) in enumerate(log)
+                    ]
                     for p, log in enumerate(parts)
                 ]
                 for name, parts in data["topics"].items()
             }
             committed = {
-                group: {TopicPartition(t, p): CommittedOffset(o, m) for (t, p), (o, m) in offsets.items()}
+                group: {
+                    TopicPartition(t, p): CommittedOffset(o, m)
+                    for (t, p), (o, m) in offsets.items()
+                }
                 for group, offsets in data["committed"].items()
             }
             return Snapshot(topics, set(data["compacted"]), committed, data["state"])
         except (pickle.UnpicklingError, ValueError, KeyError, TypeError, EOFError) as exc:
-            raise ConfigError(f"store file {self.path} is not a blackboard store file: {exc}") from exc
+            raise ConfigError(
+                f"store file {self.path} is not a blackboard store file: {exc}"
+            ) from exc
 
     def save(
         self,
@@ -98,12 +108,16 @@ class SnapshotFile:
         data = {
             "format": _FORMAT,
             "topics": {
-                name: [[(r.key, r.value, list(r.headers), r.timestamp) for r in log] for log in parts]
+                name: [
+                    [(r.key, r.value, list(r.headers), r.timestamp) for r in log] for log in parts
+                ]
                 for name, parts in topics.items()
             },
             "compacted": sorted(compacted),
             "committed": {
-                group: {(tp.topic, tp.partition): (c.offset, c.metadata) for tp, c in offsets.items()}
+                group: {
+                    (tp.topic, tp.partition): (c.offset, c.metadata) for tp, c in offsets.items()
+                }
                 for group, offsets in committed.items()
             },
             "state": state,

@@ -57,5 +57,7 @@ def board(store: Store, prefix: str) -> Blackboard:
     from tests.contract.types import registry
 
     return Blackboard(
-        store, registry=registry, settings=BlackboardSettings(url=store.url, prefix=prefix, partitions=4)
+        store,
+        registry=registry,
+        settings=BlackboardSettings(url=store.url, prefix=prefix, partitions=4),
     )

@@ -28,7 +28,9 @@ class Listener:
         self.lost.extend(partitions)
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 30.0, what: str = "") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout: float = 30.0, what: str = ""
+) -> None:
     """Wait until ``check()`` is true, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -42,7 +44,9 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
         await asyncio.sleep(0.01)
 
 
-async def settle(members: Sequence[GroupMember], partitions: set[TopicPartition], timeout: float = 60.0) -> dict[GroupMember, list[Record]]:
+async def settle(
+    members: Sequence[GroupMember], partitions: set[TopicPartition], timeout: float = 60.0
+) -> dict[GroupMember, list[Record]]:
     """Poll every member until their assignments split ``partitions`` exactly; returns what
     each polled meanwhile."""
     polled: dict[GroupMember, list[Record]] = {m: [] for m in members}

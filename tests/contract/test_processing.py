@@ -24,9 +24,18 @@ FAST = RunnerSettings(commit_interval_ms=5, idle_poll_s=0.05, shutdown_grace_s=5
 Handler = Callable[[Task, Context], Awaitable[Result | None]]
 
 
-def _app(handler: Handler, *, name: str = "doubler", ordered: bool = False, concurrency: int = 64) -> App:
+def _app(
+    handler: Handler, *, name: str = "doubler", ordered: bool = False, concurrency: int = 64
+) -> App:
     app = App("test", registry=registry)
-    app.add(handler, consumes=Task, publishes=Result, name=name, ordered=ordered, concurrency=concurrency)
+    app.add(
+        handler,
+        consumes=Task,
+        publishes=Result,
+        name=name,
+        ordered=ordered,
+        concurrency=concurrency,
+    )
     return app
 
 
@@ -138,6 +147,7 @@ async def test_two_workers_split_the_partitions_and_hand_over_on_stop(board: Bla
     def split() -> bool:
         owned = [w.runners[0]._member.assignment() for w in (w1, w2)]  # type: ignore[union-attr]
         return all(owned) and sum(map(len, owned)) == 4
+
     await eventually(split, what="partitions split across two workers")
     board.publish_many([Task(n=i) for i in range(100)])
     await eventually(lambda: len(_results(board)) >= 100, what="100 results")
@@ -199,7 +209,9 @@ async def test_records_of_one_key_run_in_order_when_asked(board: Blackboard) -> 
     assert order == list(range(0, 30, 2))
 
 
-async def test_poison_records_go_to_the_dead_letter_topic_with_their_reasons(board: Blackboard) -> None:
+async def test_poison_records_go_to_the_dead_letter_topic_with_their_reasons(
+    board: Blackboard,
+) -> None:
     async def handle(task: Task, ctx: Context) -> Result:
         if task.n == 3:
             raise RuntimeError("model refused")
@@ -210,8 +222,12 @@ async def test_poison_records_go_to_the_dead_letter_topic_with_their_reasons(boa
     worker = Worker(_app(handle), board, FAST)
     running = await _start(worker)
     topic = board.topic(Task)
-    bad_json = OutgoingRecord(topic, b"k1", b"{not json", (("bb.id", b"bad-1"), ("bb.type", b"test.Task")))
-    invalid = OutgoingRecord(topic, b"k2", b'{"n": "three"}', (("bb.id", b"bad-2"), ("bb.type", b"test.Task")))
+    bad_json = OutgoingRecord(
+        topic, b"k1", b"{not json", (("bb.id", b"bad-1"), ("bb.type", b"test.Task"))
+    )
+    invalid = OutgoingRecord(
+        topic, b"k2", b'{"n": "three"}', (("bb.id", b"bad-2"), ("bb.type", b"test.Task"))
+    )
     board.store.publish([bad_json, invalid])
     board.publish_many([Task(n=i) for i in range(6)])
     dlq = board.topics.dlq(topic)

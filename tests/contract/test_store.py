@@ -9,7 +9,14 @@ import pytest
 from blackboard.artifacts import make_envelope, output_id
 from blackboard.blackboard import Blackboard
 from blackboard.errors import CommitError, FencedError, RecordTooLargeError, TopicError
-from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, StateUpdate, TopicPartition, partition_for
+from blackboard.records import (
+    AtomicCommit,
+    CommittedOffset,
+    OutgoingRecord,
+    StateUpdate,
+    TopicPartition,
+    partition_for,
+)
 from blackboard.wire import decode
 from tests.contract.helpers import Listener, eventually, poll_until, settle
 from tests.contract.types import Result, Task
@@ -111,15 +118,22 @@ async def test_atomic_commit_shows_nothing_when_it_fails(board: Blackboard) -> N
     assert board.store.group_offsets(group) == {}
     assert await member.load_state(record.partition) == {}
 
-    await member.commit(AtomicCommit(outputs=[good], offsets={record.tp: CommittedOffset(record.offset + 1)},
-                                     state=[StateUpdate(record.partition, "s", b"v")]))
+    await member.commit(
+        AtomicCommit(
+            outputs=[good],
+            offsets={record.tp: CommittedOffset(record.offset + 1)},
+            state=[StateUpdate(record.partition, "s", b"v")],
+        )
+    )
     assert len(list(board.records("test.Result"))) == 1
     assert board.store.group_offsets(group)[record.tp].offset == record.offset + 1
     assert await member.load_state(record.partition) == {"s": b"v"}
     await member.close()
 
 
-async def test_crash_before_commit_redelivers_and_rerun_publishes_nothing_new(board: Blackboard) -> None:
+async def test_crash_before_commit_redelivers_and_rerun_publishes_nothing_new(
+    board: Blackboard,
+) -> None:
     board.ensure_topics([board.registry.of(Task), board.registry.of(Result)])
     for i in range(10):
         board.publish(Task(n=i), partition_key=f"k{i}")
@@ -130,9 +144,14 @@ async def test_crash_before_commit_redelivers_and_rerun_publishes_nothing_new(bo
         commit = AtomicCommit()
         for r in records:
             art = decode(r, board.registry)
-            env = make_envelope(result_type, artifact_id=output_id("agent", [art.id], 0),
-                                correlation_id=art.envelope.correlation_id, causation_ids=[art.id],
-                                partition_key=art.envelope.partition_key, produced_by="agent")
+            env = make_envelope(
+                result_type,
+                artifact_id=output_id("agent", [art.id], 0),
+                correlation_id=art.envelope.correlation_id,
+                causation_ids=[art.id],
+                partition_key=art.envelope.partition_key,
+                produced_by="agent",
+            )
             commit.outputs.append(board.record_for(env, Result(n=art.payload.n)))  # type: ignore[attr-defined]
             commit.offsets[r.tp] = CommittedOffset(r.offset + 1)
         return commit
@@ -148,7 +167,7 @@ async def test_crash_before_commit_redelivers_and_rerun_publishes_nothing_new(bo
     await rerun.commit(second_try)
     results = list(board.read(Result))
     assert len(results) == 10
-    first_ids = sorted(dict(o.headers)["bb.id"].decode() for o in first_try.outputs)
+    first_ids = sorted(dict(o.wire_headers())["bb.id"].decode() for o in first_try.outputs)
     assert sorted(a.id for a in results) == first_ids
     assert sorted(a.payload.n for a in results) == list(range(10))  # type: ignore[attr-defined]
     await rerun.close()
