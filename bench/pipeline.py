@@ -64,7 +64,9 @@ def build_app(latency_s: float, concurrency: int) -> App:
     return app
 
 
-async def run_pipeline(inputs: int, *, latency_s: float = 0.0, concurrency: int = 1000) -> dict[str, Any]:
+async def run_pipeline(
+    inputs: int, *, latency_s: float = 0.0, concurrency: int = 1000
+) -> dict[str, Any]:
     """Publish ``inputs`` A artifacts and time until every C is committed."""
     board = Blackboard("memory://", registry=registry, settings=BlackboardSettings(partitions=8))
     app = build_app(latency_s, concurrency)
@@ -72,11 +74,11 @@ async def run_pipeline(inputs: int, *, latency_s: float = 0.0, concurrency: int 
     board.ensure_topics(app.types())
     task = asyncio.create_task(worker.run())
     await worker.started()
-    payloads = [A(n=i) for i in range(inputs)]
     c_topic = board.topics.for_type("bench.C")
     started = time.perf_counter()
-    board.publish_many(payloads)
-    while sum(board.store.end_offsets([c_topic]).values()) < inputs:
+    for first in range(0, inputs, 1000):  # a producer publishing in chunks, holding none
+        board.publish_many([A(n=i) for i in range(first, min(inputs, first + 1000))])
+    while sum(board.store.end_offsets([c_topic]).values()) < inputs:  # noqa: ASYNC110 - polls the store, no event to wait on
         await asyncio.sleep(0.001)
     elapsed = time.perf_counter() - started
     worker.stop()
@@ -94,7 +96,9 @@ async def run_pipeline(inputs: int, *, latency_s: float = 0.0, concurrency: int 
 def _child(inputs: int) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.pipeline", "--one", str(inputs)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -119,14 +123,19 @@ def main() -> None:
         scale.append(_child(n))
         print(f"  {n:>7} inputs: {scale[-1]['final_artifacts_per_s']:>7} final/s", file=sys.stderr)
     latency = asyncio.run(run_pipeline(1000, latency_s=0.010, concurrency=1000))
-    doc = {"no_latency": scale, "latency_10ms_cap_1000": {"inputs": 1000, "makespan_s": latency["seconds"]}}
+    doc = {
+        "no_latency": scale,
+        "latency_10ms_cap_1000": {"inputs": 1000, "makespan_s": latency["seconds"]},
+    }
     if args.json:
         print(json.dumps(doc, indent=2))
         return
     print(f"{'inputs':>8} {'final/s':>9} {'runs/s':>9} {'peak RSS MB':>12}")
     for row in scale:
-        print(f"{row['inputs']:>8} {row['final_artifacts_per_s']:>9} {row['agent_runs_per_s']:>9}"
-              f" {row['peak_rss_mb']:>12}")
+        print(
+            f"{row['inputs']:>8} {row['final_artifacts_per_s']:>9} {row['agent_runs_per_s']:>9}"
+            f" {row['peak_rss_mb']:>12}"
+        )
     print(f"1000 inputs, 2 x 10 ms handlers, cap 1000: makespan {latency['seconds']:.3f} s")
 
 

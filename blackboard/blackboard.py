@@ -175,7 +175,9 @@ class Blackboard:
         """The wire record of an artifact (key = partition key, JSON value, ``bb.*`` headers)."""
         if self.store.keeps_envelopes:
             return OutgoingRecord(
-                self.topics.for_type(env.type), env.partition_key.encode(), encode_payload(payload),
+                self.topics.for_type(env.type),
+                env.partition_key.encode(),
+                encode_payload(payload),
                 envelope=env,
             )
         return OutgoingRecord(

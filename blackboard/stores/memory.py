@@ -10,6 +10,10 @@ revoked from its owner inside the owner's next ``poll`` (the owner may still com
 then assigned to its new owner at the committed offset. A member that leaves hands its
 partitions over at once, without committing.
 
+Log entries are tuples of plain values (bytes, strings, numbers, datetimes), which CPython's
+garbage collector stops tracking, so a store holding millions of records does not slow every
+full collection down; :class:`Record` objects are built only for what is read.
+
 ``memory:///path/to/file`` keeps the store in a file: loaded on open, written on close, and
 locked against a second process meanwhile (for the CLI on the embedded store).
 """
@@ -22,7 +26,9 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
+from blackboard.artifacts import Envelope
 from blackboard.errors import (
     FencedError,
     RecordTooLargeError,
@@ -32,6 +38,7 @@ from blackboard.errors import (
 from blackboard.records import (
     AtomicCommit,
     CommittedOffset,
+    Headers,
     OutgoingRecord,
     Record,
     TopicPartition,
@@ -45,6 +52,45 @@ from blackboard.store import (
     Store,
 )
 from blackboard.stores.snapshot import SnapshotFile
+
+#: One log entry: key, value, explicit headers, append time, envelope fields (or None).
+Entry: TypeAlias = tuple[bytes | None, bytes | None, Headers, float, tuple[Any, ...] | None]
+
+
+def _entry(rec: OutgoingRecord, now: float) -> Entry:
+    env = rec.envelope
+    fields = None
+    if env is not None:
+        fields = (
+            env.id,
+            env.type,
+            env.schema_version,
+            env.correlation_id,
+            env.causation_ids,
+            env.partition_key,
+            env.tenant,
+            env.produced_by,
+            env.created_at,
+            env.traceparent,
+        )
+    return (rec.key, rec.value, rec.headers, now, fields)
+
+
+def records_of(topic: str, partition: int, start: int, entries: list[Entry]) -> list[Record]:
+    """Records for the log ``entries`` of ``topic[partition]``, the first at offset ``start``."""
+    return [
+        Record(
+            topic,
+            partition,
+            offset,
+            key,
+            value,
+            headers,
+            ts,
+            Envelope(*fields) if fields is not None else None,
+        )
+        for offset, (key, value, headers, ts, fields) in enumerate(entries, start)
+    ]
 
 
 @dataclass(slots=True)
@@ -65,7 +111,7 @@ class MemoryStore(Store):
     def __init__(self, url: str = "memory://", *, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         super().__init__(url)
         self._lock = threading.RLock()
-        self._topics: dict[str, list[list[Record]]] = {}
+        self._topics: dict[str, list[list[Entry]]] = {}
         self._compacted: set[str] = set()
         self._groups: dict[str, _Group] = {}
         self._subscribers: dict[str, set[MemoryMember]] = {}
@@ -116,14 +162,15 @@ class MemoryStore(Store):
     def publish(self, records: Sequence[OutgoingRecord]) -> list[tuple[TopicPartition, int]]:
         with self._lock:
             self._check_open()
-            self._check_records(records)
+            self._checkrecords_of(records)
             positions = self._append(records, time.time())
         return positions
 
     def read(self, tp: TopicPartition, start: int, max_records: int) -> list[Record]:
         with self._lock:
             log = self._log(tp)
-            return log[max(0, start) : max(0, start) + max_records]
+            first = max(0, start)
+            return records_of(tp.topic, tp.partition, first, log[first : first + max_records])
 
     def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         with self._lock:
@@ -193,7 +240,7 @@ class MemoryStore(Store):
         if self._closed:
             raise StoreClosedError(f"store {self.url} is closed")
 
-    def _log(self, tp: TopicPartition) -> list[Record]:
+    def _log(self, tp: TopicPartition) -> list[Entry]:
         parts = self._topics.get(tp.topic)
         if parts is None:
             raise TopicError(f"topic {tp.topic} does not exist")
@@ -201,7 +248,7 @@ class MemoryStore(Store):
             raise TopicError(f"topic {tp.topic} has no partition {tp.partition}")
         return parts[tp.partition]
 
-    def _check_records(self, records: Iterable[OutgoingRecord]) -> None:
+    def _checkrecords_of(self, records: Iterable[OutgoingRecord]) -> None:
         limit = self._max_record_bytes
         for rec in records:
             parts = self._topics.get(rec.topic)
@@ -227,7 +274,7 @@ class MemoryStore(Store):
             p = rec.partition if rec.partition is not None else partition_for(rec.key, len(parts))
             log = parts[p]
             offset = len(log)
-            log.append(Record(rec.topic, p, offset, rec.key, rec.value, rec.headers, now, rec.envelope))
+            log.append(_entry(rec, now))
             positions.append((TopicPartition(rec.topic, p), offset))
             touched.add(rec.topic)
         for topic in touched:
@@ -305,7 +352,7 @@ class MemoryStore(Store):
                     f"characters, over {MAX_METADATA_CHARS}",
                     code="OFFSET_METADATA_TOO_LARGE",
                 )
-        self._check_records(itertools.chain(commit.outputs, commit.dead_letters))
+        self._checkrecords_of(itertools.chain(commit.outputs, commit.dead_letters))
         # Every check passed: apply it all in this one locked step.
         self._append(itertools.chain(commit.outputs, commit.dead_letters), time.time())
         group.committed.update(commit.offsets)
@@ -444,7 +491,7 @@ class MemoryMember(GroupMember):
                     continue
                 chunk = log[pos : pos + (max_records - len(out))]
                 self._positions[tp] = pos + len(chunk)
-                out.extend(chunk)
+                out.extend(records_of(tp.topic, tp.partition, pos, chunk))
                 if len(out) >= max_records:
                     break
         return out

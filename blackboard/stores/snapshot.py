@@ -13,10 +13,13 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from blackboard.errors import ConfigError
-from blackboard.records import CommittedOffset, Record, TopicPartition
+from blackboard.records import CommittedOffset, TopicPartition
+
+if TYPE_CHECKING:
+    from blackboard.stores.memory import Entry
 
 _FORMAT = 1
 
@@ -25,7 +28,7 @@ _FORMAT = 1
 class Snapshot:
     """The contents of a store file."""
 
-    topics: dict[str, list[list[Record]]]
+    topics: dict[str, list[list[Entry]]]
     compacted: set[str]
     committed: dict[str, dict[TopicPartition, CommittedOffset]]
     state: dict[str, dict[int, dict[str, bytes]]]
@@ -74,13 +77,9 @@ class SnapshotFile:
             data = _PlainUnpickler(io.BytesIO(self.path.read_bytes())).load()
             if data.get("format") != _FORMAT:
                 raise ValueError(f"unknown format {data.get('format')!r}")
-            topics = {
+            topics: dict[str, list[list[Entry]]] = {
                 name: [
-                    [
-                        Record(name, p, off, k, v, tuple(h), ts)
-                        for off, (k, v, h, ts) in enumerate(log)
-                    ]
-                    for p, log in enumerate(parts)
+                    [(k, v, tuple(map(tuple, h)), ts, None) for k, v, h, ts in log] for log in parts
                 ]
                 for name, parts in data["topics"].items()
             }
@@ -99,17 +98,23 @@ class SnapshotFile:
 
     def save(
         self,
-        topics: dict[str, list[list[Record]]],
+        topics: dict[str, list[list[Entry]]],
         compacted: set[str],
         committed: dict[str, dict[TopicPartition, CommittedOffset]],
         state: dict[str, dict[int, dict[str, bytes]]],
     ) -> None:
         """Write the contents atomically (temporary file, then rename)."""
+        from blackboard.stores.memory import records_of
+
         data = {
             "format": _FORMAT,
             "topics": {
                 name: [
-                    [(r.key, r.value, list(r.headers), r.timestamp) for r in log] for log in parts
+                    [
+                        (r.key, r.value, list(r.headers), r.timestamp)
+                        for r in records_of(name, p, 0, log)
+                    ]
+                    for p, log in enumerate(parts)
                 ]
                 for name, parts in topics.items()
             },
