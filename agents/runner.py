@@ -122,6 +122,7 @@ class AgentRunner:
         self.member_name = member_name
         self._log = log.bind(agent=spec.name)
         self._topics = {board.topics.for_type(t.name): t.name for t in spec.consumes}
+        self.group = board.topics.group(spec.name)
         self._member: GroupMember | None = None
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._epoch: dict[TopicPartition, int] = {}
@@ -142,7 +143,7 @@ class AgentRunner:
         board, spec = self.board, self.spec
         board.ensure_topics(list(spec.consumes) + list(spec.publishes))
         member = await board.store.join(
-            spec.name, sorted(self._topics), self, member_name=self.member_name or spec.name
+            self.group, sorted(self._topics), self, member_name=self.member_name or spec.name
         )
         self._member = member
         self._started.set()
@@ -373,9 +374,7 @@ class AgentRunner:
         self._completed.append(outcome)
 
     def _dead_letter(self, record: Record, stage: Stage, exc: BaseException) -> OutgoingRecord:
-        return dead_letter(
-            record, stage=stage, error=exc, group=self.spec.name, agent=self.spec.name
-        )
+        return dead_letter(record, stage=stage, error=exc, group=self.group, agent=self.spec.name)
 
     # -- commit ---------------------------------------------------------------------------
     async def _commit(self) -> None:

@@ -98,7 +98,8 @@ class TestBoard:
 
     def lag(self) -> int:
         """Total lag of the app's agents."""
-        return sum(row.lag for row in self.board.lag(list(self.worker.app.agents)))
+        groups = [self.board.topics.group(agent) for agent in self.worker.app.agents]
+        return sum(row.lag for row in self.board.lag(groups))
 
     def artifacts(self, model: type[M]) -> list[Artifact[M]]:
         """Every committed artifact of a type, in partition then offset order."""

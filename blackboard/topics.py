@@ -29,6 +29,11 @@ class TopicNames:
         """The dead-letter topic of ``topic``."""
         return topic + DLQ_SUFFIX
 
+    def group(self, agent: str) -> str:
+        """The consumer group of ``agent``: ``<prefix>.<agent>``, so blackboards sharing a
+        cluster never rebalance each other's agents."""
+        return f"{self.prefix}.{agent}"
+
     def state(self, agent: str) -> str:
         """The compacted state changelog topic of ``agent``."""
         return f"{self.prefix}.{agent}.state"

@@ -124,7 +124,7 @@ def test_publish_tail_worker_lag_round_trip_with_sigterm(tmp_path: Path) -> None
     reviews = run("tail", "research.Review", "--store", store)
     assert len(reviews.stdout.splitlines()) == 2  # in-flight work was finished and committed
     lag = json.loads(run("lag", "--store", store, "--json").stdout)["lag"]
-    assert {r["group"] for r in lag} == {"novelty"}
+    assert {r["group"] for r in lag} == {"bb.novelty"}
     assert sum(r["lag"] for r in lag) == 0
     assert sum(r["end_offset"] for r in lag) == 2
 

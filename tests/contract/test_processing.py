@@ -67,7 +67,7 @@ async def test_every_input_produces_its_output_exactly_once(board: Blackboard) -
     worker.stop()
     await running
     assert sorted(r.n for r in _results(board)) == [i * 2 for i in range(200)]
-    assert sum(row.lag for row in board.lag(["doubler"])) == 0
+    assert sum(row.lag for row in board.lag([board.topics.group("doubler")])) == 0
 
 
 async def test_crash_before_commit_reruns_with_the_same_output_ids(board: Blackboard) -> None:
@@ -112,7 +112,7 @@ async def test_out_of_order_completion_is_never_redone_after_restart(board: Blac
     first = await _start(Worker(_app(handler), board, FAST))
 
     def committed_past_zero() -> bool:
-        done = board.store.group_offsets("doubler").get(tp)
+        done = board.store.group_offsets(board.topics.group("doubler")).get(tp)
         return done is not None and done.offset == 1 and done.metadata != ""
 
     await eventually(committed_past_zero, what="commit at the slow record with metadata")
@@ -127,7 +127,7 @@ async def test_out_of_order_completion_is_never_redone_after_restart(board: Blac
     await second
     assert calls == Counter({0: 1, 1: 2, 2: 1, 3: 1, 4: 1, 5: 1})
     assert sorted(r.n for r in _results(board)) == list(range(6))
-    assert board.store.group_offsets("doubler")[tp].offset == 6
+    assert board.store.group_offsets(board.topics.group("doubler"))[tp].offset == 6
 
 
 async def test_two_workers_split_the_partitions_and_hand_over_on_stop(board: Blackboard) -> None:
@@ -179,7 +179,7 @@ async def test_stop_lets_in_flight_handlers_finish_and_commits_them(board: Black
     worker.stop()
     await running
     assert sorted(r.n for r in _results(board)) == list(range(10))
-    assert sum(row.lag for row in board.lag(["doubler"])) == 0
+    assert sum(row.lag for row in board.lag([board.topics.group("doubler")])) == 0
 
 
 async def test_records_of_one_key_run_in_order_when_asked(board: Blackboard) -> None:
@@ -248,9 +248,10 @@ async def test_poison_records_go_to_the_dead_letter_topic_with_their_reasons(
     assert original.headers[:2] == bad_json.headers
     headers = {k: v.decode() for k, v in original.headers}
     assert headers["bb.dlq.original.topic"] == topic
-    assert headers["bb.dlq.consumer.group"] == "doubler"
+    assert headers["bb.dlq.consumer.group"] == board.topics.group("doubler")
+    assert headers["bb.dlq.agent"] == "doubler"
     assert int(headers["bb.dlq.original.offset"]) >= 0
     classes = {dict(r.headers)["bb.dlq.exception.class"].decode() for r in dead()}
     assert f"{UndeclaredOutputError.__module__}.UndeclaredOutputError" in classes
     assert "builtins.RuntimeError" in classes
-    assert sum(row.lag for row in board.lag(["doubler"])) == 0
+    assert sum(row.lag for row in board.lag([board.topics.group("doubler")])) == 0
