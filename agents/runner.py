@@ -33,9 +33,9 @@ from blackboard.dlq import Stage, dead_letter
 from blackboard.errors import (
     CommitError,
     DecodeError,
-    FencedError,
     InvalidArtifactError,
     RecordTooLargeError,
+    SupersededError,
 )
 from blackboard.logs import get_logger
 from blackboard.offsets import PartitionProgress
@@ -66,7 +66,11 @@ class RunnerSettings(BaseModel):
         default=30.0, ge=0, description="time in-flight handlers get to finish"
     )
     idle_poll_s: float = Field(default=1.0, gt=0, description="longest wait in one poll")
-    max_record_bytes: int = Field(default=MAX_RECORD_BYTES, ge=1024)
+    max_record_bytes: int = Field(
+        default=MAX_RECORD_BYTES - 50_000,
+        ge=1024,
+        description="largest output value (headroom for headers)",
+    )
 
 
 @dataclass(slots=True)
@@ -104,7 +108,8 @@ class AgentRunner:
         board: the blackboard (store, registry, topic names).
         spec: the agent.
         settings: polling and commit settings.
-        member_name: a label for this member (e.g. the worker slot).
+        slot: the worker slot this runner belongs to (stable across restarts: on Kafka it
+            names the transactional id, so a restarted slot fences its predecessor).
     """
 
     def __init__(
@@ -113,13 +118,13 @@ class AgentRunner:
         spec: AgentSpec,
         settings: RunnerSettings | None = None,
         *,
-        member_name: str = "",
+        slot: str = "0",
     ) -> None:
         self.board = board
         self.spec = spec
         self.settings = settings or RunnerSettings()
         self.stats = RunnerStats()
-        self.member_name = member_name
+        self.slot = slot
         self._log = log.bind(agent=spec.name)
         self._topics = {board.topics.for_type(t.name): t.name for t in spec.consumes}
         self.group = board.topics.group(spec.name)
@@ -142,8 +147,12 @@ class AgentRunner:
         """Join the group and process records until :meth:`stop`; then drain and leave."""
         board, spec = self.board, self.spec
         board.ensure_topics(list(spec.consumes) + list(spec.publishes))
+        if spec.ordered:  # keyed state lives in a compacted changelog where the store keeps one
+            board.store.ensure_topics(
+                [board.topics.state(spec.name)], board.settings.partitions, compacted=True
+            )
         member = await board.store.join(
-            self.group, sorted(self._topics), self, member_name=self.member_name or spec.name
+            self.group, sorted(self._topics), self, member_name=self.slot
         )
         self._member = member
         self._started.set()
@@ -405,9 +414,10 @@ class AgentRunner:
             return
         try:
             await member.commit(commit)
-        except FencedError as exc:
-            self._log.warning("commit fenced; dropping the partitions", error=str(exc))
+        except SupersededError as exc:
+            self._log.error("a newer process took over this worker slot; stopping", error=str(exc))
             self._forget(sorted(touched))
+            self.stop()
             return
         except CommitError as exc:
             self._log.warning("commit failed; redoing from the committed offsets", error=str(exc))
@@ -424,6 +434,9 @@ class AgentRunner:
         member = self._member
         assert member is not None
         self.stats.rewinds += 1
+        owned = member.assignment()
+        self._forget([tp for tp in partitions if tp not in owned])
+        partitions = [tp for tp in partitions if tp in owned]
         committed = await member.committed(partitions)
         gone = set(partitions)
         self._ready = deque(i for i in self._ready if i.tp not in gone)

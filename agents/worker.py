@@ -89,9 +89,7 @@ class Worker:
             board.registry.merge(app.registry)
         self.app = app
         self.board = board
-        self.runners = [
-            AgentRunner(board, app.agents[n], settings, member_name=f"{n}-{slot}") for n in names
-        ]
+        self.runners = [AgentRunner(board, app.agents[n], settings, slot=slot) for n in names]
         self._gc_gen0 = gc_gen0_threshold
 
     async def run(self, *, handle_signals: bool = False) -> None:

@@ -19,7 +19,8 @@
         ├── TopicError              a topic is missing or has the wrong partition count
         ├── RecordTooLargeError     a record over the store's size limit
         ├── CommitError             an atomic commit did not happen (nothing of it is visible)
-        │   └── FencedError         the member lost its partitions or was fenced by a newer one
+        │   └── FencedError         the member lost its partitions (group generation moved on)
+        │       └── SupersededError a newer process took over this worker slot
         └── StoreClosedError        the store or member was closed
 
 Driver errors (Kafka, Redis) are translated at the store boundary with ``raise ... from exc``.
@@ -122,6 +123,10 @@ class CommitError(StoreError):
 
 class FencedError(CommitError):
     """The member no longer owns the partitions it tried to commit."""
+
+
+class SupersededError(FencedError):
+    """A newer process took over this worker slot (its transactional id); stop."""
 
 
 class StoreClosedError(StoreError):

@@ -21,8 +21,8 @@ from typing import Protocol
 from blackboard.errors import TopicError
 from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, Record, TopicPartition
 
-#: Largest record value a store accepts by default (Kafka's default ``message.max.bytes``).
-MAX_RECORD_BYTES = 1_048_576
+#: Largest record a store accepts by default (librdkafka's default ``message.max.bytes``).
+MAX_RECORD_BYTES = 1_000_000
 #: Largest offset-commit metadata string (Kafka's default ``offset.metadata.max.bytes``).
 MAX_METADATA_CHARS = 4096
 

@@ -208,7 +208,7 @@ class MemoryStore(Store):
     ) -> MemoryMember:
         with self._lock:
             self._check_open()
-            member_id = f"{member_name or group}-{next(self._member_seq)}"
+            member_id = f"{group}.{member_name or 'member'}-{next(self._member_seq)}"
             member = MemoryMember(self, group, member_id, tuple(topics), listener)
             grp = self._groups.setdefault(group, _Group())
             grp.members[member_id] = member

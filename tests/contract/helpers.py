@@ -34,9 +34,12 @@ async def eventually(
     """Wait until ``check()`` is true, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
+        if asyncio.iscoroutinefunction(check):
+            result = await check()
+        else:  # off the event loop: a blocking read must not starve the workers
+            result = await asyncio.to_thread(check)
+            if isinstance(result, Awaitable):
+                result = await result
         if result:
             return
         if time.monotonic() > deadline:
@@ -71,3 +74,15 @@ async def poll_until(member: GroupMember, count: int, timeout: float = 30.0) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"polled {len(out)} of {count} records in {timeout}s")
     return out
+
+
+async def poll_distinct(member: GroupMember, count: int, timeout: float = 30.0) -> list[Record]:
+    """Poll until ``count`` distinct positions were returned; one record per position."""
+    seen: dict[tuple[str, int, int], Record] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        for r in await member.poll(count, 0.1):
+            seen.setdefault((r.topic, r.partition, r.offset), r)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"polled {len(seen)} of {count} distinct records in {timeout}s")
+    return list(seen.values())

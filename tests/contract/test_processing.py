@@ -116,6 +116,7 @@ async def test_out_of_order_completion_is_never_redone_after_restart(board: Blac
         return done is not None and done.offset == 1 and done.metadata != ""
 
     await eventually(committed_past_zero, what="commit at the slow record with metadata")
+    await eventually(lambda: len(_results(board)) == 5, what="the five fast results")
     assert sorted(r.n for r in _results(board)) == [0, 2, 3, 4, 5]
     await _crash(first)
 
@@ -178,6 +179,7 @@ async def test_stop_lets_in_flight_handlers_finish_and_commits_them(board: Black
     await started.wait()
     worker.stop()
     await running
+    await eventually(lambda: len(_results(board)) >= 10, what="in-flight results committed")
     assert sorted(r.n for r in _results(board)) == list(range(10))
     assert sum(row.lag for row in board.lag([board.topics.group("doubler")])) == 0
 

@@ -1,0 +1,304 @@
+"""``kafka://host:port[,host:port][?librdkafka.key=value...]`` — Apache Kafka via confluent-kafka.
+
+Topics are created on demand with the blackboard's partition count (and the cluster's default
+replication factor). External publishes go through one idempotent producer. Group members
+(:mod:`blackboard.stores.kafka_member`) consume ``read_committed`` and commit through the worker
+slot's transactional producer. End offsets are *last stable offsets* (the ``read_committed``
+view), so lag never counts records of open or aborted transactions. Records are partitioned by
+:func:`~blackboard.records.partition_for`, the same function every store uses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaException,
+    Producer,
+)
+from confluent_kafka import TopicPartition as KafkaTP
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
+
+from blackboard.errors import StoreError, StoreUnavailableError, TopicError
+from blackboard.records import (
+    CommittedOffset,
+    OutgoingRecord,
+    Record,
+    TopicPartition,
+    partition_for,
+)
+from blackboard.store import GroupMember, RebalanceListener, Store
+from blackboard.stores.kafka_errors import translate
+from blackboard.stores.kafka_member import KafkaMember
+from blackboard.stores.kafka_settings import KafkaSettings
+
+ADMIN_TIMEOUT_S = 15.0
+_INTERNAL = ("__consumer_offsets", "__transaction_state")
+
+
+class KafkaStore(Store):
+    """The Kafka backend."""
+
+    system = "kafka"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.settings = KafkaSettings.from_url(url)
+        self._admin = AdminClient(self.settings.admin_config())
+        self._partitions: dict[str, int] = {}
+        self._producer: Producer | None = None
+        self._reader: Consumer | None = None
+        self._reader_lock = threading.Lock()
+        self._closed = False
+        try:
+            self._admin.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise StoreUnavailableError(
+                f"cannot reach Kafka at {self.settings.bootstrap}: {exc.args[0].str()}",
+                code=exc.args[0].name(),
+                retriable=True,
+            ) from exc
+
+    # -- topics ---------------------------------------------------------------------------
+    def create_topics(
+        self, topics: Sequence[str], partitions: int, *, compacted: bool = False
+    ) -> None:
+        config = {"cleanup.policy": "compact"} if compacted else {}
+        new = [
+            NewTopic(t, num_partitions=partitions, replication_factor=-1, config=config)
+            for t in topics
+        ]
+        for topic, future in self._admin.create_topics(
+            new, operation_timeout=ADMIN_TIMEOUT_S
+        ).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise translate(exc, f"create topic {topic}") from exc
+        self._wait_for_leaders(topics)
+
+    def _wait_for_leaders(self, topics: Sequence[str]) -> None:
+        deadline = time.monotonic() + ADMIN_TIMEOUT_S
+        pending = set(topics)
+        while pending:
+            meta = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+            for topic in list(pending):
+                info = meta.get(topic)
+                if (
+                    info is not None
+                    and info.error is None
+                    and info.partitions
+                    and all(p.leader >= 0 for p in info.partitions.values())
+                ):
+                    self._partitions[topic] = len(info.partitions)
+                    pending.discard(topic)
+            if pending and time.monotonic() > deadline:
+                raise TopicError(
+                    f"topics {sorted(pending)} have no leaders after {ADMIN_TIMEOUT_S}s"
+                )
+            if pending:
+                time.sleep(0.05)
+
+    def topic_partitions(self, topic: str) -> int | None:
+        if topic in self._partitions:
+            return self._partitions[topic]
+        try:
+            info = self._admin.list_topics(topic=topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+        except KafkaException as exc:
+            raise translate(exc, f"describe topic {topic}") from exc
+        if info is None or info.error is not None or not info.partitions:
+            return None
+        self._partitions[topic] = len(info.partitions)
+        return self._partitions[topic]
+
+    def partition_of(self, topic: str, key: bytes | None) -> int:
+        """The partition a record with ``key`` goes to on ``topic``."""
+        count = self.topic_partitions(topic)
+        if count is None:
+            raise TopicError(f"topic {topic} does not exist")
+        return partition_for(key, count)
+
+    def list_topics(self) -> list[str]:
+        try:
+            topics = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+        except KafkaException as exc:
+            raise translate(exc, "list topics") from exc
+        return sorted(t for t in topics if t not in _INTERNAL)
+
+    # -- records --------------------------------------------------------------------------
+    def publish(self, records: Sequence[OutgoingRecord]) -> list[tuple[TopicPartition, int]]:
+        if self._producer is None:
+            self._producer = Producer(self.settings.producer_config())
+        producer = self._producer
+        results: list[Any] = [None] * len(records)
+
+        def delivered(index: int) -> Any:
+            def report(err: Any, msg: Any) -> None:
+                results[index] = (
+                    err if err is not None else (msg.topic(), msg.partition(), msg.offset())
+                )
+
+            return report
+
+        for i, rec in enumerate(records):
+            partition = (
+                rec.partition
+                if rec.partition is not None
+                else self.partition_of(rec.topic, rec.key)
+            )
+            while True:
+                try:
+                    producer.produce(
+                        rec.topic,
+                        rec.value,
+                        rec.key,
+                        partition=partition,
+                        headers=list(rec.wire_headers()),
+                        on_delivery=delivered(i),
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    raise translate(exc, f"publish to {rec.topic}") from exc
+        remaining = producer.flush(ADMIN_TIMEOUT_S)
+        if remaining:
+            raise StoreUnavailableError(
+                f"{remaining} records not delivered in {ADMIN_TIMEOUT_S}s", retriable=True
+            )
+        positions: list[tuple[TopicPartition, int]] = []
+        for result in results:
+            if not isinstance(result, tuple):
+                raise translate(KafkaException(result), "publish")
+            positions.append((TopicPartition(result[0], result[1]), result[2]))
+        return positions
+
+    def read(self, tp: TopicPartition, start: int, max_records: int) -> list[Record]:
+        end = self.end_offsets_of([tp]).get(tp, 0)
+        if start >= end or max_records <= 0:
+            return []
+        return self._read_range(tp, max(0, start), end, max_records)
+
+    def _read_range(
+        self, tp: TopicPartition, start: int, end: int, max_records: int
+    ) -> list[Record]:
+        """Committed records of ``tp`` in [start, end) (end = the last stable offset)."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = Consumer(self.settings.reader_config())
+            reader = self._reader
+            reader.assign([KafkaTP(tp.topic, tp.partition, start)])
+            out: list[Record] = []
+            deadline = time.monotonic() + ADMIN_TIMEOUT_S
+            try:
+                while len(out) < max_records:
+                    for m in reader.consume(min(500, max_records - len(out)), 0.05):
+                        if m.error() is None:
+                            out.append(KafkaMember._record(m))
+                    position = reader.position([KafkaTP(tp.topic, tp.partition)])[0].offset
+                    if (out and out[-1].offset + 1 >= end) or position >= end:
+                        break
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"reading {tp.topic}[{tp.partition}] timed out at {position}/{end}"
+                        )
+            finally:
+                reader.unassign()
+        return [r for r in out if r.offset < end][:max_records]
+
+    def read_state(self, topic: str, partition: int) -> dict[str, bytes]:
+        """A compacted changelog partition replayed into a dict (None values delete)."""
+        if self.topic_partitions(topic) is None:
+            return {}
+        tp = TopicPartition(topic, partition)
+        end = self.end_offsets_of([tp]).get(tp, 0)
+        state: dict[str, bytes] = {}
+        if end == 0:
+            return state
+        for rec in self._read_range(tp, 0, end, 1 << 62):
+            key = (rec.key or b"").decode()
+            if rec.value is None:
+                state.pop(key, None)
+            else:
+                state[key] = rec.value
+        return state
+
+    def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        tps = [TopicPartition(t, p) for t in topics for p in range(self.topic_partitions(t) or 0)]
+        return self.end_offsets_of(tps)
+
+    def end_offsets_of(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Last stable offsets (the ``read_committed`` end) of ``tps``."""
+        if not tps:
+            return {}
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {KafkaTP(tp.topic, tp.partition): latest for tp in tps}
+        futures = self._admin.list_offsets(
+            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=ADMIN_TIMEOUT_S
+        )
+        out: dict[TopicPartition, int] = {}
+        for ktp, future in futures.items():
+            try:
+                out[TopicPartition(ktp.topic, ktp.partition)] = future.result().offset
+            except KafkaException as exc:
+                raise translate(exc, f"list offsets of {ktp.topic}[{ktp.partition}]") from exc
+        return out
+
+    # -- groups ---------------------------------------------------------------------------
+    def group_offsets(
+        self, group: str, *, stable: bool = False
+    ) -> dict[TopicPartition, CommittedOffset]:
+        """Committed offsets of ``group``; ``stable`` waits for pending transactional commits."""
+        futures = self._admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)],
+            require_stable=stable,
+            request_timeout=ADMIN_TIMEOUT_S,
+        )
+        try:
+            result = futures[group].result()
+        except KafkaException as exc:
+            if exc.args[0].name() in ("GROUP_ID_NOT_FOUND", "_NOENT"):
+                return {}
+            raise translate(exc, f"offsets of group {group}") from exc
+        return {
+            TopicPartition(p.topic, p.partition): CommittedOffset(p.offset, p.metadata or "")
+            for p in result.topic_partitions or ()
+            if p.offset >= 0
+        }
+
+    def list_groups(self) -> list[str]:
+        try:
+            result = self._admin.list_consumer_groups(request_timeout=ADMIN_TIMEOUT_S).result()
+        except KafkaException as exc:
+            raise translate(exc, "list groups") from exc
+        return sorted(g.group_id for g in result.valid if g.group_id != "kafka-blackboard-reader")
+
+    async def join(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        member_name: str = "",
+    ) -> GroupMember:
+        member = KafkaMember(self, group, topics, listener, slot=member_name or "0")
+        await member.start()
+        return member
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._producer is not None:
+            self._producer.flush(ADMIN_TIMEOUT_S)
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None

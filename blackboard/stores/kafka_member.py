@@ -1,0 +1,348 @@
+"""A consumer-group member on Kafka: a ``read_committed`` consumer and the worker slot's
+transactional producer (DESIGN.md §3, §4).
+
+Threads: ``consume()`` blocks, so it runs on the member's poll thread; librdkafka calls the
+rebalance callbacks inside it, and they hand the work to the event loop (the runner's listener)
+and wait for it. Transactions run on a second thread, so a listener may commit while the poll
+thread waits in a revoke callback (commit-on-revoke).
+
+One atomic commit is one transaction: produce outputs, dead letters and state changelog records,
+``send_offsets_to_transaction`` with the consumer's group metadata (KIP-447: a zombie from an
+older group generation is fenced), then ``commit_transaction``. librdkafka's rules: a retriable
+commit is retried (never aborted after a timeout); an abortable error aborts and the runner
+redoes from the committed offsets; a fatal error (another process took over the slot) ends the
+member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaTP
+
+from blackboard.errors import CommitError, RecordTooLargeError, StoreClosedError, SupersededError
+from blackboard.logs import get_logger
+from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, Record, TopicPartition
+from blackboard.store import GroupMember, RebalanceListener
+from blackboard.stores.kafka_errors import kafka_error, translate
+
+if TYPE_CHECKING:
+    from blackboard.stores.kafka import KafkaStore
+
+T = TypeVar("T")
+log = get_logger("kafka")
+
+POLL_SLICE_S = 0.05
+TXN_TIMEOUT_S = 30.0
+COMMIT_RETRIES = 20
+
+
+class KafkaMember(GroupMember):
+    """One member of a consumer group, with the slot's transactional producer."""
+
+    def __init__(
+        self,
+        store: KafkaStore,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        slot: str,
+    ) -> None:
+        self.group = group
+        self.member_id = f"{group}.{slot}"
+        self.transactional_id = f"{group}.{slot}"
+        self._store = store
+        self._topics = list(topics)
+        self._listener = listener
+        self._state_topic = f"{group}.state"
+        self._state_ready = False
+        self._max_bytes = int(store.settings.producer_config()["message.max.bytes"])
+        self._owned: set[TopicPartition] = set()
+        self._interrupted = threading.Event()
+        self._closed = False
+        self._poll_thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-poll-{group}")
+        self._txn_thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-txn-{group}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        settings = store.settings
+        self._consumer = Consumer(settings.consumer_config(group))
+        self._producer = self._new_producer()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _new_producer(self) -> Producer:
+        """A transactional producer for the slot; ``init_transactions`` fences and aborts
+        whatever a predecessor with the same transactional id left open."""
+        producer = Producer(self._store.settings.transactional_config(self.transactional_id))
+        try:
+            producer.init_transactions(TXN_TIMEOUT_S)
+        except KafkaException as exc:
+            raise translate(exc, f"init_transactions({self.transactional_id})") from exc
+        return producer
+
+    async def start(self) -> None:
+        """Subscribe; partitions arrive through the listener inside :meth:`poll`."""
+        self._loop = asyncio.get_running_loop()
+        await self._on_txn_thread(lambda: None)
+        self._consumer.subscribe(
+            self._topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    # -- rebalance callbacks (poll thread) ------------------------------------------------
+    def _call_listener(
+        self, method: Callable[[Sequence[TopicPartition]], Any], parts: list[Any]
+    ) -> None:
+        tps = [TopicPartition(p.topic, p.partition) for p in parts]
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(method(tps), self._loop).result()
+
+    def _on_assign(self, consumer: Consumer, parts: list[Any]) -> None:
+        self._owned |= {TopicPartition(p.topic, p.partition) for p in parts}
+        self._call_listener(self._listener.on_assigned, parts)
+
+    def _on_revoke(self, consumer: Consumer, parts: list[Any]) -> None:
+        if self._closed:  # leaving after the runner committed: nothing left to do
+            self._owned.clear()
+            return
+        try:
+            self._call_listener(self._listener.on_revoked, parts)
+        finally:
+            self._owned -= {TopicPartition(p.topic, p.partition) for p in parts}
+
+    def _on_lost(self, consumer: Consumer, parts: list[Any]) -> None:
+        self._owned -= {TopicPartition(p.topic, p.partition) for p in parts}
+        if self._closed:
+            return
+        self._call_listener(self._listener.on_lost, parts)
+
+    # -- polling --------------------------------------------------------------------------
+    async def poll(self, max_records: int, timeout: float) -> list[Record]:
+        if self._closed:
+            return []
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._poll_thread, self._poll_sync, max_records, timeout)
+
+    def _poll_sync(self, max_records: int, timeout: float) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        while True:
+            slice_s = max(0.0, min(POLL_SLICE_S, deadline - time.monotonic()))
+            try:
+                messages = self._consumer.consume(max(1, max_records), slice_s)
+            except KafkaException as exc:
+                raise translate(exc, "consume") from exc
+            records = [self._record(m) for m in messages if m.error() is None]
+            for m in messages:
+                if m.error() is not None:
+                    log.warning("consumer error", group=self.group, error=str(m.error()))
+            if (
+                records
+                or self._interrupted.is_set()
+                or self._closed
+                or time.monotonic() >= deadline
+            ):
+                self._interrupted.clear()
+                return records
+
+    @staticmethod
+    def _record(m: Any) -> Record:
+        _, ts = m.timestamp()
+        return Record(
+            m.topic(),
+            m.partition(),
+            m.offset(),
+            m.key(),
+            m.value(),
+            tuple(m.headers() or ()),
+            ts / 1000.0,
+        )
+
+    # -- commits (transaction thread) -----------------------------------------------------
+    async def commit(self, commit: AtomicCommit) -> None:
+        if self._closed:
+            raise StoreClosedError(f"member {self.member_id} is closed")
+        await self._on_txn_thread(lambda: self._commit_sync(commit))
+
+    def _commit_sync(self, commit: AtomicCommit) -> None:
+        producer = self._producer
+        if producer is None:
+            raise SupersededError(
+                f"worker slot {self.transactional_id} was taken over", code="_FENCED"
+            )
+        self._check_sizes(commit)
+        if commit.state and not self._state_ready:
+            partitions = max(self._store.topic_partitions(t) or 1 for t in self._topics)
+            self._store.ensure_topics([self._state_topic], partitions, compacted=True)
+            self._state_ready = True
+        try:
+            producer.begin_transaction()
+        except KafkaException as exc:
+            raise self._failure(exc, "begin_transaction") from exc
+        try:
+            for rec in itertools.chain(commit.outputs, commit.dead_letters):
+                self._produce(rec)
+            for update in commit.state:
+                self._produce(
+                    OutgoingRecord(
+                        self._state_topic,
+                        update.key.encode(),
+                        update.value,
+                        partition=update.partition,
+                    )
+                )
+            if commit.offsets:
+                offsets = [
+                    KafkaTP(tp.topic, tp.partition, c.offset, c.metadata)
+                    for tp, c in commit.offsets.items()
+                ]
+                producer.send_offsets_to_transaction(
+                    offsets, self._consumer.consumer_group_metadata(), TXN_TIMEOUT_S
+                )
+        except KafkaException as exc:
+            error = self._failure(exc, "transaction")
+            self._abort()
+            raise error from exc
+        self._commit_transaction()
+
+    def _check_sizes(self, commit: AtomicCommit) -> None:
+        limit = self._max_bytes
+        for rec in itertools.chain(commit.outputs, commit.dead_letters):
+            size = len(rec.value or b"") + len(rec.key or b"")
+            if size > limit:
+                raise RecordTooLargeError(
+                    f"record for {rec.topic} is {size} bytes, over message.max.bytes={limit}",
+                    code="MSG_SIZE_TOO_LARGE",
+                )
+
+    def _produce(self, rec: OutgoingRecord) -> None:
+        partition = rec.partition
+        if partition is None:
+            partition = self._store.partition_of(rec.topic, rec.key)
+        while True:
+            try:
+                self._producer.produce(
+                    rec.topic,
+                    rec.value,
+                    rec.key,
+                    partition=partition,
+                    headers=list(rec.wire_headers()),
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # queue full: let deliveries drain
+
+    def _commit_transaction(self) -> None:
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                self._producer.commit_transaction(TXN_TIMEOUT_S)
+                return
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is not None and err.retriable() and not err.txn_requires_abort():
+                    log.warning(
+                        "commit retrying", group=self.group, attempt=attempt + 1, error=err.str()
+                    )
+                    continue  # never abort after a commit timeout: retry the commit
+                error = self._failure(exc, "commit_transaction")
+                self._abort()
+                raise error from exc
+        raise CommitError(
+            f"commit_transaction did not finish after {COMMIT_RETRIES} tries", retriable=True
+        )
+
+    def _failure(self, exc: KafkaException, action: str) -> Exception:
+        err = kafka_error(exc)
+        if err is not None and err.fatal():
+            self._producer = None  # type: ignore[assignment]
+            return SupersededError(
+                f"worker slot {self.transactional_id} was taken over by a newer process "
+                f"({err.name()}: {err.str()})",
+                code=err.name(),
+            )
+        return translate(exc, action, in_commit=True)
+
+    def _abort(self) -> None:
+        if self._producer is None:
+            return
+        try:
+            self._producer.abort_transaction(TXN_TIMEOUT_S)
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            if err is not None and err.fatal():
+                self._producer = None  # type: ignore[assignment]
+            log.warning("abort_transaction failed", group=self.group, error=str(exc))
+
+    async def _on_txn_thread(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._txn_thread, fn)
+
+    # -- positions and state --------------------------------------------------------------
+    async def committed(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, CommittedOffset]:
+        # Through the admin client: the consumer's own committed() waits for the rebalance
+        # that calls us. require_stable waits out pending transactional offsets (KIP-447).
+        wanted = set(partitions)
+        if not wanted:
+            return {}
+        found = await self._on_txn_thread(
+            lambda: self._store.group_offsets(self.group, stable=True)
+        )
+        return {tp: c for tp, c in found.items() if tp in wanted}
+
+    async def load_state(self, partition: int) -> dict[str, bytes]:
+        return await self._on_txn_thread(
+            lambda: self._store.read_state(self._state_topic, partition)
+        )
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset(self._owned)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            self._consumer.seek(KafkaTP(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            log.warning("seek failed", partition=f"{tp.topic}[{tp.partition}]", error=str(exc))
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        parts = [KafkaTP(tp.topic, tp.partition) for tp in partitions if tp in self._owned]
+        if parts:
+            self._consumer.pause(parts)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        parts = [KafkaTP(tp.topic, tp.partition) for tp in partitions if tp in self._owned]
+        if parts:
+            self._consumer.resume(parts)
+
+    def wakeup(self) -> None:
+        self._interrupted.set()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._interrupted.set()
+        loop = asyncio.get_running_loop()
+        # Leaving the group runs the revoke callback on the poll thread; the runner has
+        # already committed, so it has nothing left to do there.
+        await loop.run_in_executor(self._poll_thread, self._close_consumer)
+        await self._on_txn_thread(self._close_producer)
+        self._poll_thread.shutdown(wait=False)
+        self._txn_thread.shutdown(wait=False)
+
+    def _close_consumer(self) -> None:
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer close failed", group=self.group, error=str(exc))
+
+    def _close_producer(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(5)

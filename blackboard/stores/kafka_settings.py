@@ -1,0 +1,110 @@
+"""Kafka settings built from the store URL; every librdkafka key is produced here, in one place.
+
+``kafka://host:port[,host:port][?key=value&...]`` — query keys are raw librdkafka settings that
+override the defaults for every client; ``producer.<key>``, ``consumer.<key>`` and
+``admin.<key>`` target one kind of client (e.g. ``?producer.linger.ms=20&compression.type=zstd``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from blackboard.errors import ConfigError
+
+#: Throughput and latency defaults (override any of them from the URL).
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger.ms": 5,
+    "compression.type": "lz4",
+    "batch.size": 262_144,
+    "acks": "all",
+    "enable.idempotence": True,
+    "message.max.bytes": 1_000_000,
+}
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "isolation.level": "read_committed",
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    # range keeps equal partition numbers of co-partitioned topics on one member (joins)
+    "partition.assignment.strategy": "range",
+    "session.timeout.ms": 10_000,
+    "heartbeat.interval.ms": 1_000,
+    "fetch.wait.max.ms": 100,
+    "fetch.min.bytes": 1,
+    "max.partition.fetch.bytes": 1_048_576,
+    "enable.partition.eof": False,
+}
+TRANSACTION_TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """Where the brokers are and the raw librdkafka overrides."""
+
+    bootstrap: str
+    common: dict[str, str] = field(default_factory=dict)
+    producer: dict[str, str] = field(default_factory=dict)
+    consumer: dict[str, str] = field(default_factory=dict)
+    admin: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_url(cls, url: str) -> KafkaSettings:
+        """Parse ``kafka://host:port[,...][?key=value...]``.
+
+        Raises:
+            ConfigError: no host, or a malformed host:port.
+        """
+        parts = urlsplit(url)
+        hosts = parts.netloc
+        if not hosts:
+            raise ConfigError(f"kafka store URL {url!r} names no broker: use kafka://host:port")
+        for host in hosts.split(","):
+            name, _, port = host.rpartition(":")
+            if not name or not port.isdigit():
+                raise ConfigError(f"kafka store URL {url!r}: {host!r} is not host:port")
+        common: dict[str, str] = {}
+        scoped: dict[str, dict[str, str]] = {"producer": {}, "consumer": {}, "admin": {}}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            scope, _, rest = key.partition(".")
+            if scope in scoped and rest:
+                scoped[scope][rest] = value
+            else:
+                common[key] = value
+        return cls(hosts, common, scoped["producer"], scoped["consumer"], scoped["admin"])
+
+    def _base(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, "client.id": "kafka-blackboard"}
+
+    def admin_config(self) -> dict[str, Any]:
+        """For the AdminClient."""
+        return {**self._base(), **self.common, **self.admin}
+
+    def producer_config(self) -> dict[str, Any]:
+        """For the idempotent producer of external publishes."""
+        return {**self._base(), **PRODUCER_DEFAULTS, **self.common, **self.producer}
+
+    def transactional_config(self, transactional_id: str) -> dict[str, Any]:
+        """For a worker slot's transactional producer."""
+        return {
+            **self.producer_config(),
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+        }
+
+    def consumer_config(self, group: str) -> dict[str, Any]:
+        """For a group member (``read_committed``, offsets only through transactions)."""
+        return {
+            **self._base(),
+            **CONSUMER_DEFAULTS,
+            "group.id": group,
+            **self.common,
+            **self.consumer,
+        }
+
+    def reader_config(self) -> dict[str, Any]:
+        """For a group-less ``read_committed`` reader (tail, state restore)."""
+        config = self.consumer_config("kafka-blackboard-reader")
+        config.pop("partition.assignment.strategy", None)
+        return config
