@@ -134,6 +134,7 @@ class AgentRunner:
         self._state: dict[int, dict[str, bytes]] = {}
         self._ready: deque[_Item] = deque()
         self._parked: dict[bytes | None, deque[_Item]] = {}
+        self._running_keys: set[bytes | None] = set()
         self._completed: list[_Outcome] = []
         self._first_completed_at = 0.0
         self._running = 0
@@ -255,10 +256,27 @@ class AgentRunner:
             self._progress.pop(tp, None)
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
             self._paused.discard(tp)
-        self._ready = deque(i for i in self._ready if i.tp not in gone)
+        self._drop_queued(gone)
         still = {tp.partition for tp in self._progress}
         for p in [p for p in self._state if p not in still]:
             del self._state[p]
+
+    def _drop_queued(self, gone: set[TopicPartition]) -> None:
+        """Drop queued and parked records of ``gone`` partitions, and free the keys whose
+        turn-holder was dropped (ordered agents), so later records of those keys still run."""
+        self._ready = deque(i for i in self._ready if i.tp not in gone)
+        if not self.spec.ordered:
+            return
+        holding = {i.record.key for i in self._ready} | self._running_keys
+        for key in list(self._parked):
+            queue = deque(i for i in self._parked[key] if i.tp not in gone)
+            if key in holding:
+                self._parked[key] = queue
+            elif queue:
+                self._ready.append(queue.popleft())
+                self._parked[key] = queue
+            else:
+                del self._parked[key]
 
     # -- admission and dispatch -----------------------------------------------------------
     def _admit(self, records: list[Record]) -> None:
@@ -306,6 +324,8 @@ class AgentRunner:
                 self._release_key(item)
                 continue
             self._running += 1
+            if self.spec.ordered:
+                self._running_keys.add(item.record.key)
             task = asyncio.create_task(self._execute(item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -314,6 +334,7 @@ class AgentRunner:
         if not self.spec.ordered:
             return
         key = item.record.key
+        self._running_keys.discard(key)
         parked = self._parked.get(key)
         if parked:
             self._ready.append(parked.popleft())
@@ -439,7 +460,7 @@ class AgentRunner:
         partitions = [tp for tp in partitions if tp in owned]
         committed = await member.committed(partitions)
         gone = set(partitions)
-        self._ready = deque(i for i in self._ready if i.tp not in gone)
+        self._drop_queued(gone)
         for tp in partitions:
             done = committed.get(tp)
             start = done.offset if done else 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
+import signal
 import sys
 import time
 from typing import Any
@@ -86,6 +88,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from agents.runner import RunnerSettings
     from agents.worker import Worker, load_app
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <pid>: dump stacks
     app = load_app(args.app_ref)
     board = _board(args, app.registry)
     agents = [a.strip() for a in args.agents.split(",") if a.strip()] if args.agents else None

@@ -63,6 +63,7 @@ class KafkaMember(GroupMember):
         self._listener = listener
         self._state_topic = f"{group}.state"
         self._state_ready = False
+        self._group_metadata: Any = None
         self._max_bytes = int(store.settings.producer_config()["message.max.bytes"])
         self._owned: set[TopicPartition] = set()
         self._interrupted = threading.Event()
@@ -105,6 +106,9 @@ class KafkaMember(GroupMember):
         asyncio.run_coroutine_threadsafe(method(tps), self._loop).result()
 
     def _on_assign(self, consumer: Consumer, parts: list[Any]) -> None:
+        # The group generation changes only here; take its metadata on this thread (from any
+        # other it would wait for the very rebalance we are in).
+        self._group_metadata = consumer.consumer_group_metadata()
         self._owned |= {TopicPartition(p.topic, p.partition) for p in parts}
         self._call_listener(self._listener.on_assigned, parts)
 
@@ -202,9 +206,7 @@ class KafkaMember(GroupMember):
                     KafkaTP(tp.topic, tp.partition, c.offset, c.metadata)
                     for tp, c in commit.offsets.items()
                 ]
-                producer.send_offsets_to_transaction(
-                    offsets, self._consumer.consumer_group_metadata(), TXN_TIMEOUT_S
-                )
+                producer.send_offsets_to_transaction(offsets, self._group_metadata, TXN_TIMEOUT_S)
         except KafkaException as exc:
             error = self._failure(exc, "transaction")
             self._abort()

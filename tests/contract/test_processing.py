@@ -257,3 +257,31 @@ async def test_poison_records_go_to_the_dead_letter_topic_with_their_reasons(
     assert f"{UndeclaredOutputError.__module__}.UndeclaredOutputError" in classes
     assert "builtins.RuntimeError" in classes
     assert sum(row.lag for row in board.lag([board.topics.group("doubler")])) == 0
+
+
+async def test_rebalance_while_an_ordered_agent_has_queued_records_loses_nothing(
+    board: Blackboard,
+) -> None:
+    async def slow(task: Task, ctx: Context) -> Result:
+        await asyncio.sleep(0.003)
+        return Result(n=task.n, by=ctx.envelope.partition_key)
+
+    keys = [f"key{i}" for i in range(6)]
+    for i in range(300):  # many records per key: most wait parked behind their key
+        board.publish(Task(n=i), partition_key=keys[i % len(keys)])
+    w1 = Worker(_app(slow, ordered=True, concurrency=2), board, FAST, slot="1")
+    t1 = await _start(w1)
+    await eventually(lambda: len(_results(board)) >= 20, what="first results")
+    w2 = Worker(_app(slow, ordered=True, concurrency=2), board, FAST, slot="2")
+    t2 = await _start(w2)  # takes partitions away while w1 has records queued for them
+    await eventually(lambda: len(_results(board)) >= 60, what="results from both workers")
+    w2.stop()  # ...and hands them back: w1 must run their keys again
+    await t2
+    await eventually(lambda: len(_results(board)) >= 300, timeout=60, what="300 results")
+    w1.stop()
+    await t1
+    results = _results(board)
+    assert sorted(r.n for r in results) == list(range(300))
+    for key in keys:
+        seq = [r.n for r in results if r.by == key]
+        assert seq == sorted(seq), f"order of {key} broken"

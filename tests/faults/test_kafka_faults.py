@@ -1,0 +1,188 @@
+"""Fault tests on a real Kafka broker, with real worker processes (issue: Kafka store).
+
+Each ends with a read_committed check that every input produced its output exactly once, none
+missing, per-key order kept.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blackboard.offsets import decode_finished
+from blackboard.records import TopicPartition
+from tests.faults.harness import (
+    Cluster,
+    assert_exactly_once,
+    publish_in_background,
+    publish_jobs,
+    step_count,
+    wait_for_steps,
+)
+from tests.services import unique_name
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def cluster(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(f"kafka://{kafka_bootstrap}", unique_name("f").replace("-", ""), tmp_path)
+    yield c
+    c.cleanup()
+
+
+def _wait_log(worker: object, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in worker.log_text():  # type: ignore[attr-defined]
+        assert worker.proc.poll() is None, worker.log_text()  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{worker.log_text()}"  # type: ignore[attr-defined]
+        time.sleep(0.1)
+
+
+def test_kill_9_mid_transaction_then_restart_same_slot(cluster: Cluster) -> None:
+    board = cluster.board()
+    jobs = 6000
+    worker = cluster.start("0", max_sleep_ms=5)
+    _wait_log(worker, "partitions assigned")
+    publish_jobs(board, jobs)
+    wait_for_steps(board, 1500, 120, [worker])
+    worker.signal(signal.SIGKILL)
+    assert worker.wait() == -signal.SIGKILL
+    killed_at = step_count(board)
+    assert killed_at < jobs, "the kill must land while work remains"
+
+    restarted = cluster.start("0", max_sleep_ms=5)
+    started = time.monotonic()
+    # The restarted slot's init_transactions aborts the dead one's open transaction, so
+    # read_committed readers move on within seconds.
+    wait_for_steps(board, killed_at + 1, 30, [restarted])
+    assert time.monotonic() - started < 30
+    wait_for_steps(board, jobs, 180, [restarted])
+    restarted.signal(signal.SIGTERM)
+    assert restarted.wait() == 0
+    assert_exactly_once(board, jobs)
+    board.close()
+
+
+def test_sigterm_commits_in_flight_work_and_exits_cleanly(cluster: Cluster) -> None:
+    board = cluster.board()
+    jobs = 3000
+    worker = cluster.start("0", max_sleep_ms=200)  # slow handlers: many in flight at SIGTERM
+    _wait_log(worker, "partitions assigned")
+    publish_jobs(board, jobs)
+    wait_for_steps(board, 200, 120, [worker])
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.log_text()
+    log = worker.log_text()
+    assert "draining" in log and "agent stopped" in log
+    done = step_count(board)
+    offsets = board.store.group_offsets(board.topics.group("stage"))
+    # finished = below the committed offset, plus those above it named in the metadata
+    finished = sum(c.offset + len(decode_finished(c.offset, c.metadata)) for c in offsets.values())
+    assert finished == done > 0  # what finished was committed with its offsets, nothing else
+
+    worker = cluster.start("0", max_sleep_ms=2)
+    wait_for_steps(board, jobs, 180, [worker])
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert_exactly_once(board, jobs)
+    board.close()
+
+
+def test_scale_out_to_three_workers_and_back_while_records_flow(cluster: Cluster) -> None:
+    board = cluster.board()
+    jobs = 8000
+    first = cluster.start("0", max_sleep_ms=3)
+    _wait_log(first, "partitions assigned")
+    publisher = publish_in_background(cluster.board(), jobs, rate=1000)
+    wait_for_steps(board, 1000, 120, [first])
+    extra = [cluster.start("1", max_sleep_ms=3), cluster.start("2", max_sleep_ms=3)]
+    for w in extra:
+        _wait_log(w, "partitions assigned")
+    wait_for_steps(board, 4000, 180, [first, *extra])
+    for w in extra:
+        w.signal(signal.SIGTERM)
+    for w in extra:
+        assert w.wait() == 0, w.log_text()
+    publisher.join()
+    wait_for_steps(board, jobs, 180, [first])
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    assert "partitions revoked" in first.log_text()
+    assert_exactly_once(board, jobs)
+    board.close()
+
+
+def test_paused_zombie_cannot_commit_after_its_partitions_moved(cluster: Cluster) -> None:
+    board = cluster.board()
+    jobs = 5000
+    fast_timeout = "?consumer.session.timeout.ms=6000&consumer.heartbeat.interval.ms=500"
+    zombie = cluster.start("0", max_sleep_ms=3, extra_url=fast_timeout)
+    other = cluster.start("1", max_sleep_ms=3, extra_url=fast_timeout)
+    for w in (zombie, other):
+        _wait_log(w, "partitions assigned")
+    publisher = publish_in_background(cluster.board(), jobs, rate=250)
+    wait_for_steps(board, 500, 120, [zombie, other])
+    zombie.signal(signal.SIGSTOP)
+    time.sleep(9)  # past the session timeout: the group moves its partitions to `other`
+    assert publisher.is_alive(), "records must still flow after the pause"
+    wait_for_steps(board, step_count(board) + 100, 60, [other])
+    zombie.signal(signal.SIGCONT)
+    publisher.join()
+    wait_for_steps(board, jobs, 180, [zombie, other])
+    for w in (zombie, other):
+        w.signal(signal.SIGTERM)
+    for w in (zombie, other):
+        assert w.wait() == 0, w.log_text()
+    assert_exactly_once(board, jobs)
+    board.close()
+
+
+def test_second_process_with_the_same_slot_fences_the_first(cluster: Cluster) -> None:
+    board = cluster.board()
+    jobs = 4000
+    older = cluster.start("0", max_sleep_ms=3)
+    _wait_log(older, "partitions assigned")
+    publisher = publish_in_background(cluster.board(), jobs, rate=1000)
+    wait_for_steps(board, 500, 120, [older])
+    newer = cluster.start("0", max_sleep_ms=3)
+    assert older.wait(90) == 0, older.log_text()  # fenced, then stops cleanly
+    assert "took over this worker slot" in older.log_text()
+    publisher.join()
+    wait_for_steps(board, jobs, 180, [newer])
+    newer.signal(signal.SIGTERM)
+    assert newer.wait() == 0
+    assert_exactly_once(board, jobs)
+    board.close()
+
+
+def test_open_transaction_is_not_counted_in_lag(cluster: Cluster) -> None:
+    from confluent_kafka import Producer
+
+    board = cluster.board()
+    publish_jobs(board, 10, keys=1)
+    topic = board.topic("fault.Job")
+    ends_before = board.store.end_offsets([topic])
+    producer = Producer(
+        {
+            "bootstrap.servers": cluster.url.removeprefix("kafka://"),
+            "transactional.id": unique_name("open-txn"),
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    tp = next(tp for tp, end in ends_before.items() if end > 0)
+    for _ in range(5):
+        producer.produce(topic, b"{}", b"k1", partition=tp.partition)
+    producer.flush(30)
+    assert board.store.end_offsets([topic]) == ends_before  # last stable offset, not the HWM
+    assert [
+        r.offset for r in board.store.read(TopicPartition(topic, tp.partition), 0, 100)
+    ] == list(range(10))
+    producer.abort_transaction(30)
+    producer.flush(30)
+    board.close()
