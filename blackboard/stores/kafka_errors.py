@@ -26,7 +26,16 @@ _GROUP_FENCED = {
     "REBALANCE_IN_PROGRESS",
 }
 _TOO_LARGE = {"MSG_SIZE_TOO_LARGE", "OFFSET_METADATA_TOO_LARGE", "RECORD_LIST_TOO_LARGE"}
-_UNAVAILABLE = {"_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "_RESOLVE", "BROKER_NOT_AVAILABLE"}
+_UNAVAILABLE = {
+    "_TRANSPORT",
+    "_ALL_BROKERS_DOWN",
+    "_TIMED_OUT",
+    "_RESOLVE",
+    "_NOENT",  # list_offsets: "No leaders found" while a broker restarts
+    "BROKER_NOT_AVAILABLE",
+    "LEADER_NOT_AVAILABLE",
+    "NOT_LEADER_FOR_PARTITION",
+}
 _TOPIC = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION", "TOPIC_EXCEPTION"}
 
 
@@ -56,7 +65,7 @@ def translate(exc: BaseException, action: str, *, in_commit: bool = False) -> St
         return RecordTooLargeError(message, code=code)
     if in_commit:
         return CommitError(message, code=code, retriable=retriable)
-    if code in _UNAVAILABLE:
+    if code in _UNAVAILABLE or (retriable and code.startswith("_")):
         return StoreUnavailableError(message, code=code, retriable=True)
     if code in _TOPIC:
         return TopicError(message, code=code)

@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTP
 
-from blackboard.errors import CommitError, RecordTooLargeError, StoreClosedError, SupersededError
+from blackboard.errors import (
+    CommitError,
+    RecordTooLargeError,
+    StoreClosedError,
+    StoreError,
+    SupersededError,
+)
 from blackboard.logs import get_logger
 from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, Record, TopicPartition
 from blackboard.store import GroupMember, RebalanceListener
@@ -295,14 +301,34 @@ class KafkaMember(GroupMember):
         if not wanted:
             return {}
         found = await self._on_txn_thread(
-            lambda: self._store.group_offsets(self.group, stable=True)
+            lambda: self._retrying(
+                "committed offsets", lambda: self._store.group_offsets(self.group, stable=True)
+            )
         )
         return {tp: c for tp, c in found.items() if tp in wanted}
 
     async def load_state(self, partition: int) -> dict[str, bytes]:
         return await self._on_txn_thread(
-            lambda: self._store.read_state(self._state_topic, partition)
+            lambda: self._retrying(
+                "state restore", lambda: self._store.read_state(self._state_topic, partition)
+            )
         )
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """Call ``fn``, retrying while the cluster is unavailable (a broker restarting), with
+        capped exponential backoff, until it answers or the member closes."""
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except StoreError as exc:
+                if not exc.retriable or self._closed:
+                    raise
+                log.warning(
+                    "kafka unavailable, retrying", group=self.group, action=what, error=str(exc)
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self._owned)

@@ -7,6 +7,8 @@ override the defaults for every client; ``producer.<key>``, ``consumer.<key>`` a
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -37,6 +39,26 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.partition.eof": False,
 }
 TRANSACTION_TIMEOUT_MS = 60_000
+
+
+class _ToStructlog(logging.Handler):
+    """Forwards librdkafka's log lines (a stdlib logger is what confluent-kafka accepts)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from blackboard.logs import get_logger
+
+        level = "warning" if record.levelno >= logging.WARNING else "debug"
+        getattr(get_logger("librdkafka"), level)(record.getMessage())
+
+
+@functools.cache
+def librdkafka_logger() -> logging.Logger:
+    """The logger every client of this package hands librdkafka."""
+    logger = logging.getLogger("kafka_blackboard.librdkafka")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_ToStructlog())
+    return logger
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +97,11 @@ class KafkaSettings:
         return cls(hosts, common, scoped["producer"], scoped["consumer"], scoped["admin"])
 
     def _base(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, "client.id": "kafka-blackboard"}
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": "kafka-blackboard",
+            "logger": librdkafka_logger(),  # librdkafka's lines as structlog events on stderr
+        }
 
     def admin_config(self) -> dict[str, Any]:
         """For the AdminClient."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.errors import StoreUnavailableError
 from tests.faults.faultapp import Job, Step, registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,7 +142,11 @@ def wait_for_steps(
     deadline = time.monotonic() + timeout
     seen = 0
     while time.monotonic() < deadline:
-        seen = step_count(board)
+        try:
+            seen = step_count(board)
+        except StoreUnavailableError:  # the broker is restarting: ask again
+            time.sleep(1)
+            continue
         if seen >= count:
             return
         time.sleep(0.5)

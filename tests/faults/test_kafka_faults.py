@@ -15,6 +15,7 @@ import pytest
 
 from blackboard.offsets import decode_finished
 from blackboard.records import TopicPartition
+from compose.kafka_local import KafkaLocal
 from tests.faults.harness import (
     Cluster,
     assert_exactly_once,
@@ -186,3 +187,30 @@ def test_open_transaction_is_not_counted_in_lag(cluster: Cluster) -> None:
     producer.abort_transaction(30)
     producer.flush(30)
     board.close()
+
+
+def test_broker_hard_kill_and_restart_while_workers_run(
+    kafka_local: KafkaLocal, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    cluster = Cluster(f"kafka://{kafka_bootstrap}", unique_name("b").replace("-", ""), tmp_path)
+    try:
+        board = cluster.board()
+        jobs = 6000
+        workers = [cluster.start("0", max_sleep_ms=3), cluster.start("1", max_sleep_ms=3)]
+        for w in workers:
+            _wait_log(w, "partitions assigned")
+        publish_jobs(board, jobs)
+        wait_for_steps(board, 1500, 120, workers)
+        kafka_local.kill()
+        time.sleep(2)
+        kafka_local.restart()
+        wait_for_steps(board, jobs, 240, workers)  # no intervention: the workers recover
+        for w in workers:
+            assert w.proc.poll() is None, w.log_text()
+            w.signal(signal.SIGTERM)
+        for w in workers:
+            assert w.wait() == 0, w.log_text()
+        assert_exactly_once(board, jobs)
+        board.close()
+    finally:
+        cluster.cleanup()
