@@ -1,6 +1,6 @@
 """A worker process: runs the agents of an :class:`~agents.agent.App` until told to stop.
 
-Each agent is one member of the consumer group named after it; start more workers and the
+Each agent is one member of its consumer group (``<prefix>.<agent>``); start more workers and the
 partitions spread across them. SIGTERM or SIGINT stops polling, gives in-flight handlers a
 grace period, commits what finished and leaves the groups.
 """

@@ -132,3 +132,15 @@ def test_publish_tail_worker_lag_round_trip_with_sigterm(tmp_path: Path) -> None
 @pytest.mark.parametrize("command", ["demo", "types", "lag"])
 def test_help_works(command: str) -> None:
     assert run(command, "--help").returncode == 0
+
+
+def test_unreachable_kafka_is_one_line() -> None:
+    import socket
+
+    with socket.socket() as s:  # a free loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = run("lag", "--store", f"kafka://127.0.0.1:{port}")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.startswith("blackboard: error:")]
+    assert lines == [lines[0]] and f"cannot reach Kafka at 127.0.0.1:{port}" in lines[0]
