@@ -18,16 +18,17 @@ import random
 import time
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field
 
-from agents.agent import App
+from agents.agent import App, Handler
 from agents.context import Context
 from agents.runner import RunnerSettings
 from agents.worker import Worker
-from blackboard.artifacts import TypeRegistry, artifact
+from blackboard.artifacts import TypeRegistry, artifact, output_id
 from blackboard.blackboard import Blackboard, BlackboardSettings
 
 registry = TypeRegistry()
@@ -60,7 +61,12 @@ class Verdict(BaseModel):
     accepted: bool
 
 
-app = App("research-demo", registry=registry)
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    """Knobs of the simulated agents: the seed of scores and latencies, the median latency."""
+
+    seed: int = 7
+    latency_s: float = 0.02
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
@@ -68,34 +74,47 @@ def _rng(seed: int, *parts: str) -> random.Random:
     return random.Random(seed ^ zlib.crc32("|".join(parts).encode()))
 
 
-def _make_reviewer(aspect: str, seed_holder: dict[str, float]) -> None:
+def _reviewer(aspect: str, sim: Simulation) -> Handler:
     async def review(idea: Idea, ctx: Context) -> Review:
-        rng = _rng(int(seed_holder["seed"]), aspect, ctx.envelope.id)
-        await asyncio.sleep(rng.lognormvariate(0, 0.5) * seed_holder["latency_s"])
+        rng = _rng(sim.seed, aspect, ctx.envelope.id)
+        await asyncio.sleep(rng.lognormvariate(0, 0.5) * sim.latency_s)
         return Review(idea_id=ctx.envelope.id, aspect=aspect, score=rng.randint(1, 10))
 
-    app.add(review, consumes=Idea, publishes=Review, name=aspect, concurrency=256)
+    return review
 
 
-#: Run-time knobs of the simulated agents (set by :func:`run_demo`).
-SIMULATION: dict[str, float] = {"seed": 7, "latency_s": 0.02}
-for _aspect in ASPECTS:
-    _make_reviewer(_aspect, SIMULATION)
+def _chair(sim: Simulation) -> Handler:
+    async def chair(review: Review, ctx: Context) -> Verdict | None:
+        """Collect the three reviews of an idea; decide when the last one arrives."""
+        key = f"reviews/{review.idea_id}"
+        raw = ctx.state.get(key)
+        scores: dict[str, int] = orjson.loads(raw) if raw else {}
+        scores[review.aspect] = review.score
+        if len(scores) < len(ASPECTS):
+            ctx.state.set(key, orjson.dumps(scores))
+            return None
+        ctx.state.delete(key)
+        await asyncio.sleep(sim.latency_s / 4)
+        return Verdict(idea_id=review.idea_id, scores=scores, accepted=sum(scores.values()) >= 18)
+
+    return chair
 
 
-@app.agent(consumes=Review, publishes=Verdict, ordered=True, concurrency=256)
-async def chair(review: Review, ctx: Context) -> Verdict | None:
-    """Collect the three reviews of an idea; decide when the last one arrives."""
-    key = f"reviews/{review.idea_id}"
-    raw = ctx.state.get(key)
-    scores: dict[str, int] = orjson.loads(raw) if raw else {}
-    scores[review.aspect] = review.score
-    if len(scores) < len(ASPECTS):
-        ctx.state.set(key, orjson.dumps(scores))
-        return None
-    ctx.state.delete(key)
-    await asyncio.sleep(SIMULATION["latency_s"] / 4)
-    return Verdict(idea_id=review.idea_id, scores=scores, accepted=sum(scores.values()) >= 18)
+def build_app(sim: Simulation | None = None) -> App:
+    """The workflow's agents: three reviewers in parallel and the chair that joins them."""
+    sim = sim or Simulation()
+    app = App("research-demo", registry=registry)
+    for aspect in ASPECTS:
+        reviewer = _reviewer(aspect, sim)
+        app.add(reviewer, consumes=Idea, publishes=Review, name=aspect, concurrency=256)
+    app.add(
+        _chair(sim), consumes=Review, publishes=Verdict, name="chair", ordered=True, concurrency=256
+    )
+    return app
+
+
+#: The demo app with default knobs (``blackboard worker agents.demo:app``).
+app = build_app()
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -114,19 +133,20 @@ async def run_demo(
     partitions: int = 8,
 ) -> dict[str, Any]:
     """Run the workflow for ``ideas`` ideas and return its figures (see :func:`summarize`)."""
-    SIMULATION["seed"], SIMULATION["latency_s"] = seed, latency_ms / 1000
+    demo_app = build_app(Simulation(seed=seed, latency_s=latency_ms / 1000))
     board = Blackboard(
         url, registry=registry, settings=BlackboardSettings(url=url, partitions=partitions)
     )
-    worker = Worker(app, board, RunnerSettings(commit_interval_ms=10, idle_poll_s=0.05))
-    board.ensure_topics(app.types())
+    worker = Worker(demo_app, board, RunnerSettings(commit_interval_ms=10, idle_poll_s=0.05))
+    board.ensure_topics(demo_app.types())
     task = asyncio.create_task(worker.run())
     try:
         await worker.started()
         rng = random.Random(seed)
         started = time.time()
         board.publish_many(
-            [Idea(title=f"idea {i}", summary=f"{rng.random():.6f}") for i in range(ideas)]
+            [Idea(title=f"idea {i}", summary=f"{rng.random():.6f}") for i in range(ideas)],
+            artifact_ids=[output_id("demo", [str(seed)], i) for i in range(ideas)],  # repeatable
         )
         deadline = time.monotonic() + 120
         while _count(board, "research.Verdict") < ideas:

@@ -190,9 +190,7 @@ class Blackboard:
     # -- reading --------------------------------------------------------------------------
     def records(self, type_name: str, *, start: int = 0, batch: int = 1000) -> Iterator[Record]:
         """Committed records of a type, partition by partition, from offset ``start`` on."""
-        topic = self.topics.for_type(
-            self.registry.get(type_name).name if type_name in self.registry else type_name
-        )
+        topic = self.topics.for_type(type_name)
         parts = self.store.topic_partitions(topic) or 0
         for p in range(parts):
             offset = start

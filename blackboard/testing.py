@@ -25,7 +25,7 @@ from agents.runner import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import Artifact, Envelope
 from blackboard.blackboard import Blackboard, BlackboardSettings
-from blackboard.records import Record
+from blackboard.records import Record, TopicPartition
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -111,11 +111,5 @@ class TestBoard:
         return [
             r
             for p in range(self.board.settings.partitions)
-            for r in self.board.store.read(_tp(topic, p), 0, 1_000_000)
+            for r in self.board.store.read(TopicPartition(topic, p), 0, 1_000_000)
         ]
-
-
-def _tp(topic: str, partition: int) -> Any:
-    from blackboard.records import TopicPartition
-
-    return TopicPartition(topic, partition)

@@ -144,3 +144,11 @@ def test_unreachable_kafka_is_one_line() -> None:
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.startswith("blackboard: error:")]
     assert lines == [lines[0]] and f"cannot reach Kafka at 127.0.0.1:{port}" in lines[0]
+
+
+def test_demo_repeats_for_a_seed() -> None:
+    first, second = (
+        json.loads(run("demo", "--ideas", "12", "--seed", "11", "--json").stdout) for _ in range(2)
+    )
+    assert first["accepted"] == second["accepted"]
+    assert first["artifacts"] == second["artifacts"]

@@ -14,7 +14,7 @@ import orjson
 
 from blackboard.artifacts import TypeRegistry
 from blackboard.blackboard import Blackboard, BlackboardSettings
-from blackboard.cli.main import _out
+from blackboard.cli.main import print_json
 from blackboard.errors import ArtifactError, ConfigError, DecodeError
 from blackboard.records import Record
 from blackboard.wire import decode_envelope
@@ -47,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run_demo(ideas=args.ideas, seed=args.seed, latency_ms=args.latency_ms, url=args.store)
     )
     if args.json:
-        _out(summary)
+        print_json(summary)
         return 0
     lat = summary["latency_ms"]
     lines = [
@@ -67,7 +67,7 @@ def cmd_types(args: argparse.Namespace) -> int:
     """List the registered artifact types."""
     types = _registry(args.app).types()
     if args.json:
-        _out(
+        print_json(
             {
                 "types": [
                     {"name": t.name, "version": t.version, "schema": t.json_schema()} for t in types
@@ -123,7 +123,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         )
     docs = [_envelope_doc(env) for env in envelopes]
     if args.json:
-        _out({"published": docs})
+        print_json({"published": docs})
     else:
         for doc in docs:
             sys.stdout.write(orjson.dumps(doc).decode() + "\n")
@@ -163,7 +163,7 @@ def cmd_lag(args: argparse.Namespace) -> int:
     with _board(args) as board:
         rows = board.lag(args.group)
     if args.json:
-        _out(
+        print_json(
             {
                 "lag": [
                     {

@@ -21,7 +21,8 @@ from blackboard.logs import configure_logging
 EXIT_USAGE = 2
 
 
-def _out(doc: Any) -> None:
+def print_json(doc: Any) -> None:
+    """Write ``doc`` to stdout as one JSON document."""
     sys.stdout.write(
         orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
     )
