@@ -50,6 +50,11 @@ else
     log "installed $(redis-server --version | cut -d' ' -f3)"
 fi
 
+# -- docker-compose (only to check compose/docker-compose.yml parses; no engine needed) ------
+if ! command -v docker-compose >/dev/null 2>&1; then
+    apt_install docker-compose
+fi
+
 # -- Java 17+ -------------------------------------------------------------------------------
 if [ -z "$(java_major)" ]; then
     apt_install default-jdk-headless
