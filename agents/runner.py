@@ -16,6 +16,7 @@ committed twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections import deque
@@ -142,6 +143,7 @@ class AgentRunner:
         self._paused: set[TopicPartition] = set()
         self._stopping = False
         self._started = asyncio.Event()
+        self._slot_freed = asyncio.Event()
 
     # -- life cycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -186,16 +188,19 @@ class AgentRunner:
     async def _loop(self, member: GroupMember) -> None:
         settings = self.settings
         interval = settings.commit_interval_ms / 1000.0
+        cap = self.spec.concurrency
         while not self._stopping:
             self._flow_control(member)
-            dispatchable = bool(self._ready) and self._running < self.spec.concurrency
-            if dispatchable:
-                timeout = 0.0
-            elif self._completed:
-                timeout = max(0.0, self._first_completed_at + interval - time.monotonic())
+            if self._completed:
+                until_commit = max(0.0, self._first_completed_at + interval - time.monotonic())
             else:
-                timeout = settings.idle_poll_s
-            records = await member.poll(settings.poll_batch, timeout)
+                until_commit = settings.idle_poll_s
+            # Fetch no more than the buffer has room for: over-fetching would pause partitions.
+            room = max(0, settings.max_buffered - self._buffered())
+            busy = bool(self._ready)  # work is queued: poll without waiting
+            records = await member.poll(
+                min(settings.poll_batch, room), 0.0 if busy else until_commit
+            )
             if records:
                 self._admit(records)
             self._dispatch()
@@ -205,6 +210,13 @@ class AgentRunner:
                 or (not records and not self._running and not self._ready)
             ):
                 await self._commit()
+            elif self._ready and self._running >= cap:
+                # Every slot is busy: the handlers are the bottleneck. Wait for one to finish
+                # (or for the commit to fall due) instead of waiting in the store's poll.
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(until_commit, settings.idle_poll_s)):
+                        await self._slot_freed.wait()
 
     async def _drain(self) -> None:
         """After stop: let running handlers finish within the grace period, commit, leave."""
@@ -281,7 +293,7 @@ class AgentRunner:
     # -- admission and dispatch -----------------------------------------------------------
     def _admit(self, records: list[Record]) -> None:
         progress, epochs, registry = self._progress, self._epoch, self.board.registry
-        window = self.settings.max_offset_window
+        touched: set[TopicPartition] = set()
         for rec in records:
             tp = TopicPartition(rec.topic, rec.partition)
             prog = progress.get(tp)
@@ -305,8 +317,7 @@ class AgentRunner:
                 self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "validate", exc)))
                 continue
             item.artifact = art
-            if prog.ahead() >= window and tp not in self._paused:
-                self._pause({tp})
+            touched.add(tp)
             if self.spec.ordered:
                 parked = self._parked.get(rec.key)
                 if parked is not None:
@@ -314,6 +325,10 @@ class AgentRunner:
                     continue
                 self._parked[rec.key] = deque()
             self._ready.append(item)
+        window = self.settings.max_offset_window
+        for tp in touched - self._paused:  # bounds the finished offsets the metadata must name
+            if progress[tp].span() >= window:
+                self._pause({tp})
 
     def _dispatch(self) -> None:
         cap = self.spec.concurrency
@@ -379,6 +394,7 @@ class AgentRunner:
             )
             outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "process", exc))
         self._running -= 1
+        self._slot_freed.set()
         self._finish(outcome)
         self._release_key(item)
         if self._member is not None:

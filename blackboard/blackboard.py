@@ -81,9 +81,12 @@ class Blackboard:
         registry: TypeRegistry | None = None,
         settings: BlackboardSettings | None = None,
     ) -> None:
-        self.settings = settings or BlackboardSettings.from_env(
-            url=store if isinstance(store, str) else None
-        )
+        url = store if isinstance(store, str) else store.url if isinstance(store, Store) else None
+        if settings is None:
+            settings = BlackboardSettings.from_env(url=url)
+        elif url is not None and url != settings.url:
+            settings = settings.model_copy(update={"url": url})  # an explicit store wins
+        self.settings = settings
         self.store = store if isinstance(store, Store) else open_store(self.settings.url)
         self.registry = registry or default_registry
         self.topics = TopicNames(self.settings.prefix)

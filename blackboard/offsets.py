@@ -75,13 +75,12 @@ class PartitionProgress:
         metadata: the committed metadata, naming offsets above it that already finished.
     """
 
-    __slots__ = ("_committed", "_finished", "_next", "_pending")
+    __slots__ = ("_finished", "_next", "_pending")
 
     def __init__(self, committed: int, metadata: str = "") -> None:
         self._pending: set[int] = set()
         self._finished: set[int] = decode_finished(committed, metadata)
         self._next = committed
-        self._committed = committed
 
     def start(self, offset: int) -> bool:
         """Note that ``offset`` was read. False means it finished before: skip it."""
@@ -110,13 +109,8 @@ class PartitionProgress:
         """How far reading has run ahead of :meth:`low` (bounds the metadata's size)."""
         return self._next - self.low()
 
-    def ahead(self) -> int:
-        """How far reading has run ahead of the last :meth:`position` (cheap upper bound of
-        :meth:`span`)."""
-        return self._next - self._committed
-
     def position(self) -> CommittedOffset:
         """The offset and metadata to commit now; forgets finished offsets below it."""
-        low = self._committed = self.low()
+        low = self.low()
         self._finished = {o for o in self._finished if o >= low}
         return CommittedOffset(low, encode_finished(low, self._finished))
