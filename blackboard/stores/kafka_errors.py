@@ -35,6 +35,19 @@ _UNAVAILABLE = {
     "BROKER_NOT_AVAILABLE",
     "LEADER_NOT_AVAILABLE",
     "NOT_LEADER_FOR_PARTITION",
+    # Transient while a broker comes back: its partitions and coordinators move (a restarted
+    # node leads, is fenced, is elected again), so cached leader epochs are behind for a
+    # moment, coordinators load, and open transactions still hold group offsets.
+    "FENCED_LEADER_EPOCH",
+    "UNKNOWN_LEADER_EPOCH",
+    "REPLICA_NOT_AVAILABLE",
+    "OFFSET_NOT_AVAILABLE",
+    "NOT_COORDINATOR",
+    "COORDINATOR_NOT_AVAILABLE",
+    "COORDINATOR_LOAD_IN_PROGRESS",
+    "UNSTABLE_OFFSET_COMMIT",
+    "REQUEST_TIMED_OUT",
+    "NETWORK_EXCEPTION",
 }
 _TOPIC = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION", "TOPIC_EXCEPTION"}
 

@@ -9,19 +9,31 @@ thread waits in a revoke callback (commit-on-revoke).
 One atomic commit is one transaction: produce outputs, dead letters and state changelog records,
 ``send_offsets_to_transaction`` with the consumer's group metadata (KIP-447: a zombie from an
 older group generation is fenced), then ``commit_transaction``. librdkafka's rules: a retriable
-commit is retried (never aborted after a timeout); an abortable error aborts and the runner
-redoes from the committed offsets; a fatal error (another process took over the slot) ends the
-member.
+``send_offsets_to_transaction`` or commit is retried (a commit is never aborted after a timeout);
+an abortable error aborts and the runner redoes from the committed offsets; a fatal error
+(another process took over the slot) ends the member.
+
+Watchdog: librdkafka does not always honour the timeout of a transactional call (#5456: a
+``send_offsets_to_transaction`` waiting for an unreachable group coordinator waits for good). So
+the producer's blocking calls run on a thread of their own, and a call still running well past
+its timeout counts as *wedged*: the member abandons that producer and its thread (never touching
+them again) and starts a new producer with the same transactional id. Its ``init_transactions``
+fences the old one and settles the old transaction on the coordinator — aborted, or committed if
+its commit had begun — and the commit fails with a retriable :class:`CommitError`, so the runner
+reads the committed offsets back, which say which of the two happened. Nothing is committed twice
+and nothing is aborted after a commit was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -32,6 +44,7 @@ from blackboard.errors import (
     RecordTooLargeError,
     StoreClosedError,
     StoreError,
+    StoreUnavailableError,
     SupersededError,
 )
 from blackboard.logs import get_logger
@@ -48,6 +61,55 @@ log = get_logger("kafka")
 POLL_SLICE_S = 0.05
 TXN_TIMEOUT_S = 30.0
 COMMIT_RETRIES = 20
+ABORT_RETRIES = 3
+#: How long past its own timeout a transactional call may run before its producer counts as
+#: wedged. Timeout plus grace stays below the transaction timeout (60 s), so the new producer
+#: settles a wedged transaction before the coordinator aborts it on its own.
+WEDGE_GRACE_S = 15.0
+
+
+class _Wedged(Exception):
+    """A librdkafka call did not return long after its own timeout."""
+
+
+class _CallThread:
+    """A daemon thread running one producer's blocking calls one at a time, so the member can
+    stop waiting for a call that never returns. A wedged thread is abandoned with its producer;
+    being a daemon, it does not keep the process from exiting."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def call(self, fn: Callable[[], T], timeout: float, what: str) -> T:
+        """``fn()`` on the thread, its result or exception.
+
+        Raises:
+            _Wedged: ``fn`` had not returned after ``timeout`` seconds.
+        """
+        future: Future[T] = Future()
+
+        def job() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the waiting caller
+                future.set_exception(exc)
+
+        self._jobs.put(job)
+        done, _ = wait([future], timeout)
+        if not done:
+            raise _Wedged(f"{what} did not return within {timeout:.0f}s")
+        return future.result()
+
+    def stop(self) -> None:
+        """End the thread after the calls already queued."""
+        self._jobs.put(None)
 
 
 class KafkaMember(GroupMember):
@@ -79,18 +141,66 @@ class KafkaMember(GroupMember):
         self._loop: asyncio.AbstractEventLoop | None = None
         settings = store.settings
         self._consumer = Consumer(settings.consumer_config(group))
-        self._producer = self._new_producer()
+        # The producer and the thread its blocking calls run on; both None between a failure
+        # and the next commit, which starts a new pair. Only the transaction thread changes them.
+        self._producer: Producer | None = None
+        self._calls: _CallThread | None = None
+        self._superseded = False
+        # Producers with a call stuck inside: kept referenced so they are never destroyed
+        # under that call, and never used again.
+        self._wedged: list[tuple[Producer, _CallThread]] = []
+        self._install_producer()
 
     # -- set-up ---------------------------------------------------------------------------
-    def _new_producer(self) -> Producer:
-        """A transactional producer for the slot; ``init_transactions`` fences and aborts
-        whatever a predecessor with the same transactional id left open."""
+    def _install_producer(self, *, in_commit: bool = False) -> Producer:
+        """Start a transactional producer for the slot. Its ``init_transactions`` fences
+        whatever a predecessor with the same transactional id (another process, or our own
+        wedged producer) left open, and settles that transaction on the coordinator.
+
+        Raises:
+            StoreError: ``init_transactions`` failed (a :class:`CommitError` if ``in_commit``).
+        """
         producer = Producer(self._store.settings.transactional_config(self.transactional_id))
+        calls = _CallThread(f"kafka-producer-{self.transactional_id}")
+        action = f"init_transactions({self.transactional_id})"
         try:
-            producer.init_transactions(TXN_TIMEOUT_S)
+            calls.call(
+                functools.partial(producer.init_transactions, TXN_TIMEOUT_S),
+                TXN_TIMEOUT_S + WEDGE_GRACE_S,
+                action,
+            )
         except KafkaException as exc:
-            raise translate(exc, f"init_transactions({self.transactional_id})") from exc
+            calls.stop()
+            raise translate(exc, action, in_commit=in_commit) from exc
+        except _Wedged as exc:
+            self._wedged.append((producer, calls))
+            error = CommitError if in_commit else StoreUnavailableError
+            raise error(f"{action} failed: {exc}", code="_WEDGED", retriable=True) from exc
+        self._producer, self._calls = producer, calls
         return producer
+
+    def _drop_producer(self, *, wedged: bool) -> None:
+        """Forget the producer; a wedged one is kept alive but never touched again."""
+        producer, calls = self._producer, self._calls
+        self._producer = self._calls = None
+        if producer is None or calls is None:
+            return
+        if wedged:
+            self._wedged.append((producer, calls))
+        else:
+            calls.stop()
+
+    def _replace_producer(self, why: str, *, wedged: bool) -> None:
+        """Drop the producer and start a new one at once, so the old transaction is settled
+        now (the log's last stable offset and the group's pending offsets wait on it), not
+        when the coordinator's transaction timeout aborts it. If the new one cannot start yet,
+        the next commit tries again."""
+        log.warning("replacing the transactional producer", group=self.group, reason=why)
+        self._drop_producer(wedged=wedged)
+        try:
+            self._install_producer(in_commit=True)
+        except CommitError as exc:
+            log.warning("new transactional producer not ready", group=self.group, error=str(exc))
 
     async def start(self) -> None:
         """Subscribe; partitions arrive through the listener inside :meth:`poll`."""
@@ -115,6 +225,11 @@ class KafkaMember(GroupMember):
         # The group generation changes only here; take its metadata on this thread (from any
         # other it would wait for the very rebalance we are in).
         self._group_metadata = consumer.consumer_group_metadata()
+        # A new assignment starts unpaused, as the listener expects (it forgot the pauses of
+        # partitions it lost). librdkafka keeps a partition's pause flag across a rebalance: a
+        # partition paused for backpressure, lost (a broker restart outlasting the session)
+        # and assigned back would never be fetched again.
+        consumer.resume(parts)
         self._owned |= {TopicPartition(p.topic, p.partition) for p in parts}
         self._call_listener(self._listener.on_assigned, parts)
 
@@ -181,11 +296,7 @@ class KafkaMember(GroupMember):
         await self._on_txn_thread(lambda: self._commit_sync(commit))
 
     def _commit_sync(self, commit: AtomicCommit) -> None:
-        producer = self._producer
-        if producer is None:
-            raise SupersededError(
-                f"worker slot {self.transactional_id} was taken over", code="_FENCED"
-            )
+        producer = self._ready_producer()
         self._check_sizes(commit)
         if commit.state and not self._state_ready:
             partitions = max(self._store.topic_partitions(t) or 1 for t in self._topics)
@@ -194,30 +305,93 @@ class KafkaMember(GroupMember):
         try:
             producer.begin_transaction()
         except KafkaException as exc:
-            raise self._failure(exc, "begin_transaction") from exc
+            error = self._failure(exc, "begin_transaction")
+            if self._producer is not None:  # not fatal: a state the producer cannot leave
+                self._replace_producer(f"begin_transaction failed: {exc}", wedged=False)
+            raise error from exc
         try:
             for rec in itertools.chain(commit.outputs, commit.dead_letters):
-                self._produce(rec)
+                self._produce(producer, rec)
             for update in commit.state:
                 self._produce(
+                    producer,
                     OutgoingRecord(
                         self._state_topic,
                         update.key.encode(),
                         update.value,
                         partition=update.partition,
-                    )
+                    ),
                 )
             if commit.offsets:
                 offsets = [
                     KafkaTP(tp.topic, tp.partition, c.offset, c.metadata)
                     for tp, c in commit.offsets.items()
                 ]
-                producer.send_offsets_to_transaction(offsets, self._group_metadata, TXN_TIMEOUT_S)
+                self._send_offsets(producer, offsets)
         except KafkaException as exc:
             error = self._failure(exc, "transaction")
             self._abort()
             raise error from exc
-        self._commit_transaction()
+        except _Wedged as exc:
+            raise self._on_wedged(exc) from exc
+        self._commit_transaction(producer)
+
+    def _ready_producer(self) -> Producer:
+        """The producer for the next transaction, started anew after a failure.
+
+        Raises:
+            SupersededError: another process took over the slot.
+            CommitError: a new producer could not start yet (retriable).
+        """
+        if self._superseded:
+            raise SupersededError(
+                f"worker slot {self.transactional_id} was taken over", code="_FENCED"
+            )
+        if self._producer is None:
+            return self._install_producer(in_commit=True)
+        return self._producer
+
+    def _call(self, fn: Callable[[], T], timeout: float, what: str) -> T:
+        """A blocking call on the current producer's thread, given ``timeout`` plus grace."""
+        assert self._calls is not None
+        return self._calls.call(fn, timeout + WEDGE_GRACE_S, what)
+
+    def _on_wedged(self, exc: _Wedged) -> CommitError:
+        """Give up on the wedged producer; the new one settles its transaction."""
+        self._replace_producer(str(exc), wedged=True)
+        return CommitError(f"transaction abandoned: {exc}", code="_WEDGED", retriable=True)
+
+    def _send_offsets(self, producer: Producer, offsets: list[Any]) -> None:
+        """``send_offsets_to_transaction``, retried while it fails retriably and time is left
+        (a coordinator moving or loading after a broker restart)."""
+        deadline = time.monotonic() + TXN_TIMEOUT_S
+        while True:
+            remaining = max(1.0, deadline - time.monotonic())
+            try:
+                self._call(
+                    functools.partial(
+                        producer.send_offsets_to_transaction,
+                        offsets,
+                        self._group_metadata,
+                        remaining,
+                    ),
+                    remaining,
+                    "send_offsets_to_transaction",
+                )
+                return
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if (
+                    err is None
+                    or not err.retriable()
+                    or err.txn_requires_abort()
+                    or err.fatal()
+                    or time.monotonic() >= deadline
+                ):
+                    raise
+                log.warning(
+                    "send_offsets_to_transaction retrying", group=self.group, error=err.str()
+                )
 
     def _check_sizes(self, commit: AtomicCommit) -> None:
         limit = self._max_bytes
@@ -229,13 +403,13 @@ class KafkaMember(GroupMember):
                     code="MSG_SIZE_TOO_LARGE",
                 )
 
-    def _produce(self, rec: OutgoingRecord) -> None:
+    def _produce(self, producer: Producer, rec: OutgoingRecord) -> None:
         partition = rec.partition
         if partition is None:
             partition = self._store.partition_of(rec.topic, rec.key)
         while True:
             try:
-                self._producer.produce(
+                producer.produce(
                     rec.topic,
                     rec.value,
                     rec.key,
@@ -244,12 +418,16 @@ class KafkaMember(GroupMember):
                 )
                 return
             except BufferError:
-                self._producer.poll(0.05)  # queue full: let deliveries drain
+                producer.poll(0.05)  # queue full: let deliveries drain
 
-    def _commit_transaction(self) -> None:
+    def _commit_transaction(self, producer: Producer) -> None:
         for attempt in range(COMMIT_RETRIES):
             try:
-                self._producer.commit_transaction(TXN_TIMEOUT_S)
+                self._call(
+                    functools.partial(producer.commit_transaction, TXN_TIMEOUT_S),
+                    TXN_TIMEOUT_S,
+                    "commit_transaction",
+                )
                 return
             except KafkaException as exc:
                 err = kafka_error(exc)
@@ -261,6 +439,14 @@ class KafkaMember(GroupMember):
                 error = self._failure(exc, "commit_transaction")
                 self._abort()
                 raise error from exc
+            except _Wedged as exc:
+                # Whether the commit went through is unknown; the new producer's
+                # init_transactions lets the coordinator finish it if it had begun, and the
+                # runner learns which from the committed offsets. No abort, no second commit.
+                raise self._on_wedged(exc) from exc
+        # Still not through: the new producer settles it as above, instead of this one
+        # retrying for ever in a state no next transaction can begin from.
+        self._replace_producer("commit_transaction did not finish", wedged=False)
         raise CommitError(
             f"commit_transaction did not finish after {COMMIT_RETRIES} tries", retriable=True
         )
@@ -268,7 +454,8 @@ class KafkaMember(GroupMember):
     def _failure(self, exc: KafkaException, action: str) -> Exception:
         err = kafka_error(exc)
         if err is not None and err.fatal():
-            self._producer = None  # type: ignore[assignment]
+            self._superseded = True
+            self._drop_producer(wedged=False)
             return SupersededError(
                 f"worker slot {self.transactional_id} was taken over by a newer process "
                 f"({err.name()}: {err.str()})",
@@ -277,15 +464,32 @@ class KafkaMember(GroupMember):
         return translate(exc, action, in_commit=True)
 
     def _abort(self) -> None:
-        if self._producer is None:
+        """Abort the open transaction; retried while retriable, and when it cannot finish the
+        producer is replaced (whose ``init_transactions`` aborts the transaction instead)."""
+        producer = self._producer
+        if producer is None:
             return
-        try:
-            self._producer.abort_transaction(TXN_TIMEOUT_S)
-        except KafkaException as exc:
-            err = kafka_error(exc)
-            if err is not None and err.fatal():
-                self._producer = None  # type: ignore[assignment]
-            log.warning("abort_transaction failed", group=self.group, error=str(exc))
+        for _ in range(ABORT_RETRIES):
+            try:
+                self._call(
+                    functools.partial(producer.abort_transaction, TXN_TIMEOUT_S),
+                    TXN_TIMEOUT_S,
+                    "abort_transaction",
+                )
+                return
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                log.warning("abort_transaction failed", group=self.group, error=str(exc))
+                if err is not None and err.fatal():
+                    self._superseded = True
+                    self._drop_producer(wedged=False)
+                    return
+                if err is None or not err.retriable():
+                    break
+            except _Wedged as exc:
+                self._replace_producer(str(exc), wedged=True)
+                return
+        self._replace_producer("abort_transaction did not finish", wedged=False)
 
     async def _on_txn_thread(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -374,3 +578,4 @@ class KafkaMember(GroupMember):
     def _close_producer(self) -> None:
         if self._producer is not None:
             self._producer.flush(5)
+        self._drop_producer(wedged=False)

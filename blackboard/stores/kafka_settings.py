@@ -38,7 +38,30 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "max.partition.fetch.bytes": 1_048_576,
     "enable.partition.eof": False,
 }
+ADMIN_DEFAULTS: dict[str, Any] = {
+    # list_offsets sends the partition leader's epoch from the metadata cache, and librdkafka
+    # does not refresh it on FENCED_LEADER_EPOCH. After a broker restart (same leader, newer
+    # epoch) end offsets and state restores would fail until the entry ages out: 15 min by
+    # default. A short age bounds that to seconds, for one extra Metadata request per call.
+    "metadata.max.age.ms": 5_000,
+}
 TRANSACTION_TIMEOUT_MS = 60_000
+
+
+@functools.cache
+def _client_defaults() -> dict[str, Any]:
+    """Defaults for every client (producer, consumer, admin), before the URL's overrides."""
+    import confluent_kafka
+
+    if confluent_kafka.libversion()[1] < 0x020A0000:
+        return {}
+    # librdkafka >= 2.10 "re-bootstraps" when every known broker is down (a single broker
+    # restarting): it decommissions the broker handles, but the coordinator cache keeps
+    # pointing at the dead handle, and a coordinator request waiting on it is never woken
+    # nor timed out (librdkafka #5456, #5511). send_offsets_to_transaction() then hangs for
+    # good after a broker restart. Without re-bootstrap the handle stays and reconnects. Use
+    # ?metadata.recovery.strategy=rebootstrap where every broker address can change at once.
+    return {"metadata.recovery.strategy": "none"}
 
 
 class _ToStructlog(logging.Handler):
@@ -101,11 +124,12 @@ class KafkaSettings:
             "bootstrap.servers": self.bootstrap,
             "client.id": "kafka-blackboard",
             "logger": librdkafka_logger(),  # librdkafka's lines as structlog events on stderr
+            **_client_defaults(),
         }
 
     def admin_config(self) -> dict[str, Any]:
         """For the AdminClient."""
-        return {**self._base(), **self.common, **self.admin}
+        return {**self._base(), **ADMIN_DEFAULTS, **self.common, **self.admin}
 
     def producer_config(self) -> dict[str, Any]:
         """For the idempotent producer of external publishes."""
