@@ -257,10 +257,17 @@ class KafkaMember(GroupMember):
 
     def _poll_sync(self, max_records: int, timeout: float) -> list[Record]:
         deadline = time.monotonic() + timeout
+        want = max(1, max_records)
         while True:
             slice_s = max(0.0, min(POLL_SLICE_S, deadline - time.monotonic()))
             try:
-                messages = self._consumer.consume(max(1, max_records), slice_s)
+                # Take what is fetched already; block (for one record) only when nothing is:
+                # consume(n, t) would wait to fill all n or for the whole slice.
+                messages = self._consumer.consume(want, 0)
+                if not messages and slice_s > 0:
+                    messages = self._consumer.consume(1, slice_s)
+                    if messages and want > 1:
+                        messages += self._consumer.consume(want - 1, 0)
             except KafkaException as exc:
                 raise translate(exc, "consume") from exc
             records = [self._record(m) for m in messages if m.error() is None]

@@ -138,7 +138,14 @@ class KafkaSettings:
     def transactional_config(self, transactional_id: str) -> dict[str, Any]:
         """For a worker slot's transactional producer."""
         return {
-            **self.producer_config(),
+            **self._base(),
+            **PRODUCER_DEFAULTS,
+            # A transaction begun right after a commit often hears CONCURRENT_TRANSACTIONS while
+            # the coordinator writes the previous markers; librdkafka's default 100 ms back-off
+            # then caps a worker near 10 transactions/s. Retries still back off exponentially.
+            "retry.backoff.ms": 5,
+            **self.common,
+            **self.producer,
             "transactional.id": transactional_id,
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         }
