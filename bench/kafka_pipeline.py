@@ -57,13 +57,12 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTP
 from confluent_kafka.admin import AdminClient
-from pydantic import BaseModel
 
 from agents.agent import App
 from agents.context import Context
 from agents.runner import RunnerSettings
 from agents.worker import Worker
-from blackboard.artifacts import TypeRegistry, artifact
+from bench.pipeline import A, B, C, registry
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.stores.kafka_settings import KafkaSettings
 
@@ -75,23 +74,6 @@ PLAIN = "plain confluent-kafka"
 OURS = "ours exactly-once"
 AT_LEAST_ONCE = "at-least-once: not offered (the runtime has only exactly-once commits)"
 TARGET = 0.7
-
-registry = TypeRegistry()
-
-
-@artifact("bench.A", registry=registry)
-class A(BaseModel):
-    n: int
-
-
-@artifact("bench.B", registry=registry)
-class B(BaseModel):
-    n: int
-
-
-@artifact("bench.C", registry=registry)
-class C(BaseModel):
-    n: int
 
 
 class BenchError(Exception):

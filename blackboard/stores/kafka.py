@@ -118,6 +118,30 @@ class KafkaStore(Store):
         self._partitions[topic] = len(info.partitions)
         return self._partitions[topic]
 
+    def produce(self, producer: Producer, rec: OutgoingRecord, on_delivery: Any = None) -> None:
+        """Hand ``rec`` to ``producer`` on its partition, waiting while the local queue is full.
+
+        Raises:
+            KafkaException: the producer refused the record.
+        """
+        partition = (
+            rec.partition if rec.partition is not None else self.partition_of(rec.topic, rec.key)
+        )
+        headers: list[tuple[str, str | bytes | None]] = list(rec.wire_headers())
+        while True:
+            try:
+                producer.produce(
+                    rec.topic,
+                    rec.value,
+                    rec.key,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:
+                producer.poll(0.05)  # queue full: let deliveries drain
+
     def partition_of(self, topic: str, key: bytes | None) -> int:
         """The partition a record with ``key`` goes to on ``topic``."""
         count = self.topic_partitions(topic)
@@ -148,26 +172,10 @@ class KafkaStore(Store):
             return report
 
         for i, rec in enumerate(records):
-            partition = (
-                rec.partition
-                if rec.partition is not None
-                else self.partition_of(rec.topic, rec.key)
-            )
-            while True:
-                try:
-                    producer.produce(
-                        rec.topic,
-                        rec.value,
-                        rec.key,
-                        partition=partition,
-                        headers=list(rec.wire_headers()),
-                        on_delivery=delivered(i),
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-                except KafkaException as exc:
-                    raise translate(exc, f"publish to {rec.topic}") from exc
+            try:
+                self.produce(producer, rec, on_delivery=delivered(i))
+            except KafkaException as exc:
+                raise translate(exc, f"publish to {rec.topic}") from exc
         remaining = producer.flush(ADMIN_TIMEOUT_S)
         if remaining:
             raise StoreUnavailableError(

@@ -318,9 +318,9 @@ class KafkaMember(GroupMember):
             raise error from exc
         try:
             for rec in itertools.chain(commit.outputs, commit.dead_letters):
-                self._produce(producer, rec)
+                self._store.produce(producer, rec)
             for update in commit.state:
-                self._produce(
+                self._store.produce(
                     producer,
                     OutgoingRecord(
                         self._state_topic,
@@ -409,23 +409,6 @@ class KafkaMember(GroupMember):
                     f"record for {rec.topic} is {size} bytes, over message.max.bytes={limit}",
                     code="MSG_SIZE_TOO_LARGE",
                 )
-
-    def _produce(self, producer: Producer, rec: OutgoingRecord) -> None:
-        partition = rec.partition
-        if partition is None:
-            partition = self._store.partition_of(rec.topic, rec.key)
-        while True:
-            try:
-                producer.produce(
-                    rec.topic,
-                    rec.value,
-                    rec.key,
-                    partition=partition,
-                    headers=list(rec.wire_headers()),
-                )
-                return
-            except BufferError:
-                producer.poll(0.05)  # queue full: let deliveries drain
 
     def _commit_transaction(self, producer: Producer) -> None:
         for attempt in range(COMMIT_RETRIES):
