@@ -47,16 +47,17 @@ def _wait_log(worker: object, text: str, timeout: float = 60.0) -> None:
 def test_kill_9_mid_transaction_then_restart_same_slot(cluster: Cluster) -> None:
     board = cluster.board()
     jobs = 6000
-    worker = cluster.start("0", max_sleep_ms=5)
+    # 50 keys run one job at a time each, ~20 ms a job: work is still left when the kill lands
+    worker = cluster.start("0", max_sleep_ms=40)
     _wait_log(worker, "partitions assigned")
     publish_jobs(board, jobs)
-    wait_for_steps(board, 1500, 120, [worker])
+    wait_for_steps(board, 1000, 120, [worker])
     worker.signal(signal.SIGKILL)
     assert worker.wait() == -signal.SIGKILL
     killed_at = step_count(board)
     assert killed_at < jobs, "the kill must land while work remains"
 
-    restarted = cluster.start("0", max_sleep_ms=5)
+    restarted = cluster.start("0", max_sleep_ms=5)  # the restart may go fast
     started = time.monotonic()
     # The restarted slot's init_transactions aborts the dead one's open transaction, so
     # read_committed readers move on within seconds.
@@ -148,7 +149,8 @@ def test_second_process_with_the_same_slot_fences_the_first(cluster: Cluster) ->
     jobs = 4000
     older = cluster.start("0", max_sleep_ms=3)
     _wait_log(older, "partitions assigned")
-    publisher = publish_in_background(cluster.board(), jobs, rate=1000)
+    # slow enough that the older process still has commits to make once the newer one starts
+    publisher = publish_in_background(cluster.board(), jobs, rate=400)
     wait_for_steps(board, 500, 120, [older])
     newer = cluster.start("0", max_sleep_ms=3)
     assert older.wait(90) == 0, older.log_text()  # fenced, then stops cleanly
@@ -215,11 +217,13 @@ def test_broker_hard_kill_and_restart_while_workers_run(
     try:
         board = cluster.board()
         jobs = 6000
-        workers = [cluster.start("0", max_sleep_ms=3), cluster.start("1", max_sleep_ms=3)]
+        # ~20 ms a job, one job at a time per key: work is in flight when the broker dies
+        workers = [cluster.start("0", max_sleep_ms=40), cluster.start("1", max_sleep_ms=40)]
         for w in workers:
             _wait_log(w, "partitions assigned")
         publish_jobs(board, jobs)
-        wait_for_steps(board, 1500, 120, workers)
+        wait_for_steps(board, 1000, 120, workers)
+        assert step_count(board) < jobs, "the broker must die while work remains"
         kafka_local.kill()
         time.sleep(2)
         kafka_local.restart()
