@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -49,13 +47,35 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
+
+if __package__:
+    from compose.localserver import (
+        HOST,
+        LocalServer,
+        as_int,
+        cache_root,
+        free_port,
+        parent_death_signal,
+        port_is_free,
+        tail,
+    )
+else:  # run as a script: python compose/kafka_local.py
+    from localserver import (  # type: ignore[no-redef,import-not-found]
+        HOST,
+        LocalServer,
+        as_int,
+        cache_root,
+        free_port,
+        parent_death_signal,
+        port_is_free,
+        tail,
+    )
+
 
 KAFKA_VERSION = "4.0.1"
 """Pinned Apache Kafka release; ``compose/kafka/pom.xml`` has the same default."""
 
-HOST = "127.0.0.1"
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 MIN_JAVA = 17  # Kafka 4.x brokers need Java 17+.
 DEFAULT_CLI_PORT = 9092  # same as compose/docker-compose.yml
@@ -76,30 +96,6 @@ class KafkaLocalError(Exception):
     """A local broker could not be fetched, started, signalled or reached."""
 
 
-def cache_root() -> Path:
-    """Return the cache directory: ``$KAFKA_BLACKBOARD_CACHE`` or ``~/.cache/kafka-blackboard``."""
-    env = os.environ.get("KAFKA_BLACKBOARD_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "kafka-blackboard"
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    """Tell whether ``port`` on 127.0.0.1 can be bound (SO_REUSEADDR, as the JVM does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def _tcp_open(port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=timeout):
@@ -115,18 +111,6 @@ def _random_cluster_id() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not text.startswith("-"):
             return text
-
-
-def _as_int(value: object) -> int:
-    return value if isinstance(value, int) else 0
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        data = path.read_bytes()[-64 * 1024 :]
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _process_args(pid: int) -> list[str] | None:
@@ -149,11 +133,6 @@ def _process_args(pid: int) -> list[str] | None:
     if res.returncode != 0 or not out or out.startswith("Z"):
         return None
     return out.split()[1:]
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # exited between the check and the signal
-        os.kill(pid, sig)
 
 
 def _java() -> str:
@@ -210,7 +189,7 @@ class KafkaStatus:
         return f"stopped data_dir={self.data_dir}"
 
 
-class KafkaLocal:
+class KafkaLocal(LocalServer):
     """One single-node KRaft broker on 127.0.0.1, run from cached jars.
 
     Args:
@@ -225,6 +204,8 @@ class KafkaLocal:
         die_with_parent: Linux only: the broker gets SIGTERM when the process that started
             it dies (pytest fixtures use this so a killed test run leaks no broker).
     """
+
+    pid_file = _PID_FILE
 
     def __init__(
         self,
@@ -250,8 +231,8 @@ class KafkaLocal:
             else Path(data_dir).expanduser().resolve()
         )
         state = self._read_state()
-        self.port = port or _as_int(state.get("port"))
-        self.controller_port = controller_port or _as_int(state.get("controller_port"))
+        self.port = port or as_int(state.get("port"))
+        self.controller_port = controller_port or as_int(state.get("controller_port"))
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- paths -------------------------------------------------------------------------
@@ -328,7 +309,7 @@ class KafkaLocal:
         missing = [j for j in missing if not (tmp / j).is_file()]
         if rc != 0 or missing:
             shutil.rmtree(tmp, ignore_errors=True)
-            errors = [ln for ln in _tail(fetch_log, 200).splitlines() if "[ERROR]" in ln]
+            errors = [ln for ln in tail(fetch_log, 200).splitlines() if "[ERROR]" in ln]
             why = errors[0].strip() if errors else f"missing {', '.join(missing)}"
             raise KafkaLocalError(f"fetch failed (mvn exit {rc}): {why} (full log: {fetch_log})")
         (tmp / _COMPLETE_MARKER).write_text(
@@ -365,23 +346,6 @@ class KafkaLocal:
             self._format(java, libs)
         self._launch(java, libs)
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Send SIGTERM to the recorded broker and wait; SIGKILL if it outlives ``timeout``.
-
-        Returns:
-            True if a broker was running.
-        """
-        pid = self.pid()
-        if pid is None:
-            self._forget()
-            return False
-        _signal(pid, signal.SIGTERM)
-        if not self._wait_gone(pid, timeout):
-            _signal(pid, signal.SIGKILL)
-            self._wait_gone(pid, 10.0)
-        self._forget()
-        return True
-
     def kill(self) -> bool:
         """Send SIGKILL to the recorded broker (a crash, for fault tests) and wait until gone.
 
@@ -400,14 +364,7 @@ class KafkaLocal:
         Returns:
             True if a broker was running.
         """
-        pid = self.pid()
-        if pid is None:
-            self._forget()
-            return False
-        _signal(pid, signal.SIGKILL)
-        self._wait_gone(pid, 10.0)
-        self._forget()
-        return True
+        return super().kill()
 
     def restart(self) -> None:
         """Stop the broker if it runs, then start it on the same data dir and ports.
@@ -422,41 +379,7 @@ class KafkaLocal:
         self.stop()
         self.start()
 
-    def cleanup(self) -> None:
-        """Stop the broker and remove the data dir if this object created it."""
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> KafkaLocal:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
     # -- inspection --------------------------------------------------------------------
-
-    def pid(self) -> int | None:
-        """Return the PID of this data dir's running broker, or None."""
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                return self._proc.pid
-            self._proc = None  # exited and now reaped
-        try:
-            pid = int((self.data_dir / _PID_FILE).read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if self._is_ours(pid) else None
-
-    def is_running(self) -> bool:
-        """Tell whether this data dir's broker process is alive."""
-        return self.pid() is not None
 
     def status(self) -> KafkaStatus:
         """Return a :class:`KafkaStatus` snapshot."""
@@ -474,8 +397,8 @@ class KafkaLocal:
 
     def log_tail(self, lines: int = 40) -> str:
         """Return the last lines of the JVM output and of the broker log."""
-        out = _tail(self.data_dir / _OUT_FILE, 10)
-        log = _tail(self.log_file, lines)
+        out = tail(self.data_dir / _OUT_FILE, 10)
+        log = tail(self.log_file, lines)
         return "\n".join(part for part in (out, log) if part) or "(no log output)"
 
     # -- internals ---------------------------------------------------------------------
@@ -610,7 +533,7 @@ class KafkaLocal:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own session and process group: survives our exit
-                preexec_fn=_parent_death_signal if self.die_with_parent else None,
+                preexec_fn=parent_death_signal if self.die_with_parent else None,
             )
         (self.data_dir / _PID_FILE).write_text(f"{self._proc.pid}\n")
         try:
@@ -652,25 +575,6 @@ class KafkaLocal:
         except OSError:
             return False
 
-    def _wait_gone(self, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc is not None and self._proc.pid == pid:
-                try:
-                    self._proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    return False
-                return True
-            if not self._is_ours(pid):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-
-    def _forget(self) -> None:
-        self._proc = None
-        (self.data_dir / _PID_FILE).unlink(missing_ok=True)
-
 
 def _admin_probe() -> Callable[[str], bool] | None:
     """Return a readiness check built on confluent_kafka's AdminClient, if importable."""
@@ -689,17 +593,6 @@ def _admin_probe() -> Callable[[str], bool] | None:
             return False
 
     return probe
-
-
-def _parent_death_signal() -> None:
-    """In the child before exec: ask Linux to SIGTERM us when the parent dies."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: no such guard
 
 
 # -- command line ------------------------------------------------------------------------

@@ -29,11 +29,9 @@ prints it and exits 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,10 +39,32 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
-HOST = "127.0.0.1"
+if __package__:
+    from compose.localserver import (
+        HOST,
+        LocalServer,
+        as_int,
+        cache_root,
+        free_port,
+        parent_death_signal,
+        port_is_free,
+        tail,
+    )
+else:  # run as a script: python compose/redis_local.py
+    from localserver import (  # type: ignore[no-redef,import-not-found]
+        HOST,
+        LocalServer,
+        as_int,
+        cache_root,
+        free_port,
+        parent_death_signal,
+        port_is_free,
+        tail,
+    )
+
+
 STATUS_STOPPED_EXIT = 3  # LSB "program is not running"
 
 _PID_FILE = "redis.pid"
@@ -57,30 +77,6 @@ class RedisLocalError(Exception):
     """A local redis-server could not be started, signalled or reached."""
 
 
-def cache_root() -> Path:
-    """Return the cache directory: ``$KAFKA_BLACKBOARD_CACHE`` or ``~/.cache/kafka-blackboard``."""
-    env = os.environ.get("KAFKA_BLACKBOARD_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "kafka-blackboard"
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    """Tell whether ``port`` on 127.0.0.1 can be bound (SO_REUSEADDR, as Redis does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def ping(port: int, timeout: float = 0.5) -> bool:
     """Send a raw RESP ``PING`` to 127.0.0.1:port; True on ``+PONG`` (False while loading)."""
     try:
@@ -89,23 +85,6 @@ def ping(port: int, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        data = path.read_bytes()[-64 * 1024 :]
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
-def _as_int(value: object) -> int:
-    return value if isinstance(value, int) else 0
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # exited between the check and the signal
-        os.kill(pid, sig)
 
 
 def _is_redis_in(pid: int, data_dir: Path) -> bool:
@@ -158,7 +137,7 @@ class RedisStatus:
         return f"stopped data_dir={self.data_dir}"
 
 
-class RedisLocal:
+class RedisLocal(LocalServer):
     """One redis-server on 127.0.0.1 with its own data dir.
 
     Args:
@@ -172,6 +151,8 @@ class RedisLocal:
         die_with_parent: Linux only: the server gets SIGTERM when the process that started
             it dies (pytest fixtures use this so a killed test run leaks no server).
     """
+
+    pid_file = _PID_FILE
 
     def __init__(
         self,
@@ -190,7 +171,7 @@ class RedisLocal:
             else Path(data_dir).expanduser().resolve()
         )
         state = self._read_state()
-        self.port = port or _as_int(state.get("port"))
+        self.port = port or as_int(state.get("port"))
         self.appendonly = bool(state.get("appendonly")) if appendonly is None else appendonly
         self.start_timeout = start_timeout
         self.extra_config = dict(extra_config or {})
@@ -246,7 +227,7 @@ class RedisLocal:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own session and process group: survives our exit
-                preexec_fn=_parent_death_signal if self.die_with_parent else None,
+                preexec_fn=parent_death_signal if self.die_with_parent else None,
             )
         (self.data_dir / _PID_FILE).write_text(f"{self._proc.pid}\n")
         try:
@@ -254,38 +235,6 @@ class RedisLocal:
         except BaseException:
             self.kill()  # never leave a half-started server behind
             raise
-
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Send SIGTERM (Redis saves and exits) and wait; SIGKILL if it outlives ``timeout``.
-
-        Returns:
-            True if a server was running.
-        """
-        pid = self.pid()
-        if pid is None:
-            self._forget()
-            return False
-        _signal(pid, signal.SIGTERM)
-        if not self._wait_gone(pid, timeout):
-            _signal(pid, signal.SIGKILL)
-            self._wait_gone(pid, 10.0)
-        self._forget()
-        return True
-
-    def kill(self) -> bool:
-        """Send SIGKILL to the recorded server (a crash, for fault tests) and wait until gone.
-
-        Returns:
-            True if a server was running.
-        """
-        pid = self.pid()
-        if pid is None:
-            self._forget()
-            return False
-        _signal(pid, signal.SIGKILL)
-        self._wait_gone(pid, 10.0)
-        self._forget()
-        return True
 
     def restart(self) -> None:
         """Stop the server if it runs, then start it on the same data dir, port and AOF choice.
@@ -298,41 +247,7 @@ class RedisLocal:
         self.stop()
         self.start()
 
-    def cleanup(self) -> None:
-        """Stop the server and remove the data dir if this object created it."""
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisLocal:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
     # -- inspection --------------------------------------------------------------------
-
-    def pid(self) -> int | None:
-        """Return the PID of this data dir's running server, or None."""
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                return self._proc.pid
-            self._proc = None  # exited and now reaped
-        try:
-            pid = int((self.data_dir / _PID_FILE).read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if _is_redis_in(pid, self.data_dir) else None
-
-    def is_running(self) -> bool:
-        """Tell whether this data dir's server process is alive."""
-        return self.pid() is not None
 
     def status(self) -> RedisStatus:
         """Return a :class:`RedisStatus` snapshot."""
@@ -355,6 +270,9 @@ class RedisLocal:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+    def _is_ours(self, pid: int) -> bool:
+        return _is_redis_in(pid, self.data_dir)
 
     def _write_config(self) -> None:
         state = {"port": self.port, "appendonly": self.appendonly}
@@ -382,46 +300,16 @@ class RedisLocal:
                 code = None if proc is None else proc.returncode
                 raise RedisLocalError(
                     f"redis-server exited with code {code} during startup; last log lines:\n"
-                    f"{_tail(self.log_file, 20)}"
+                    f"{tail(self.log_file, 20)}"
                 )
             if ping(self.port):
                 return
             if time.monotonic() > deadline:
                 raise RedisLocalError(
                     f"redis-server not answering on {HOST}:{self.port} after "
-                    f"{self.start_timeout:.0f}s; last log lines:\n{_tail(self.log_file, 20)}"
+                    f"{self.start_timeout:.0f}s; last log lines:\n{tail(self.log_file, 20)}"
                 )
             time.sleep(0.05)
-
-    def _wait_gone(self, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc is not None and self._proc.pid == pid:
-                try:
-                    self._proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    return False
-                return True
-            if not _is_redis_in(pid, self.data_dir):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-
-    def _forget(self) -> None:
-        self._proc = None
-        (self.data_dir / _PID_FILE).unlink(missing_ok=True)
-
-
-def _parent_death_signal() -> None:
-    """In the child before exec: ask Linux to SIGTERM us when the parent dies."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: no such guard
 
 
 # -- command line ------------------------------------------------------------------------
