@@ -101,6 +101,15 @@ class Cluster:
             worker.stop_hard()
 
 
+def wait_log(worker: WorkerProcess, text: str, timeout: float = 60.0) -> None:
+    """Wait until ``worker`` logged ``text`` (failing if it exits first)."""
+    deadline = time.monotonic() + timeout
+    while text not in worker.log_text():
+        assert worker.proc.poll() is None, worker.log_text()
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{worker.log_text()}"
+        time.sleep(0.1)
+
+
 def publish_jobs(
     board: Blackboard, count: int, *, keys: int = 50, first: int = 0, rate: float = 0.0
 ) -> None:

@@ -1,0 +1,162 @@
+"""Fault tests on a real redis-server, with real worker processes (issue: Redis store).
+
+Each ends with a read of the output topic checking that every input produced its output exactly
+once, none missing, per-key order kept.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from compose.redis_local import RedisLocal
+from tests.faults.harness import (
+    Cluster,
+    WorkerProcess,
+    assert_exactly_once,
+    publish_in_background,
+    publish_jobs,
+    step_count,
+    wait_for_steps,
+    wait_log,
+)
+from tests.services import unique_name
+
+pytestmark = pytest.mark.redis
+
+#: Short sessions, so a dead or paused worker's partitions move within seconds.
+FAST_SESSION = "session_timeout_ms=3000&heartbeat_interval_ms=250"
+
+
+@pytest.fixture
+def cluster(redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(f"{redis_url}?{FAST_SESSION}", unique_name("f").replace("-", ""), tmp_path)
+    yield c
+    c.cleanup()
+
+
+def _events(worker: WorkerProcess, event: str) -> list[dict[str, object]]:
+    """The worker's JSON log lines of one event."""
+    found = []
+    for line in worker.log_text().splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            doc = json.loads(line)
+            if doc.get("event") == event:
+                found.append(doc)
+    return found
+
+
+def _claimed(worker: WorkerProcess) -> int:
+    """Entries the worker claimed from earlier owners when it took partitions."""
+    return sum(int(str(e["claimed"])) for e in _events(worker, "partition taken"))
+
+
+def test_kill_9_mid_batch_then_restart_same_slot(cluster: Cluster) -> None:
+    board = cluster.board()
+    jobs = 6000
+    # 50 keys run one job at a time each, ~20 ms a job: work is still left when the kill lands
+    worker = cluster.start("0", max_sleep_ms=40)
+    wait_log(worker, "partitions assigned")
+    publish_jobs(board, jobs)
+    wait_for_steps(board, 1000, 120, [worker])
+    worker.signal(signal.SIGKILL)
+    assert worker.wait() == -signal.SIGKILL
+    killed_at = step_count(board)
+    assert killed_at < jobs, "the kill must land while work remains"
+
+    restarted = cluster.start("0", max_sleep_ms=5)
+    # The restarted slot takes over from the dead process at once (no session to wait out)
+    # and claims what it had read but not committed.
+    wait_log(restarted, "took over the worker slot")
+    wait_for_steps(board, jobs, 120, [restarted])
+    assert _claimed(restarted) > 0
+    restarted.signal(signal.SIGTERM)
+    assert restarted.wait() == 0, restarted.log_text()
+    assert_exactly_once(board, jobs)
+    board.close()
+
+
+def test_dead_workers_pending_entries_are_claimed_by_another(cluster: Cluster) -> None:
+    board = cluster.board()
+    jobs = 5000
+    doomed = cluster.start("0", max_sleep_ms=40)
+    survivor = cluster.start("1", max_sleep_ms=40)
+    for w in (doomed, survivor):
+        wait_log(w, "partitions assigned")
+    publish_jobs(board, jobs)
+    wait_for_steps(board, 800, 120, [doomed, survivor])
+    claimed_before = _claimed(survivor)
+    doomed.signal(signal.SIGKILL)
+    assert doomed.wait() == -signal.SIGKILL
+    assert step_count(board) < jobs, "the kill must land while work remains"
+    # Nobody restarts slot 0: once its session runs out, the survivor takes its partitions and
+    # claims the entries pending on the dead consumer (XAUTOCLAIM).
+    wait_for_steps(board, jobs, 120, [survivor])
+    assert _claimed(survivor) > claimed_before
+    survivor.signal(signal.SIGTERM)
+    assert survivor.wait() == 0, survivor.log_text()
+    assert_exactly_once(board, jobs)
+    group = board.topics.group("stage")
+    assert sum(row.lag for row in board.lag([group])) == 0
+    board.close()
+
+
+def test_paused_zombie_cannot_commit_after_its_partitions_moved(cluster: Cluster) -> None:
+    board = cluster.board()
+    jobs = 4000
+    zombie = cluster.start("0", max_sleep_ms=3)
+    other = cluster.start("1", max_sleep_ms=3)
+    for w in (zombie, other):
+        wait_log(w, "partitions assigned")
+    publisher = publish_in_background(cluster.board(), jobs, rate=400)
+    wait_for_steps(board, 500, 120, [zombie, other])
+    zombie.signal(signal.SIGSTOP)
+    time.sleep(5)  # past the 3 s session: the group moves its partitions to `other`
+    assert publisher.is_alive(), "records must still flow after the pause"
+    wait_for_steps(board, step_count(board) + 100, 60, [other])
+    zombie.signal(signal.SIGCONT)
+    publisher.join()
+    wait_for_steps(board, jobs, 120, [zombie, other])
+    for w in (zombie, other):
+        w.signal(signal.SIGTERM)
+    for w in (zombie, other):
+        assert w.wait() == 0, w.log_text()
+    assert _events(zombie, "session ran out; rejoining"), zombie.log_text()
+    assert_exactly_once(board, jobs)
+    board.close()
+
+
+def test_redis_killed_and_restarted_with_aof_while_workers_run(
+    redis_local: RedisLocal, redis_url: str, tmp_path: Path
+) -> None:
+    assert redis_local.appendonly
+    cluster = Cluster(redis_url, unique_name("r").replace("-", ""), tmp_path)
+    try:
+        board = cluster.board()
+        jobs = 6000
+        # ~20 ms a job, one job at a time per key: work is in flight when the server dies
+        workers = [cluster.start("0", max_sleep_ms=40), cluster.start("1", max_sleep_ms=40)]
+        for w in workers:
+            wait_log(w, "partitions assigned")
+        publish_jobs(board, jobs)
+        wait_for_steps(board, 1000, 120, workers)
+        assert step_count(board) < jobs, "the server must die while work remains"
+        redis_local.kill()
+        time.sleep(1)
+        redis_local.restart()
+        wait_for_steps(board, jobs, 120, workers)  # no intervention: the workers recover
+        for w in workers:
+            assert w.proc.poll() is None, w.log_text()
+            w.signal(signal.SIGTERM)
+        for w in workers:
+            assert w.wait() == 0, w.log_text()
+        assert any(_events(w, "redis call failed; retrying") for w in workers)
+        assert_exactly_once(board, jobs)
+        board.close()
+    finally:
+        cluster.cleanup()
