@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import faulthandler
 import signal
 import sys
@@ -17,6 +18,7 @@ from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.cli.main import print_json
 from blackboard.errors import ArtifactError, ConfigError, DecodeError
 from blackboard.records import Record
+from blackboard.store import LagRow
 from blackboard.wire import decode_envelope
 
 
@@ -173,6 +175,7 @@ def cmd_lag(args: argparse.Namespace) -> int:
                         "end_offset": r.end_offset,
                         "committed_offset": r.committed_offset,
                         "lag": r.lag,
+                        **_lag_extras(r),
                     }
                     for r in rows
                 ]
@@ -188,6 +191,13 @@ def cmd_lag(args: argparse.Namespace) -> int:
             f" {committed:>10} {r.lag:>8}\n"
         )
     return 0
+
+
+def _lag_extras(row: LagRow) -> dict[str, Any]:
+    """Figures a store adds to its lag rows (a LagRow subclass), e.g. Redis' delivered and
+    pending counts."""
+    base = {f.name for f in dataclasses.fields(LagRow)}
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.name not in base}
 
 
 def _envelope_doc(env: Any) -> dict[str, Any]:

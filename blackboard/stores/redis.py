@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -37,7 +38,7 @@ from blackboard.records import (
     TopicPartition,
     partition_for,
 )
-from blackboard.store import GroupMember, RebalanceListener, Store
+from blackboard.store import GroupMember, LagRow, RebalanceListener, Store
 from blackboard.stores import redis_scripts
 from blackboard.stores.redis_entries import entry_fields, offset_of, record_from, text
 from blackboard.stores.redis_errors import translate, unavailable
@@ -90,6 +91,16 @@ def resolve_partition(rec: OutgoingRecord, partitions: int | None) -> TopicParti
     if not 0 <= rec.partition < partitions:
         raise TopicError(f"topic {rec.topic} has no partition {rec.partition}")
     return TopicPartition(rec.topic, rec.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisLagRow(LagRow):
+    """A lag row with the Redis consumer group's own figures for the partition's stream."""
+
+    delivered: int | None = None
+    """Entries the Redis consumer group handed out (``entries-read``; None when unknown)."""
+    pending: int = 0
+    """Entries handed out and not acknowledged yet (read or finished, not committed)."""
 
 
 class RedisStore(Store):
@@ -316,6 +327,39 @@ class RedisStore(Store):
         members, subs, (sec, usec) = self._call(f"members of {group}", view)
         live = GroupView.parse(members, subs, sec * 1000 + usec // 1000, {})
         return {t for topics in live.subscriptions.values() for t in topics}
+
+    def lag(
+        self, groups: Iterable[str] | None = None, topics: Iterable[str] | None = None
+    ) -> list[LagRow]:
+        """Per group and partition: end offset (the stream's ``entries-added``), committed
+        offset and lag (end minus committed), plus what the Redis consumer group delivered
+        and has pending (:class:`RedisLagRow`)."""
+        rows = super().lag(groups, topics)
+        streams = sorted({TopicPartition(r.topic, r.partition) for r in rows})
+
+        def infos() -> list[Any]:
+            with self._client.pipeline(transaction=False) as pipe:
+                for tp in streams:
+                    pipe.xinfo_groups(self.keys.stream(tp))
+                return pipe.execute(raise_on_error=False)
+
+        found: dict[tuple[TopicPartition, str], dict[str, Any]] = {}
+        for tp, reply in zip(streams, self._call("lag", infos) if streams else [], strict=True):
+            if isinstance(reply, list):
+                for info in reply:
+                    found[(tp, text(info["name"]))] = info
+        out: list[LagRow] = []
+        for row in rows:
+            info = found.get((TopicPartition(row.topic, row.partition), row.group), {})
+            read = info.get("entries-read")
+            out.append(
+                RedisLagRow(
+                    **asdict(row),
+                    delivered=None if read is None else int(read),
+                    pending=int(info.get("pending", 0)),
+                )
+            )
+        return out
 
     async def join(
         self,
