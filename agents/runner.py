@@ -140,10 +140,20 @@ class AgentRunner:
         self._first_completed_at = 0.0
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Partitions the runner wants paused, and those the member has paused: the member is
+        # told (like seeks) only between polls, never while one runs on another thread.
         self._paused: set[TopicPartition] = set()
+        self._member_paused: set[TopicPartition] = set()
+        self._pending_seeks: dict[TopicPartition, int] = {}
+        self._full_since: float | None = None
+        self._poll_task: asyncio.Task[list[Record]] | None = None
+        self._commit_task: asyncio.Task[None] | None = None
+        self._commit_lock = asyncio.Lock()
         self._stopping = False
         self._started = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        # Set whenever the loop has something to look at: a poll returned, a handler or a
+        # commit finished, stop() was called.
+        self._wake = asyncio.Event()
 
     # -- life cycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -177,6 +187,7 @@ class AgentRunner:
         """Stop polling; in-flight handlers get ``shutdown_grace_s`` to finish. Thread-unsafe:
         call from the runner's event loop (signal handlers do)."""
         self._stopping = True
+        self._wake.set()
         if self._member is not None:
             self._member.wakeup()
 
@@ -186,40 +197,85 @@ class AgentRunner:
         return not (self._ready or self._parked or self._running or self._completed)
 
     async def _loop(self, member: GroupMember) -> None:
+        """Poll, handlers and commits overlap: one poll runs in the background (the store's
+        call may block a thread), one commit at a time runs while the next records are read and
+        processed, and the loop sleeps until one of them or a handler finishes."""
         settings = self.settings
         interval = settings.commit_interval_ms / 1000.0
-        cap = self.spec.concurrency
         while not self._stopping:
-            self._flow_control(member)
-            if self._completed:
-                until_commit = max(0.0, self._first_completed_at + interval - time.monotonic())
-            else:
-                until_commit = settings.idle_poll_s
-            # Fetch no more than the buffer has room for: over-fetching would pause partitions.
-            room = max(0, settings.max_buffered - self._buffered())
-            busy = bool(self._ready)  # work is queued: poll without waiting
-            records = await member.poll(
-                min(settings.poll_batch, room), 0.0 if busy else until_commit
-            )
-            if records:
-                self._admit(records)
-            self._dispatch()
-            if self._completed and (
-                len(self._completed) >= settings.commit_every
-                or time.monotonic() - self._first_completed_at >= interval
-                or (not records and not self._running and not self._ready)
-            ):
-                await self._commit()
-            elif self._ready and self._running >= cap:
-                # Every slot is busy: the handlers are the bottleneck. Wait for one to finish
-                # (or for the commit to fall due) instead of waiting in the store's poll.
-                self._slot_freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(until_commit, settings.idle_poll_s)):
-                        await self._slot_freed.wait()
+            self._wake.clear()
+            poll = self._poll_task
+            if poll is not None and poll.done():
+                self._poll_task = None
+                records = self._fresh(poll.result())
+                if records:
+                    self._admit(records)
+            commit = self._commit_task
+            if commit is not None and commit.done():
+                self._commit_task = None
+                commit.result()  # a failure other than a refused commit ends the runner
+            self._flow_control()
+            if self._poll_task is None:
+                self._start_poll(member)
+            if self._dispatch():
+                await asyncio.sleep(0)  # let new handlers start; fast ones finish right here
+            wait = settings.idle_poll_s
+            if self._completed and self._commit_task is None:
+                age = time.monotonic() - self._first_completed_at
+                if (
+                    len(self._completed) >= settings.commit_every
+                    or age >= interval
+                    or not (self._running or self._ready)
+                ):
+                    self._commit_task = asyncio.create_task(self._commit())
+                    self._commit_task.add_done_callback(self._wake_up)
+                else:
+                    wait = interval - age
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    def _wake_up(self, _: object = None) -> None:
+        self._wake.set()
+
+    def _start_poll(self, member: GroupMember) -> None:
+        """Tell the member about pauses and seeks, then start the next poll if there is room
+        (or every partition is paused: the poll then only serves the group's callbacks)."""
+        self._apply_controls(member)
+        room = max(0, self.settings.max_buffered - self._buffered())
+        if room or self._paused.issuperset(self._progress):
+            batch = max(1, min(self.settings.poll_batch, room))
+            self._poll_task = asyncio.create_task(member.poll(batch, self.settings.idle_poll_s))
+            self._poll_task.add_done_callback(self._wake_up)
+
+    def _fresh(self, records: list[Record]) -> list[Record]:
+        """Drop records of partitions rewound while their poll ran (a seek is pending)."""
+        seeks = self._pending_seeks
+        if not seeks:
+            return records
+        return [r for r in records if TopicPartition(r.topic, r.partition) not in seeks]
+
+    def _apply_controls(self, member: GroupMember) -> None:
+        if self._pending_seeks:
+            for tp, offset in self._pending_seeks.items():
+                member.seek(tp, offset)
+            self._pending_seeks.clear()
+        pause = self._paused - self._member_paused
+        if pause:
+            member.pause(pause)
+        resume = self._member_paused - self._paused
+        if resume:
+            member.resume(resume)
+        self._member_paused = set(self._paused)
 
     async def _drain(self) -> None:
         """After stop: let running handlers finish within the grace period, commit, leave."""
+        if self._poll_task is not None:  # stop() woke it: start what it read, if slots are free
+            poll, self._poll_task = self._poll_task, None
+            records = self._fresh(await poll)
+            if records:
+                self._admit(records)
+                self._dispatch()
         if self._tasks:
             self._log.info(
                 "draining", in_flight=len(self._tasks), grace_s=self.settings.shutdown_grace_s
@@ -234,6 +290,9 @@ class AgentRunner:
                 self._log.warning(
                     "gave up on handlers past the grace period", abandoned=len(pending)
                 )
+        if self._commit_task is not None:
+            await self._commit_task
+            self._commit_task = None
         await self._commit()
 
     # -- rebalance listener ---------------------------------------------------------------
@@ -268,6 +327,8 @@ class AgentRunner:
             self._progress.pop(tp, None)
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
             self._paused.discard(tp)
+            self._member_paused.discard(tp)
+            self._pending_seeks.pop(tp, None)
         self._drop_queued(gone)
         still = {tp.partition for tp in self._progress}
         for p in [p for p in self._state if p not in still]:
@@ -328,11 +389,14 @@ class AgentRunner:
         window = self.settings.max_offset_window
         for tp in touched - self._paused:  # bounds the finished offsets the metadata must name
             if progress[tp].span() >= window:
-                self._pause({tp})
+                self._paused.add(tp)
 
-    def _dispatch(self) -> None:
+    def _dispatch(self) -> int:
+        """Start handlers for ready records while slots are free; how many started."""
         cap = self.spec.concurrency
         ready, epochs = self._ready, self._epoch
+        loop = asyncio.get_running_loop()
+        started = 0
         while ready and self._running < cap:
             item = ready.popleft()
             if epochs.get(item.tp) != item.epoch:
@@ -341,9 +405,10 @@ class AgentRunner:
             self._running += 1
             if self.spec.ordered:
                 self._running_keys.add(item.record.key)
-            task = asyncio.create_task(self._execute(item))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # A finished handler removes its own task from the set (no done callback to run).
+            self._tasks.add(loop.create_task(self._execute(item)))
+            started += 1
+        return started
 
     def _release_key(self, item: _Item) -> None:
         if not self.spec.ordered:
@@ -385,6 +450,7 @@ class AgentRunner:
         except asyncio.CancelledError:
             self._running -= 1
             self._release_key(item)
+            self._tasks.discard(asyncio.current_task())
             raise
         except RecordTooLargeError as exc:
             outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "produce", exc))
@@ -394,11 +460,10 @@ class AgentRunner:
             )
             outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "process", exc))
         self._running -= 1
-        self._slot_freed.set()
         self._finish(outcome)
         self._release_key(item)
-        if self._member is not None:
-            self._member.wakeup()
+        self._wake.set()
+        self._tasks.discard(asyncio.current_task())
 
     def _encode(self, ctx: Context) -> list[OutgoingRecord]:
         limit = self.settings.max_record_bytes
@@ -424,6 +489,11 @@ class AgentRunner:
 
     # -- commit ---------------------------------------------------------------------------
     async def _commit(self) -> None:
+        """Commit what finished; commits run one at a time, in the order they were asked for."""
+        async with self._commit_lock:
+            await self._commit_finished()
+
+    async def _commit_finished(self) -> None:
         member = self._member
         if member is None or not self._completed:
             return
@@ -464,7 +534,7 @@ class AgentRunner:
         self.stats.processed += processed
         self.stats.dead_lettered += dead
         self.stats.outputs += len(commit.outputs)
-        self._resume_drained(member)
+        self._resume_drained()
 
     async def _rewind(self, partitions: Sequence[TopicPartition]) -> None:
         """Forget uncommitted work on ``partitions``; read them again from the committed offsets."""
@@ -482,7 +552,7 @@ class AgentRunner:
             start = done.offset if done else 0
             self._progress[tp] = PartitionProgress(start, done.metadata if done else "")
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
-            member.seek(tp, start)
+            self._pending_seeks[tp] = start  # applied before the next poll starts
             if self.spec.ordered:
                 self._state[tp.partition] = await member.load_state(tp.partition)
 
@@ -491,32 +561,33 @@ class AgentRunner:
         """Records read and not yet committed as finished (queued, parked, running, done)."""
         return sum(p.in_flight for p in self._progress.values())
 
-    def _flow_control(self, member: GroupMember) -> None:
+    def _flow_control(self) -> None:
+        """Pause every partition once the buffer has been full for ``idle_poll_s`` (slow
+        handlers: the loop keeps polling for the group's sake, without taking records); resume
+        once it drained to half. Until then a full buffer just stops the polls (a Kafka
+        consumer drops what it prefetched on pause and needs a fetch cycle to restart)."""
         buffered = self._buffered()
         limit = self.settings.max_buffered
         if buffered >= limit:
-            self._pause(set(self._progress) - self._paused)
-        elif self._paused and buffered < limit // 2:
-            self._resume_drained(member)
-
-    def _pause(self, partitions: set[TopicPartition]) -> None:
-        if partitions and self._member is not None:
-            self._member.pause(partitions)
-            self._paused |= partitions
-
-    def _resume_drained(self, member: GroupMember) -> None:
-        if not self._paused:
+            now = time.monotonic()
+            if self._full_since is None:
+                self._full_since = now
+            elif now - self._full_since >= self.settings.idle_poll_s:
+                self._paused |= set(self._progress)
             return
-        if self._buffered() >= self.settings.max_buffered // 2:
+        self._full_since = None
+        self._resume_drained()
+
+    def _resume_drained(self) -> None:
+        """Unpause partitions once the buffer is at most half full and their offset window
+        has room again."""
+        if not self._paused or self._buffered() >= self.settings.max_buffered // 2:
             return
         window = self.settings.max_offset_window
-        ok = {
-            tp for tp in self._paused if tp in self._progress and self._progress[tp].span() < window
+        progress = self._progress
+        self._paused = {
+            tp for tp in self._paused if tp in progress and progress[tp].span() >= window
         }
-        ok |= {tp for tp in self._paused if tp not in self._progress}
-        if ok:
-            member.resume(ok)
-            self._paused -= ok
 
 
 def _names(partitions: Sequence[TopicPartition]) -> list[str]:
