@@ -50,7 +50,8 @@ def test_kill_9_mid_transaction_then_restart_same_slot(cluster: Cluster) -> None
     # 50 keys run one job at a time each, ~20 ms a job: work is still left when the kill lands
     worker = cluster.start("0", max_sleep_ms=40)
     _wait_log(worker, "partitions assigned")
-    publish_jobs(board, jobs)
+    # Published over ~6 s, so work remains when the kill lands however fast the worker is.
+    publisher = publish_in_background(cluster.board(), jobs, rate=1000)
     wait_for_steps(board, 1000, 120, [worker])
     worker.signal(signal.SIGKILL)
     assert worker.wait() == -signal.SIGKILL
@@ -63,6 +64,7 @@ def test_kill_9_mid_transaction_then_restart_same_slot(cluster: Cluster) -> None
     # read_committed readers move on within seconds.
     wait_for_steps(board, killed_at + 1, 30, [restarted])
     assert time.monotonic() - started < 30
+    publisher.join()
     wait_for_steps(board, jobs, 180, [restarted])
     restarted.signal(signal.SIGTERM)
     assert restarted.wait() == 0
@@ -221,12 +223,15 @@ def test_broker_hard_kill_and_restart_while_workers_run(
         workers = [cluster.start("0", max_sleep_ms=40), cluster.start("1", max_sleep_ms=40)]
         for w in workers:
             _wait_log(w, "partitions assigned")
-        publish_jobs(board, jobs)
+        # Published over ~6 s, so work remains when the broker dies however fast the workers
+        # are; the publisher's idempotent producer rides out the restart too.
+        publisher = publish_in_background(cluster.board(), jobs, rate=1000)
         wait_for_steps(board, 1000, 120, workers)
         assert step_count(board) < jobs, "the broker must die while work remains"
         kafka_local.kill()
         time.sleep(2)
         kafka_local.restart()
+        publisher.join()
         try:
             wait_for_steps(board, jobs, 240, workers)  # no intervention: the workers recover
         except AssertionError as exc:
