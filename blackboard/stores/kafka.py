@@ -39,6 +39,8 @@ from blackboard.stores.kafka_member import KafkaMember
 from blackboard.stores.kafka_settings import KafkaSettings
 
 ADMIN_TIMEOUT_S = 15.0
+#: How long admin reads retry while the cluster is briefly unavailable (a broker restarting).
+UNAVAILABLE_RETRY_S = 5.0
 _INTERNAL = ("__consumer_offsets", "__transaction_state")
 
 
@@ -243,9 +245,25 @@ class KafkaStore(Store):
         return self.end_offsets_of(tps)
 
     def end_offsets_of(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """Last stable offsets (the ``read_committed`` end) of ``tps``."""
+        """Last stable offsets (the ``read_committed`` end) of ``tps``.
+
+        Retried for a few seconds while the cluster is briefly unavailable (a broker that just
+        restarted answers FENCED_LEADER_EPOCH or has no leader for a moment).
+        """
         if not tps:
             return {}
+        deadline = time.monotonic() + UNAVAILABLE_RETRY_S
+        delay = 0.1
+        while True:
+            try:
+                return self._list_stable_offsets(tps)
+            except StoreUnavailableError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _list_stable_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
         request = {KafkaTP(tp.topic, tp.partition): latest for tp in tps}
         futures = self._admin.list_offsets(

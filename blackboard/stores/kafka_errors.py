@@ -58,6 +58,12 @@ def kafka_error(exc: BaseException) -> Any:
     return args[0] if args and hasattr(args[0], "name") else None
 
 
+def superseded_by(err: Any) -> bool:
+    """Whether a fatal transactional error means another process took over the slot (the
+    member must stop), rather than a producer that must be replaced."""
+    return bool(err.name() in _FENCED)
+
+
 def translate(exc: BaseException, action: str, *, in_commit: bool = False) -> StoreError:
     """Our error for a Kafka failure during ``action`` (to raise ``from exc``)."""
     err = kafka_error(exc)

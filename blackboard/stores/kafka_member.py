@@ -50,7 +50,7 @@ from blackboard.errors import (
 from blackboard.logs import get_logger
 from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, Record, TopicPartition
 from blackboard.store import GroupMember, RebalanceListener
-from blackboard.stores.kafka_errors import kafka_error, translate
+from blackboard.stores.kafka_errors import kafka_error, superseded_by, translate
 
 if TYPE_CHECKING:
     from blackboard.stores.kafka import KafkaStore
@@ -442,14 +442,31 @@ class KafkaMember(GroupMember):
         )
 
     def _failure(self, exc: KafkaException, action: str) -> Exception:
+        """Our error for a failed transactional call. A fatal error ends the producer: when
+        another process took over the slot the member is superseded; any other fatal error
+        (e.g. the idempotent producer's sequence state is lost) drops the producer, the next
+        commit starts a new one (whose ``init_transactions`` aborts what is left open) and the
+        runner redoes from the committed offsets."""
         err = kafka_error(exc)
         if err is not None and err.fatal():
-            self._superseded = True
+            if superseded_by(err):
+                self._superseded = True
+                self._drop_producer(wedged=False)
+                return SupersededError(
+                    f"worker slot {self.transactional_id} was taken over by a newer process "
+                    f"({err.name()}: {err.str()})",
+                    code=err.name(),
+                )
             self._drop_producer(wedged=False)
-            return SupersededError(
-                f"worker slot {self.transactional_id} was taken over by a newer process "
-                f"({err.name()}: {err.str()})",
+            log.warning(
+                "transactional producer failed fatally; a new one takes over",
+                group=self.group,
+                error=err.str(),
+            )
+            return CommitError(
+                f"{action} failed: {err.name()}: {err.str()} (fatal: producer replaced)",
                 code=err.name(),
+                retriable=True,
             )
         return translate(exc, action, in_commit=True)
 
@@ -471,7 +488,7 @@ class KafkaMember(GroupMember):
                 err = kafka_error(exc)
                 log.warning("abort_transaction failed", group=self.group, error=str(exc))
                 if err is not None and err.fatal():
-                    self._superseded = True
+                    self._superseded = superseded_by(err)
                     self._drop_producer(wedged=False)
                     return
                 if err is None or not err.retriable():
