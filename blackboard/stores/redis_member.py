@@ -1,31 +1,24 @@
 """A consumer-group member on Redis Streams (DESIGN.md §3, §4).
 
-Redis has no group coordinator, so the member runs the group protocol itself
-(:mod:`blackboard.stores.redis_scripts`, :mod:`blackboard.stores.redis_group`):
+Redis has no group coordinator, so the member runs the group protocol itself:
 
-- **Membership**: a sorted set of slot → session expiry (Redis server time). A heartbeat task
-  extends it every ``heartbeat_interval_ms`` and expels members whose session ran out. A
-  process that joins with a slot already held takes the slot over (its predecessor is
-  *superseded*: its commits fail with :class:`SupersededError`), so a restarted worker slot
-  resumes at once instead of waiting for the dead one's session to end.
-- **Assignment**: every member range-assigns the partitions over the live members (inside
-  :meth:`poll`, on a message on the group's channel or once per heartbeat interval).
-- **Leases**: each partition has a lease ``<epoch>|<slot>|<token>``. A member gives up a
-  partition it should no longer own after the runner's ``on_revoked`` commit; the new owner
-  takes the lease only when it is free or its holder is gone, then ``on_assigned``. A member
-  whose lease changed (its session ran out) reports ``on_lost``; its commits are refused.
+- **Session** (:mod:`blackboard.stores.redis_session`): registration under its slot,
+  heartbeats, expulsion of members whose session ran out, slot takeovers, wake-ups by pub/sub.
+- **Assignment** (:mod:`blackboard.stores.redis_group`): every member range-assigns the
+  partitions over the live members, inside :meth:`poll`.
+- **Leases** (:mod:`blackboard.stores.redis_scripts`): each partition has a lease
+  ``<epoch>|<slot>|<token>``. A member gives up a partition that should move after the runner's
+  ``on_revoked`` commit; the new owner takes the lease only once it is free or its holder is
+  gone, then ``on_assigned``. A member whose lease changed reports ``on_lost``; its reads and
+  commits are refused.
 - **Reading**: ``XREADGROUP`` in the Redis consumer group named after the group, one per
   partition stream, inside a script that first checks the lease. On taking a partition the
-  member claims every entry pending on earlier owners (``XAUTOCLAIM``) and reads its pending
-  entries again from the committed offset (``XREADGROUP`` with an ID), then new ones (``>``).
-  :meth:`seek` does the same from the offset given. Delivery counts of re-read entries
+  member claims every entry pending on earlier owners (``XAUTOCLAIM``), reads its pending
+  entries again from the committed offset (``XREADGROUP`` with an ID), then new ones (``>``);
+  :meth:`seek` does the same from the offset given. Delivery counts of entries read again
   (``XPENDING``) are kept per record: :meth:`attempt`.
-- **Commit**: ``WATCH`` the leases of the partitions committed, check they are still ours,
-  then one ``MULTI``/``EXEC``: ``XADD`` outputs and dead letters, ``XACK`` the inputs, write
-  the committed offsets and metadata and the state entries, ``PUBLISH`` wake-ups. A lease that
-  changed in between aborts the ``EXEC``: a zombie gets nothing visible.
-- **Waiting**: a pub/sub connection hears appends to subscribed topics and group changes, so
-  a waiting :meth:`poll` wakes at once; without a message it reads again at its timeout.
+- **Commit** (:mod:`blackboard.stores.redis_commit`): ``WATCH`` the leases, one
+  ``MULTI``/``EXEC``.
 """
 
 from __future__ import annotations
@@ -35,7 +28,6 @@ import contextlib
 import itertools
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -45,20 +37,14 @@ from blackboard.errors import (
     CommitError,
     ConfigError,
     FencedError,
-    RecordTooLargeError,
     StoreClosedError,
     SupersededError,
 )
 from blackboard.logs import get_logger
 from blackboard.records import AtomicCommit, CommittedOffset, Record, TopicPartition
-from blackboard.store import MAX_METADATA_CHARS, GroupMember, RebalanceListener
-from blackboard.stores import redis_scripts
-from blackboard.stores.redis import (
-    check_record_size,
-    format_committed,
-    parse_committed,
-    resolve_partition,
-)
+from blackboard.store import GroupMember, RebalanceListener
+from blackboard.stores import redis_commit, redis_scripts
+from blackboard.stores.redis import parse_committed, resolve_partition
 from blackboard.stores.redis_entries import (
     after,
     entry_fields,
@@ -69,6 +55,7 @@ from blackboard.stores.redis_entries import (
 )
 from blackboard.stores.redis_errors import translate, unavailable
 from blackboard.stores.redis_group import GroupView, lease_epoch
+from blackboard.stores.redis_session import GroupSession, Warnings
 from blackboard.stores.redis_settings import offset_field
 
 if TYPE_CHECKING:
@@ -77,20 +64,30 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = get_logger("redis")
 
-#: Times a commit is tried again when a watched lease key was written meanwhile (by a
-#: heartbeat-free write such as a re-take of the same value: rare).
+#: Times a commit is tried again when a watched lease key was written meanwhile without
+#: changing hands (rare: another member's take that then failed to prepare, and was undone).
 WATCH_RETRIES = 10
 #: How often a member that could not take every partition it should own tries again, besides
 #: the group channel telling it a lease was freed.
 TAKE_RETRY_S = 0.2
 #: Pending entries moved per XAUTOCLAIM call.
 CLAIM_BATCH = 1000
-#: Seconds between two warnings about an unreachable server.
-WARN_EVERY_S = 5.0
 
 
 class RedisMember(GroupMember):
-    """One member of a consumer group on Redis (one agent in one worker process)."""
+    """One member of a consumer group on Redis (one agent in one worker process).
+
+    Args:
+        store: the store.
+        group: the consumer group.
+        topics: the topics to read.
+        listener: told about partitions assigned, revoked and lost, inside :meth:`poll`.
+        slot: the worker slot; a later process joining with the same slot takes over from
+            this one. Empty: a slot of its own.
+
+    Raises:
+        ConfigError: the slot contains ``|``.
+    """
 
     def __init__(
         self,
@@ -104,28 +101,36 @@ class RedisMember(GroupMember):
         if "|" in slot:
             raise ConfigError(f"worker slot {slot!r} must not contain '|'")
         self.group = group
-        self.slot = slot or f"anon-{uuid.uuid4().hex[:12]}"
+        self.slot = slot or f"anon-{GroupSession.new_token()[:12]}"
         self.member_id = f"{group}.{self.slot}"
-        self._token = uuid.uuid4().hex
-        self._store = store
         self._settings = store.settings
         self._keys = store.keys
         self._gk = store.keys.group(group)
-        self._topics = tuple(sorted(set(topics)))
         self._listener = listener
         self._redis = store.async_client()
-        self._join_script = self._redis.register_script(redis_scripts.JOIN)
-        self._heartbeat_script = self._redis.register_script(redis_scripts.HEARTBEAT)
+        self._warnings = Warnings(group)
+        self._session = GroupSession(
+            self._redis,
+            store.keys,
+            group,
+            self.slot,
+            tuple(sorted(set(topics))),
+            store.settings,
+            changed=self._changed,
+            appended=self._appended,
+            tick=self._tick,
+            warnings=self._warnings,
+        )
         self._take_script = self._redis.register_script(redis_scripts.TAKE)
         self._release_script = self._redis.register_script(redis_scripts.RELEASE)
-        self._leave_script = self._redis.register_script(redis_scripts.LEAVE)
         self._read_script = self._redis.register_script(redis_scripts.READ)
         self._claim_script = self._redis.register_script(redis_scripts.CLAIM)
         self._trim_script = self._redis.register_script(redis_scripts.TRIM)
         self._partitions: dict[str, int] = {}
-        # Partitions owned, with their lease value, read cursor, and the floor below which
-        # every entry is acknowledged. Entries finished above the committed offset stay pending
-        # until it passes them, so a new owner reads them again (and skips them) as on Kafka.
+        # Per owned partition: its lease value, where reading goes on ('>' or an entry ID), the
+        # floor below which every entry is acknowledged, and delivery counts above 1. Entries
+        # finished above the committed offset stay pending until it passes them, so a new
+        # owner reads them again (and skips them, as the metadata says) as on Kafka.
         self._leases: dict[TopicPartition, str] = {}
         self._cursor: dict[TopicPartition, str] = {}
         self._floor: dict[TopicPartition, int] = {}
@@ -136,158 +141,69 @@ class RedisMember(GroupMember):
         self._sync_due = True
         self._incomplete = False
         self._last_sync = 0.0
-        self._expelled = False
-        self._superseded = False
+        self._next_trim = time.monotonic() + self._settings.trim_interval_s
         self._interrupted = False
         self._closed = False
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._rotation = 0
-        self._warned: dict[str, float] = {}
 
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Register in the group and start the heartbeat and listener tasks.
+        """Join the group and start heartbeating.
 
         Raises:
             StoreUnavailableError: Redis cannot be reached.
         """
         self._loop = asyncio.get_running_loop()
         try:
-            await self._register()
+            await self._session.join()
         except RedisError as exc:
             await self._redis.aclose()
             raise translate(exc, f"join group {self.group}") from exc
-        self._tasks = [
-            asyncio.create_task(self._heartbeat_loop(), name=f"redis-heartbeat:{self.member_id}"),
-            asyncio.create_task(self._listen_loop(), name=f"redis-listen:{self.member_id}"),
-        ]
-
-    async def _register(self) -> None:
-        gk = self._gk
-        previous = await self._join_script(
-            keys=[gk.members, gk.tokens, gk.subs, self._keys.groups],
-            args=[
-                self.slot,
-                self._token,
-                json.dumps(self._topics),
-                self._settings.session_timeout_ms,
-                self.group,
-                gk.channel,
-            ],
-        )
-        if previous is not None and text(previous) != self._token:
-            log.warning(
-                "took over the worker slot from an earlier process",
-                group=self.group,
-                slot=self.slot,
-            )
+        self._session.start()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._signal()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if not self._superseded:
-            held = {**self._to_release, **self._leases}
-            gk = self._gk
+        await self._session.stop()
+        if not self._session.superseded:
             try:
-                await self._leave_script(
-                    keys=[gk.members, gk.tokens, gk.subs, *(gk.lease(tp) for tp in held)],
-                    args=[self.slot, self._token, gk.channel, *held.values()],
-                )
+                await self._session.leave({**self._to_release, **self._leases})
             except RedisError as exc:  # our session ends on its own; the others move on then
                 log.warning("leaving the group failed", group=self.group, error=str(exc))
-        self._forget_all()
+        for tp in list(self._leases):
+            self._forget(tp)
+        self._to_release.clear()
         await self._redis.aclose()
 
-    # -- background tasks -----------------------------------------------------------------
-    async def _heartbeat_loop(self) -> None:
-        interval = self._settings.heartbeat_interval_ms / 1000.0
-        gk = self._gk
-        next_trim = time.monotonic() + self._settings.trim_interval_s
-        while not self._closed and not self._superseded:
-            await asyncio.sleep(interval)
-            try:
-                status = await self._heartbeat_script(
-                    keys=[gk.members, gk.tokens, gk.subs],
-                    args=[self.slot, self._token, self._settings.session_timeout_ms, gk.channel],
-                )
-            except RedisError as exc:
-                self._warn("heartbeat", exc)
-                continue
-            self._recovered("heartbeat")
-            code = int(status[0])
-            if code == -1:
-                log.error(
-                    "a newer process took over this worker slot; giving up its partitions",
-                    group=self.group,
-                    slot=self.slot,
-                )
-                self._superseded = True
-            elif code == 0:
-                log.warning("session ran out; rejoining", group=self.group, slot=self.slot)
-                self._expelled = True
-            self._sync_due = True
-            self._signal()
-            if self._settings.trim_interval_s and time.monotonic() >= next_trim:
-                next_trim = time.monotonic() + self._settings.trim_interval_s
-                await self._trim_owned()
+    # -- session callbacks ----------------------------------------------------------------
+    def _changed(self) -> None:
+        self._sync_due = True
+        self._signal()
 
-    async def _trim_owned(self) -> None:
+    def _appended(self, tp: TopicPartition) -> None:
+        if tp in self._leases and tp not in self._paused:
+            self._signal()
+
+    async def _tick(self) -> None:
+        """After each heartbeat: trim the owned streams when ``trim_interval_s`` is due."""
+        interval = self._settings.trim_interval_s
+        if not interval or time.monotonic() < self._next_trim:
+            return
+        self._next_trim = time.monotonic() + interval
         for tp in sorted(self._leases):
             try:
                 removed = await self._trim_script(
                     keys=[self._keys.stream(tp)], args=[self._keys.prefix]
                 )
             except RedisError as exc:
-                self._warn("trim", exc)
+                self._warnings.failed("trim", exc)
                 return
             if removed:
                 log.info("stream trimmed", partition=_name(tp), removed=int(removed))
-
-    async def _listen_loop(self) -> None:
-        data = {self._keys.data_channel(t).encode(): t for t in self._topics}
-        channels = [self._gk.channel, self._keys.topics_channel, *(c.decode() for c in data)]
-        pubsub: Any = None
-        delay = 0.05
-        try:
-            while not self._closed:
-                try:
-                    if pubsub is None:
-                        pubsub = self._redis.pubsub()
-                        await pubsub.subscribe(*channels)
-                        self._sync_due = True  # messages may have been missed meanwhile
-                        self._signal()
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                except RedisError as exc:
-                    self._warn("listen", exc)
-                    if pubsub is not None:
-                        with contextlib.suppress(RedisError):
-                            await pubsub.aclose()
-                        pubsub = None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                delay = 0.05
-                if message is None:
-                    continue
-                topic = data.get(message["channel"])
-                if topic is None:
-                    self._sync_due = True
-                    self._signal()
-                    continue
-                tp = TopicPartition(topic, int(message["data"]))
-                if tp in self._leases and tp not in self._paused:
-                    self._signal()
-        finally:
-            if pubsub is not None:
-                with contextlib.suppress(RedisError):
-                    await pubsub.aclose()
 
     # -- polling --------------------------------------------------------------------------
     async def poll(self, max_records: int, timeout: float) -> list[Record]:
@@ -301,9 +217,9 @@ class RedisMember(GroupMember):
                 if self._needs_sync():
                     await self._sync()
                 records = await self._read(max_records) if max_records > 0 else []
-                self._recovered("poll")
+                self._warnings.worked("poll")
             except RedisError as exc:
-                self._warn("poll", exc)
+                self._warnings.failed("poll", exc)
                 self._sync_due = failed = True
                 records = []
             if records or self._interrupted:
@@ -331,15 +247,16 @@ class RedisMember(GroupMember):
         ours (the rebalance callbacks run here, inside poll)."""
         self._sync_due = False
         self._last_sync = time.monotonic()
-        if self._superseded or self._expelled:
+        session = self._session
+        if session.superseded or session.expelled:
             for tp in list(self._leases):  # the leases are not ours to free any more
                 self._lose(tp)
             self._to_release.clear()
             await self._report_lost()
-            if self._superseded:
+            if not session.superseded:
+                await session.join(rejoin=True)
+            if session.superseded:
                 return
-            await self._register()
-            self._expelled = False
         await self._check_leases()
         await self._report_lost()
         if self._to_release:
@@ -416,11 +333,11 @@ class RedisMember(GroupMember):
         read from the committed offset."""
         gk = self._gk
         raw = await self._take_script(
-            keys=[gk.lease(tp), gk.members, gk.tokens], args=[self.slot, self._token]
+            keys=[gk.lease(tp), gk.members, gk.tokens], args=[self.slot, self._session.token]
         )
         if raw is None:
             return False
-        lease = raw.decode()
+        lease = text(raw)
         try:
             committed, claimed = await self._prepare(tp)
         except BaseException:
@@ -475,9 +392,9 @@ class RedisMember(GroupMember):
             status = int(reply[0])
             if status == 0:
                 self._lose(tp)
-            elif status == 2:
-                log.warning("reading failed", partition=_name(tp), error=_text(reply[1]))
-                await self._forget_and_retake(tp)
+            elif status == 2:  # the stream or its Redis group vanished: take it anew
+                log.warning("reading failed", partition=_name(tp), error=text(reply[1]))
+                self._lose(tp)
             elif len(reply) > 1:
                 records += await self._accept(tp, reply[1], reply[2], reply[3])
         return records
@@ -485,7 +402,7 @@ class RedisMember(GroupMember):
     async def _accept(
         self, tp: TopicPartition, entries: list[Any], counts: list[Any], cursor: bytes
     ) -> list[Record]:
-        self._cursor[tp] = cursor.decode()
+        self._cursor[tp] = text(cursor)
         floor = self._floor[tp]
         delivered = dict(zip(counts[::2], counts[1::2], strict=True)) if counts else {}
         out: list[Record] = []
@@ -505,11 +422,6 @@ class RedisMember(GroupMember):
             await self._redis.xack(self._keys.stream(tp), self.group, *below)
         return out
 
-    async def _forget_and_retake(self, tp: TopicPartition) -> None:
-        """The partition's stream or Redis group vanished: tell the runner, take it again."""
-        self._lose(tp)
-        self._sync_due = True
-
     def attempt(self, record: Record) -> int:
         """How many times ``record`` was delivered to the group (1 for the first time; more
         after a crash, a takeover or a rewind), from Redis' delivery counts."""
@@ -517,37 +429,44 @@ class RedisMember(GroupMember):
 
     # -- commits --------------------------------------------------------------------------
     async def commit(self, commit: AtomicCommit) -> None:
+        """Make ``commit`` visible atomically (:mod:`blackboard.stores.redis_commit`).
+
+        Raises:
+            SupersededError: a newer process took over this member's slot.
+            FencedError: the member does not own a partition it commits offsets or state for.
+            RecordTooLargeError, TopicError: nothing was sent.
+            CommitError: nothing was committed (Redis out of memory: code ``OOM``), or the
+                connection broke during ``EXEC`` (the committed offsets say whether it ran).
+        """
         if self._closed:
             raise StoreClosedError(f"member {self.member_id} is closed")
-        if self._superseded:
+        if self._session.superseded:
             raise SupersededError(
                 f"worker slot {self.slot} of {self.group} was taken over", code="SUPERSEDED"
             )
-        watched = self._watched(commit)
-        for tp, done in commit.offsets.items():
-            if len(done.metadata) > MAX_METADATA_CHARS:
-                raise RecordTooLargeError(
-                    f"offset metadata for {_name(tp)} is {len(done.metadata)} characters, "
-                    f"over {MAX_METADATA_CHARS}",
-                    code="OFFSET_METADATA_TOO_LARGE",
-                )
+        redis_commit.check_commit(commit, self._settings.max_record_bytes)
+        leases = self._leases_of(commit)
         records = list(itertools.chain(commit.outputs, commit.dead_letters))
-        limit = self._settings.max_record_bytes
-        for rec in records:
-            check_record_size(rec, limit)
         try:
             counts = await self._partition_counts(r.topic for r in records)
         except RedisError as exc:
             raise translate(exc, "commit", in_commit=True) from exc
         now_ms = int(time.time() * 1000)
-        appends = [
-            (resolve_partition(rec, counts.get(rec.topic)), entry_fields(rec, now_ms))
-            for rec in records
-        ]
-        acks = {tp: self._acks(tp, done) for tp, done in commit.offsets.items()}
+        plan = redis_commit.CommitPlan(
+            appends=[
+                (resolve_partition(rec, counts.get(rec.topic)), entry_fields(rec, now_ms))
+                for rec in records
+            ],
+            acks={tp: self._acks(tp, done) for tp, done in commit.offsets.items()},
+            offsets=commit.offsets,
+            state=redis_commit.state_writes(commit),
+            leases=leases,
+        )
         for _ in range(WATCH_RETRIES):
             try:
-                await self._transact(commit, appends, acks, watched)
+                moved = await redis_commit.execute(self._redis, self._keys, self._gk, plan)
+                if moved:
+                    await self._fenced(moved)
             except WatchError:
                 continue
             except RedisError as exc:
@@ -558,14 +477,14 @@ class RedisMember(GroupMember):
             f"commit of {self.member_id}: leases kept changing", code="WATCH", retriable=True
         )
 
-    def _watched(self, commit: AtomicCommit) -> dict[TopicPartition, str]:
+    def _leases_of(self, commit: AtomicCommit) -> dict[TopicPartition, str]:
         """The leases a commit depends on (offsets' partitions; for state, a partition of the
         same number).
 
         Raises:
             FencedError: the member does not own one of them.
         """
-        watched: dict[TopicPartition, str] = {}
+        leases: dict[TopicPartition, str] = {}
         for tp in commit.offsets:
             lease = self._leases.get(tp)
             if lease is None:
@@ -573,7 +492,7 @@ class RedisMember(GroupMember):
                     f"{self.member_id} does not own {_name(tp)} in group {self.group}",
                     code="FENCED",
                 )
-            watched[tp] = lease
+            leases[tp] = lease
         for update in commit.state:
             holder = next(
                 (tp for tp in sorted(self._leases) if tp.partition == update.partition), None
@@ -584,61 +503,19 @@ class RedisMember(GroupMember):
                     f"{self.group}",
                     code="FENCED",
                 )
-            watched[holder] = self._leases[holder]
-        return watched
+            leases[holder] = self._leases[holder]
+        return leases
 
     def _acks(self, tp: TopicPartition, done: CommittedOffset) -> list[str]:
         """Entry IDs a commit acknowledges: from the floor up to the committed offset."""
         return [entry_id(o) for o in range(self._floor.get(tp, done.offset), done.offset)]
-
-    async def _transact(
-        self,
-        commit: AtomicCommit,
-        appends: list[tuple[TopicPartition, dict[bytes, bytes]]],
-        acks: dict[TopicPartition, list[str]],
-        watched: dict[TopicPartition, str],
-    ) -> None:
-        gk, keys = self._gk, self._keys
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if watched:
-                names = [gk.lease(tp) for tp in watched]
-                await pipe.watch(*names)
-                current = await pipe.mget(names)
-                moved = [
-                    tp
-                    for tp, value in zip(watched, current, strict=True)
-                    if value is None or text(value) != watched[tp]
-                ]
-                if moved:  # leaving the block unwatches
-                    await self._fenced(moved)
-            pipe.multi()  # type: ignore[no-untyped-call]
-            for tp, fields in appends:
-                pipe.xadd(keys.stream(tp), fields, id="0-*")  # type: ignore[arg-type]
-            for tp, ids in acks.items():
-                if ids:
-                    pipe.xack(keys.stream(tp), self.group, *ids)
-            if commit.offsets:
-                positions = {
-                    offset_field(tp): format_committed(c) for tp, c in commit.offsets.items()
-                }
-                pipe.hset(gk.offsets, mapping=positions)  # type: ignore[arg-type]
-            for partition, sets, deletes in _state_writes(commit):
-                if sets:
-                    pipe.hset(gk.state(partition), mapping=sets)  # type: ignore[arg-type]
-                if deletes:
-                    pipe.hdel(gk.state(partition), *deletes)
-            for tp in sorted({tp for tp, _ in appends}):
-                pipe.publish(keys.data_channel(tp.topic), tp.partition)
-            await pipe.execute()
 
     async def _fenced(self, moved: list[TopicPartition]) -> None:
         """Raise the error for a commit whose leases moved on (and mark the partitions lost)."""
         for tp in moved:
             self._lose(tp)
         self._signal()
-        holder = await self._redis.hget(self._gk.tokens, self.slot)
-        if holder is not None and text(holder) != self._token:
-            self._superseded = True
+        if await self._session.slot_taken():
             raise SupersededError(
                 f"worker slot {self.slot} of {self.group} was taken over by a newer process",
                 code="SUPERSEDED",
@@ -677,10 +554,11 @@ class RedisMember(GroupMember):
         return out
 
     async def load_state(self, partition: int) -> dict[str, bytes]:
-        raw = await self._retrying(
-            "state restore", lambda: self._redis.hgetall(self._gk.state(partition))
+        raw: dict[bytes, bytes] = await self._retrying(
+            "state restore",
+            lambda: self._redis.hgetall(self._gk.state(partition)),  # type: ignore[arg-type,return-value]  # bytes replies (no decode_responses)
         )
-        return {text(k): v for k, v in raw.items()}  # type: ignore[misc]
+        return {text(k): v for k, v in raw.items()}
 
     async def _retrying(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """``await fn()``, retried with capped backoff while Redis cannot be reached (a server
@@ -692,11 +570,11 @@ class RedisMember(GroupMember):
             except RedisError as exc:
                 if not unavailable(exc) or self._closed:
                     raise translate(exc, what) from exc
-                self._warn(what, exc)
+                self._warnings.failed(what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            self._recovered(what)
+            self._warnings.worked(what)
             return result
 
     def assignment(self) -> frozenset[TopicPartition]:
@@ -743,49 +621,12 @@ class RedisMember(GroupMember):
         self._attempts.pop(tp, None)
         self._paused.discard(tp)
 
-    def _forget_all(self) -> None:
-        for tp in list(self._leases):
-            self._forget(tp)
-        self._to_release.clear()
-
     def _lose(self, tp: TopicPartition) -> None:
         if tp in self._leases:
             self._forget(tp)
             self._lost.add(tp)
             self._sync_due = True
 
-    def _warn(self, action: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._warned.get(action, -WARN_EVERY_S) >= WARN_EVERY_S:
-            self._warned[action] = now
-            log.warning(
-                "redis call failed; retrying",
-                group=self.group,
-                action=action,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-
-    def _recovered(self, action: str) -> None:
-        if self._warned.pop(action, None) is not None:
-            log.info("redis call works again", group=self.group, action=action)
-
 
 def _name(tp: TopicPartition) -> str:
     return f"{tp.topic}[{tp.partition}]"
-
-
-def _text(raw: Any) -> str:
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-
-
-def _state_writes(commit: AtomicCommit) -> list[tuple[int, dict[str, bytes], list[str]]]:
-    """The commit's state updates per partition, the last write of each key winning."""
-    final: dict[int, dict[str, bytes | None]] = {}
-    for update in commit.state:
-        final.setdefault(update.partition, {})[update.key] = update.value
-    out: list[tuple[int, dict[str, bytes], list[str]]] = []
-    for partition, entries in sorted(final.items()):
-        sets = {k: v for k, v in entries.items() if v is not None}
-        deletes = [k for k, v in entries.items() if v is None]
-        out.append((partition, sets, deletes))
-    return out

@@ -33,20 +33,24 @@ end
 """
 
 #: KEYS members, tokens, subs, groups; ARGV slot, token, topics JSON, session ms, group,
-#: group channel. Registers the process as the slot's holder (a previous holder of the slot
-#: is superseded). Returns the previous token or false.
+#: group channel, rejoin ('1' or '0'). Registers the process as the slot's holder: a first
+#: join supersedes an earlier holder of the slot; a rejoin (after the session ran out) does
+#: not, and returns {-1} when another process holds the slot now. Returns {1, previous token}.
 JOIN = (
     _NOW
     + _EXPEL
     + """
 expel_expired(KEYS[1], KEYS[2], KEYS[3], now)
 local previous = redis.call('HGET', KEYS[2], ARGV[1])
+if ARGV[7] == '1' and previous and previous ~= ARGV[2] then
+  return {-1}
+end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[5])
 redis.call('PUBLISH', ARGV[6], 'join')
-return previous
+return {1, previous}
 """
 )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,18 @@ def _events(worker: WorkerProcess, event: str) -> list[dict[str, object]]:
     return found
 
 
+def _stop(*workers: WorkerProcess) -> None:
+    """SIGTERM the workers; each must exit 0 (its log tail in the failure otherwise)."""
+    for w in workers:
+        w.signal(signal.SIGTERM)
+    for w in workers:
+        try:
+            code = w.wait(60)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0, f"worker {w.slot} exit {code}:\n{w.log_text()[-5000:]}"
+
+
 def _claimed(worker: WorkerProcess) -> int:
     """Entries the worker claimed from earlier owners when it took partitions."""
     return sum(int(str(e["claimed"])) for e in _events(worker, "partition taken"))
@@ -75,8 +88,7 @@ def test_kill_9_mid_batch_then_restart_same_slot(cluster: Cluster) -> None:
     wait_log(restarted, "took over the worker slot")
     wait_for_steps(board, jobs, 120, [restarted])
     assert _claimed(restarted) > 0
-    restarted.signal(signal.SIGTERM)
-    assert restarted.wait() == 0, restarted.log_text()
+    _stop(restarted)
     assert_exactly_once(board, jobs)
     board.close()
 
@@ -98,11 +110,30 @@ def test_dead_workers_pending_entries_are_claimed_by_another(cluster: Cluster) -
     # claims the entries pending on the dead consumer (XAUTOCLAIM).
     wait_for_steps(board, jobs, 120, [survivor])
     assert _claimed(survivor) > claimed_before
-    survivor.signal(signal.SIGTERM)
-    assert survivor.wait() == 0, survivor.log_text()
+    _stop(survivor)
     assert_exactly_once(board, jobs)
     group = board.topics.group("stage")
     assert sum(row.lag for row in board.lag([group])) == 0
+    board.close()
+
+
+def test_scale_out_to_three_workers_and_back_while_records_flow(cluster: Cluster) -> None:
+    board = cluster.board()
+    jobs = 6000
+    first = cluster.start("0", max_sleep_ms=3)
+    wait_log(first, "partitions assigned")
+    publisher = publish_in_background(cluster.board(), jobs, rate=1500)
+    wait_for_steps(board, 1000, 120, [first])
+    extra = [cluster.start("1", max_sleep_ms=3), cluster.start("2", max_sleep_ms=3)]
+    for w in extra:
+        wait_log(w, "partitions assigned")
+    wait_for_steps(board, 3000, 120, [first, *extra])
+    _stop(*extra)
+    publisher.join()
+    wait_for_steps(board, jobs, 120, [first])
+    _stop(first)
+    assert "partitions revoked" in first.log_text()
+    assert_exactly_once(board, jobs)
     board.close()
 
 
@@ -122,10 +153,7 @@ def test_paused_zombie_cannot_commit_after_its_partitions_moved(cluster: Cluster
     zombie.signal(signal.SIGCONT)
     publisher.join()
     wait_for_steps(board, jobs, 120, [zombie, other])
-    for w in (zombie, other):
-        w.signal(signal.SIGTERM)
-    for w in (zombie, other):
-        assert w.wait() == 0, w.log_text()
+    _stop(zombie, other)
     assert _events(zombie, "session ran out; rejoining"), zombie.log_text()
     assert_exactly_once(board, jobs)
     board.close()
@@ -152,9 +180,7 @@ def test_redis_killed_and_restarted_with_aof_while_workers_run(
         wait_for_steps(board, jobs, 120, workers)  # no intervention: the workers recover
         for w in workers:
             assert w.proc.poll() is None, w.log_text()
-            w.signal(signal.SIGTERM)
-        for w in workers:
-            assert w.wait() == 0, w.log_text()
+        _stop(*workers)
         assert any(_events(w, "redis call failed; retrying") for w in workers)
         assert_exactly_once(board, jobs)
         board.close()

@@ -1,0 +1,123 @@
+"""One atomic commit on Redis: ``WATCH`` the leases, check them, then one ``MULTI``/``EXEC``.
+
+The order of a commit:
+
+1. Check sizes (records, offset metadata) and partitions before anything is sent.
+2. ``WATCH`` the lease keys of the partitions whose offsets (or state) are committed and read
+   them: a lease that is not the member's any more means the partition moved, and nothing is
+   sent (the member reports :class:`FencedError`).
+3. ``MULTI``; ``XADD`` outputs and dead letters with IDs ``0-*``; ``XACK`` the inputs below the
+   new committed offsets; ``HSET`` the committed offsets and metadata; ``HSET``/``HDEL`` the
+   state entries; ``PUBLISH`` wake-ups for the partitions appended to; ``EXEC``.
+4. If a watched lease was written between ``WATCH`` and ``EXEC`` (a new owner took it), Redis
+   runs none of it (redis-py raises ``WatchError``), so a zombie never gets anything visible.
+   Out of memory, Redis refuses the whole transaction too: nothing is acknowledged that was not
+   processed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from blackboard.errors import RecordTooLargeError
+from blackboard.records import AtomicCommit, CommittedOffset, TopicPartition
+from blackboard.store import MAX_METADATA_CHARS
+from blackboard.stores.redis import check_record_size, format_committed
+from blackboard.stores.redis_entries import text
+from blackboard.stores.redis_settings import GroupKeys, RedisKeys, offset_field
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+#: Per partition: entries to set, keys to delete.
+StateWrites = list[tuple[int, dict[str, bytes], list[str]]]
+
+
+@dataclass(slots=True)
+class CommitPlan:
+    """What one commit writes, ready to send."""
+
+    appends: list[tuple[TopicPartition, dict[bytes, bytes]]]
+    """Stream entries to append: outputs, then dead letters."""
+    acks: dict[TopicPartition, list[str]]
+    """Entry IDs to acknowledge per input partition."""
+    offsets: Mapping[TopicPartition, CommittedOffset]
+    state: StateWrites
+    leases: dict[TopicPartition, str]
+    """The lease values the commit depends on."""
+
+
+def check_commit(commit: AtomicCommit, max_record_bytes: int) -> None:
+    """Raise RecordTooLargeError for a record or an offset metadata over its limit."""
+    for tp, done in commit.offsets.items():
+        if len(done.metadata) > MAX_METADATA_CHARS:
+            raise RecordTooLargeError(
+                f"offset metadata for {tp.topic}[{tp.partition}] is {len(done.metadata)} "
+                f"characters, over {MAX_METADATA_CHARS}",
+                code="OFFSET_METADATA_TOO_LARGE",
+            )
+    for rec in itertools.chain(commit.outputs, commit.dead_letters):
+        check_record_size(rec, max_record_bytes)
+
+
+def state_writes(commit: AtomicCommit) -> StateWrites:
+    """The commit's state updates per partition, the last write of each key winning."""
+    final: dict[int, dict[str, bytes | None]] = {}
+    for update in commit.state:
+        final.setdefault(update.partition, {})[update.key] = update.value
+    out: StateWrites = []
+    for partition, entries in sorted(final.items()):
+        sets = {k: v for k, v in entries.items() if v is not None}
+        deletes = [k for k, v in entries.items() if v is None]
+        out.append((partition, sets, deletes))
+    return out
+
+
+async def execute(
+    client: redis.asyncio.Redis, keys: RedisKeys, gk: GroupKeys, plan: CommitPlan
+) -> list[TopicPartition]:
+    """Send ``plan`` as one transaction.
+
+    Returns:
+        The partitions whose lease is not the expected one any more (then nothing was sent),
+        or an empty list when the transaction ran.
+
+    Raises:
+        WatchError: a watched lease was written meanwhile; nothing ran (check again).
+        RedisError: nothing ran, or (connection lost during ``EXEC``) the committed offsets
+            say whether it did.
+    """
+    async with client.pipeline(transaction=True) as pipe:
+        if plan.leases:
+            names = [gk.lease(tp) for tp in plan.leases]
+            await pipe.watch(*names)
+            current = await pipe.mget(names)
+            moved = [
+                tp
+                for tp, value in zip(plan.leases, current, strict=True)
+                if value is None or text(value) != plan.leases[tp]
+            ]
+            if moved:  # leaving the block unwatches
+                return moved
+        pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves multi() unannotated
+        for tp, fields in plan.appends:
+            # redis-py types the fields mapping invariantly; bytes keys and values are fine
+            pipe.xadd(keys.stream(tp), fields, id="0-*")  # type: ignore[arg-type]
+        for tp, ids in plan.acks.items():
+            if ids:
+                pipe.xack(keys.stream(tp), gk.name, *ids)
+        if plan.offsets:
+            positions = {offset_field(tp): format_committed(c) for tp, c in plan.offsets.items()}
+            pipe.hset(gk.offsets, mapping=positions)  # type: ignore[arg-type]  # as above
+        for partition, sets, deletes in plan.state:
+            if sets:
+                pipe.hset(gk.state(partition), mapping=sets)  # type: ignore[arg-type]  # as above
+            if deletes:
+                pipe.hdel(gk.state(partition), *deletes)
+        for tp in sorted({tp for tp, _ in plan.appends}):
+            pipe.publish(keys.data_channel(tp.topic), tp.partition)
+        await pipe.execute()
+    return []
