@@ -18,6 +18,7 @@ evicts keys (``noeviction`` or a ``volatile-*`` policy: the store sets no TTLs).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -235,7 +236,8 @@ class RedisStore(Store):
             def append(chunk: list[tuple[OutgoingRecord, TopicPartition]] = chunk) -> list[Any]:
                 with self._client.pipeline(transaction=True) as pipe:
                     for rec, tp in chunk:
-                        pipe.xadd(self.keys.stream(tp), entry_fields(rec, now_ms), id="0-*")  # type: ignore[arg-type]
+                        fields: Any = entry_fields(rec, now_ms)  # redis-py's type is invariant
+                        pipe.xadd(self.keys.stream(tp), fields, id="0-*")
                     for tp in sorted({tp for _, tp in chunk}):
                         pipe.publish(self.keys.data_channel(tp.topic), tp.partition)
                     return pipe.execute()
@@ -390,12 +392,8 @@ class RedisStore(Store):
         for topic in self.list_topics() if topics is None else topics:
             for p in range(self.topic_partitions(topic) or 0):
                 key = self.keys.stream(TopicPartition(topic, p))
-                removed += int(
-                    self._call(
-                        f"trim {key}",
-                        lambda key=key: self._trim(keys=[key], args=[self.keys.prefix]),  # type: ignore[misc]
-                    )
-                )
+                trim = functools.partial(self._trim, keys=[key], args=[self.keys.prefix])
+                removed += int(self._call(f"trim {key}", trim))
         return removed
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from blackboard.errors import RecordTooLargeError
 from blackboard.records import AtomicCommit, CommittedOffset, TopicPartition
@@ -103,18 +103,19 @@ async def execute(
             if moved:  # leaving the block unwatches
                 return moved
         pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves multi() unannotated
-        for tp, fields in plan.appends:
-            # redis-py types the fields mapping invariantly; bytes keys and values are fine
-            pipe.xadd(keys.stream(tp), fields, id="0-*")  # type: ignore[arg-type]
+        for tp, entry in plan.appends:
+            fields: Any = entry  # redis-py types the mapping invariantly; bytes are fine
+            pipe.xadd(keys.stream(tp), fields, id="0-*")
         for tp, ids in plan.acks.items():
             if ids:
                 pipe.xack(keys.stream(tp), gk.name, *ids)
         if plan.offsets:
-            positions = {offset_field(tp): format_committed(c) for tp, c in plan.offsets.items()}
-            pipe.hset(gk.offsets, mapping=positions)  # type: ignore[arg-type]  # as above
+            positions: Any = {offset_field(t): format_committed(c) for t, c in plan.offsets.items()}
+            pipe.hset(gk.offsets, mapping=positions)
         for partition, sets, deletes in plan.state:
             if sets:
-                pipe.hset(gk.state(partition), mapping=sets)  # type: ignore[arg-type]  # as above
+                mapping: Any = sets  # as above
+                pipe.hset(gk.state(partition), mapping=mapping)
             if deletes:
                 pipe.hdel(gk.state(partition), *deletes)
         for tp in sorted({tp for tp, _ in plan.appends}):

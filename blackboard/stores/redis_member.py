@@ -29,7 +29,7 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from redis.exceptions import RedisError, ResponseError, WatchError
 
@@ -554,11 +554,10 @@ class RedisMember(GroupMember):
         return out
 
     async def load_state(self, partition: int) -> dict[str, bytes]:
-        raw: dict[bytes, bytes] = await self._retrying(
-            "state restore",
-            lambda: self._redis.hgetall(self._gk.state(partition)),  # type: ignore[arg-type,return-value]  # bytes replies (no decode_responses)
-        )
-        return {text(k): v for k, v in raw.items()}
+        key = self._gk.state(partition)
+        raw = await self._retrying("state restore", lambda: self._redis.hgetall(key))
+        # Replies are bytes: the client does not decode responses.
+        return {text(k): cast("bytes", v) for k, v in raw.items()}
 
     async def _retrying(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """``await fn()``, retried with capped backoff while Redis cannot be reached (a server

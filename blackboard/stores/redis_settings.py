@@ -73,7 +73,7 @@ class RedisSettings(BaseModel):
                 theirs.append((key, value))
         connection_url = urlunsplit(parts._replace(query=urlencode(theirs)))
         try:
-            return cls(connection_url=connection_url, **ours)  # type: ignore[arg-type]
+            return cls.model_validate({"connection_url": connection_url, **ours})
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'url'}: {e['msg']}" for e in exc.errors()
