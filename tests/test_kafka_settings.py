@@ -34,6 +34,24 @@ def test_raw_librdkafka_keys_override_defaults_per_client() -> None:
     assert "fetch.wait.max.ms" not in s.producer_config()
 
 
+def test_transactional_ids_are_per_group_and_slot_with_an_optional_prefix() -> None:
+    plain = KafkaSettings.from_url("kafka://h:9092")
+    assert plain.transactional_id("bb.agent", "3") == "bb.agent.3"
+    prefixed = KafkaSettings.from_url("kafka://h:9092?transactional.id.prefix=team-a.")
+    assert prefixed.transactional_id("bb.agent", "3") == "team-a.bb.agent.3"
+    assert "transactional.id.prefix" not in prefixed.producer_config()  # not a librdkafka key
+    txn = prefixed.transactional_config(prefixed.transactional_id("bb.agent", "3"))
+    assert txn["transactional.id"] == "team-a.bb.agent.3"
+
+
+@pytest.mark.parametrize(
+    "key", ["transactional.id", "producer.transactional.id", "group.id", "consumer.group.id"]
+)
+def test_keys_the_store_sets_per_slot_or_group_are_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key} is set by the store"):
+        KafkaSettings.from_url(f"kafka://h:9092?{key}=x")
+
+
 @pytest.mark.parametrize("url", ["kafka://", "kafka://host", "kafka://host:port"])
 def test_bad_urls_are_one_line_config_errors(url: str) -> None:
     with pytest.raises(ConfigError, match="kafka"):

@@ -125,7 +125,7 @@ class KafkaMember(GroupMember):
     ) -> None:
         self.group = group
         self.member_id = f"{group}.{slot}"
-        self.transactional_id = f"{group}.{slot}"
+        self.transactional_id = store.settings.transactional_id(group, slot)
         self._store = store
         self._topics = list(topics)
         self._listener = listener

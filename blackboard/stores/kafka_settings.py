@@ -46,6 +46,10 @@ ADMIN_DEFAULTS: dict[str, Any] = {
     "metadata.max.age.ms": 5_000,
 }
 TRANSACTION_TIMEOUT_MS = 60_000
+#: The URL key of :attr:`KafkaSettings.transactional_id_prefix` (not a librdkafka property).
+TRANSACTIONAL_ID_PREFIX = "transactional.id.prefix"
+#: librdkafka keys the store sets itself (per slot or per group); a URL may not override them.
+_STORE_MANAGED = {"transactional.id", "group.id"}
 
 
 @functools.cache
@@ -86,13 +90,19 @@ def librdkafka_logger() -> logging.Logger:
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
-    """Where the brokers are and the raw librdkafka overrides."""
+    """Where the brokers are, the raw librdkafka overrides, and the store's own options.
+
+    ``transactional_id_prefix`` (URL key ``transactional.id.prefix``) goes in front of every
+    worker slot's transactional id, ``<prefix><group>.<slot>``, e.g. to match a PREFIXED
+    TransactionalId ACL.
+    """
 
     bootstrap: str
     common: dict[str, str] = field(default_factory=dict)
     producer: dict[str, str] = field(default_factory=dict)
     consumer: dict[str, str] = field(default_factory=dict)
     admin: dict[str, str] = field(default_factory=dict)
+    transactional_id_prefix: str = ""
 
     @classmethod
     def from_url(cls, url: str) -> KafkaSettings:
@@ -111,13 +121,32 @@ class KafkaSettings:
                 raise ConfigError(f"kafka store URL {url!r}: {host!r} is not host:port")
         common: dict[str, str] = {}
         scoped: dict[str, dict[str, str]] = {"producer": {}, "consumer": {}, "admin": {}}
+        txn_prefix = ""
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             scope, _, rest = key.partition(".")
-            if scope in scoped and rest:
+            if key == TRANSACTIONAL_ID_PREFIX:
+                txn_prefix = value
+            elif key in _STORE_MANAGED or rest in _STORE_MANAGED:
+                raise ConfigError(
+                    f"kafka store URL {url!r}: {key} is set by the store per worker slot"
+                    + (f"; use {TRANSACTIONAL_ID_PREFIX}=..." if "transactional" in key else "")
+                )
+            elif scope in scoped and rest:
                 scoped[scope][rest] = value
             else:
                 common[key] = value
-        return cls(hosts, common, scoped["producer"], scoped["consumer"], scoped["admin"])
+        return cls(
+            hosts,
+            common,
+            scoped["producer"],
+            scoped["consumer"],
+            scoped["admin"],
+            transactional_id_prefix=txn_prefix,
+        )
+
+    def transactional_id(self, group: str, slot: str) -> str:
+        """The transactional id of ``group``'s member in worker slot ``slot``."""
+        return f"{self.transactional_id_prefix}{group}.{slot}"
 
     def _base(self) -> dict[str, Any]:
         return {
