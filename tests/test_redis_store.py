@@ -252,24 +252,29 @@ async def test_out_of_memory_fails_the_commit_and_acknowledges_nothing(
     group = unique_name("g")
     member = await store.join(group, [topic], Listener())
     await poll_until(member, 5)
+    await member.commit(AtomicCommit(offsets={tp: CommittedOffset(5)}))
+    _publish(store, topic, 5)
     commit = AtomicCommit(
-        outputs=[OutgoingRecord(out, b"k", b"result")], offsets={tp: CommittedOffset(5)}
+        outputs=[OutgoingRecord(out, b"k", b"result")], offsets={tp: CommittedOffset(10)}
     )
     client.config_set("maxmemory", 1)
     try:
+        assert len(await poll_until(member, 5)) == 5  # reading goes on
         with pytest.raises(CommitError, match="out of memory") as failed:
             await member.commit(commit)
         assert failed.value.code == "OOM"
         with pytest.raises(StoreError, match="out of memory"):
             _publish(store, topic, 1)
         assert client.xpending(store.keys.stream(tp), group)["pending"] == 5  # nothing acked
-        assert store.group_offsets(group) == {}
+        assert store.group_offsets(group) == {tp: CommittedOffset(5)}
         assert store.end_offsets([out]) == {TopicPartition(out, 0): 0}
+        assert store.trim([topic]) == 5  # the way out: trimming still works
     finally:
         client.config_set("maxmemory", 0)
     await member.commit(commit)
     assert client.xpending(store.keys.stream(tp), group)["pending"] == 0
-    assert store.group_offsets(group) == {tp: CommittedOffset(5)}
+    assert store.group_offsets(group) == {tp: CommittedOffset(10)}
+    assert len(store.read(TopicPartition(out, 0), 0, 10)) == 1
     await member.close()
     store.close()
     client.close()
