@@ -23,6 +23,8 @@ from typing import Any, TypeAlias
 
 from pydantic import BaseModel
 
+from agents.breaker import BreakerPolicy
+from agents.retry import DEFAULT_RETRY, RetryPolicy
 from blackboard.artifacts import ArtifactType, TypeRegistry, default_registry
 from blackboard.errors import AgentError
 
@@ -30,6 +32,8 @@ HandlerResult: TypeAlias = BaseModel | Sequence[BaseModel] | None
 Handler: TypeAlias = Callable[[Any, Any], Awaitable[HandlerResult]]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: Every agent's circuit breaker unless it says otherwise.
+DEFAULT_BREAKER = BreakerPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,9 @@ class AgentSpec:
         concurrency: most handler calls running at once in one worker process.
         ordered: records with the same partition key run one at a time, in offset order
             (needed by agents that keep state per key).
+        retry: attempts, backoff and time limit of a failing handler before the record is
+            dead-lettered.
+        breaker: when consecutive failures pause the agent (None: never).
     """
 
     name: str
@@ -48,6 +55,8 @@ class AgentSpec:
     handler: Handler
     concurrency: int = 64
     ordered: bool = False
+    retry: RetryPolicy = DEFAULT_RETRY
+    breaker: BreakerPolicy | None = DEFAULT_BREAKER
 
     def may_publish(self, art_type: ArtifactType) -> bool:
         """Whether the agent declared ``art_type`` among its outputs."""
@@ -75,8 +84,14 @@ class App:
         name: str | None = None,
         concurrency: int = 64,
         ordered: bool = False,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = DEFAULT_BREAKER,
     ) -> Callable[[Handler], Handler]:
         """Decorator adding an async handler as an agent.
+
+        ``retry`` (default :data:`agents.retry.DEFAULT_RETRY`: 3 attempts) says how a failing
+        handler is retried before its record is dead-lettered; ``breaker`` (None: none) when
+        consecutive failures pause the agent.
 
         Raises:
             AgentError: a bad name, a duplicate name, no consumed type or a sync handler.
@@ -91,6 +106,8 @@ class App:
                 name=name,
                 concurrency=concurrency,
                 ordered=ordered,
+                retry=retry,
+                breaker=breaker,
             )
             return handler
 
@@ -105,6 +122,8 @@ class App:
         name: str | None = None,
         concurrency: int = 64,
         ordered: bool = False,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = DEFAULT_BREAKER,
     ) -> AgentSpec:
         """Add an agent without the decorator; see :meth:`agent`."""
         import inspect
@@ -122,7 +141,16 @@ class App:
         if not ins:
             raise AgentError(f"agent {agent_name!r} consumes no artifact type")
         outs = tuple(self.registry.of(m) for m in _as_list(publishes))
-        spec = AgentSpec(agent_name, ins, outs, handler, concurrency, ordered)
+        spec = AgentSpec(
+            agent_name,
+            ins,
+            outs,
+            handler,
+            concurrency,
+            ordered,
+            retry or DEFAULT_RETRY,
+            breaker,
+        )
         self.agents[agent_name] = spec
         return spec
 

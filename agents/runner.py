@@ -27,10 +27,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.agent import AgentSpec
+from agents.breaker import BreakerState, CircuitBreaker
 from agents.context import Context
 from blackboard.artifacts import Artifact
 from blackboard.blackboard import Blackboard
-from blackboard.dlq import Stage, dead_letter
+from blackboard.dlq import Stage, dead_letter, replay_history
 from blackboard.errors import (
     CommitError,
     DecodeError,
@@ -41,6 +42,7 @@ from blackboard.errors import (
 from blackboard.logs import get_logger
 from blackboard.offsets import PartitionProgress
 from blackboard.records import AtomicCommit, OutgoingRecord, Record, StateUpdate, TopicPartition
+from blackboard.status import AgentStatus, publish_status
 from blackboard.store import MAX_RECORD_BYTES, GroupMember
 from blackboard.wire import decode
 
@@ -100,6 +102,7 @@ class RunnerStats:
     outputs: int = 0
     commits: int = 0
     rewinds: int = 0
+    retries: int = 0
 
 
 class AgentRunner:
@@ -150,7 +153,12 @@ class AgentRunner:
         self._commit_task: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
         self._stopping = False
+        self._stop_requested = asyncio.Event()
+        self._status_tasks: set[asyncio.Task[None]] = set()
         self._started = asyncio.Event()
+        self._breaker = (
+            CircuitBreaker(spec.breaker, self._on_breaker) if spec.breaker is not None else None
+        )
         # Set whenever the loop has something to look at: a poll returned, a handler or a
         # commit finished, stop() was called.
         self._wake = asyncio.Event()
@@ -187,6 +195,7 @@ class AgentRunner:
         """Stop polling; in-flight handlers get ``shutdown_grace_s`` to finish. Thread-unsafe:
         call from the runner's event loop (signal handlers do)."""
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         if self._member is not None:
             self._member.wakeup()
@@ -231,6 +240,8 @@ class AgentRunner:
                     self._commit_task.add_done_callback(self._wake_up)
                 else:
                     wait = interval - age
+            if self._breaker is not None and self._breaker.state == "open":
+                wait = min(wait, max(self._breaker.wait_s(), 0.001))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -394,6 +405,11 @@ class AgentRunner:
     def _dispatch(self) -> int:
         """Start handlers for ready records while slots are free; how many started."""
         cap = self.spec.concurrency
+        breaker = self._breaker
+        if breaker is not None and breaker.state != "closed":
+            # Open: nothing starts until the cool-down is over; then one record at a time
+            # goes to take the trial call (records already running wait for it in _permit).
+            cap = 1 if breaker.wait_s() == 0 and not self._running else 0
         ready, epochs = self._ready, self._epoch
         loop = asyncio.get_running_loop()
         started = 0
@@ -422,48 +438,127 @@ class AgentRunner:
             self._parked.pop(key, None)
 
     async def _execute(self, item: _Item) -> None:
+        """Run the handler for one record, retrying as the agent's policy says; finish the
+        record with its outputs or its dead letter. A record whose retry is cut short (stop
+        requested, partition gone) is left unfinished: it is read again later."""
         art = item.artifact
         assert art is not None
         rec = item.record
-        ctx = Context(
-            self.spec,
-            self.board.registry,
-            art.envelope,
-            rec,
-            attempt=1,
-            _state_base=self._state.get(rec.partition) if self.spec.ordered else None,
-        )
+        spec, policy = self.spec, self.spec.retry
+        attempt = self._member.attempt(rec) if self._member is not None else 1
+        prior, first_failure = replay_history(rec)
+        outcome: _Outcome | None = None
         try:
-            result = await self.spec.handler(art.payload, ctx)
-            if result is not None:
-                for out in (result,) if isinstance(result, BaseModel) else result:
-                    ctx.publish(out)
-            outcome = _Outcome(item, outputs=self._encode(ctx))
-            if ctx._state is not None and ctx._state.writes:
-                base = self._state.setdefault(rec.partition, {})
-                for key, value in ctx._state.writes.items():
-                    outcome.state.append(StateUpdate(rec.partition, key, value))
-                    if value is None:
-                        base.pop(key, None)
-                    else:
-                        base[key] = value
+            while outcome is None:
+                if not await self._permit(item):
+                    return  # stopping, or the partition moved: unfinished, read again later
+                ctx = Context(
+                    spec,
+                    self.board.registry,
+                    art.envelope,
+                    rec,
+                    attempt=attempt,
+                    _state_base=self._state.get(rec.partition) if spec.ordered else None,
+                )
+                limit = asyncio.timeout(policy.timeout_s)
+                try:
+                    async with limit:
+                        result = await spec.handler(art.payload, ctx)
+                    if result is not None:
+                        for out in (result,) if isinstance(result, BaseModel) else result:
+                            ctx.publish(out)
+                    outcome = _Outcome(item, outputs=self._encode(ctx))
+                    self._apply_state(ctx, rec.partition, outcome)
+                    if self._breaker is not None:
+                        self._breaker.succeeded()
+                except RecordTooLargeError as exc:  # the output, not a dependency, is at fault
+                    if self._breaker is not None:
+                        self._breaker.released()
+                    outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "produce", exc))
+                except Exception as exc:
+                    if self._breaker is not None:
+                        self._breaker.failed()
+                    first_failure = first_failure or time.time()
+                    stage: Stage = "timeout" if limit.expired() else "process"
+                    retry = (
+                        attempt < policy.max_attempts
+                        and policy.retryable(exc)
+                        and not self._stopping
+                    )
+                    self._log.warning(
+                        "handler failed",
+                        artifact_id=art.envelope.id,
+                        attempt=attempt,
+                        stage=stage,
+                        retry=retry,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    if retry:
+                        self.stats.retries += 1
+                        if not await self._pause_for(policy.backoff_s(attempt), item):
+                            return
+                        attempt += 1
+                        continue
+                    outcome = _Outcome(
+                        item,
+                        dead_letter=self._dead_letter(
+                            rec,
+                            stage,
+                            exc,
+                            attempt=prior + attempt,
+                            first_failure_ts=first_failure,
+                        ),
+                    )
         except asyncio.CancelledError:
-            self._running -= 1
-            self._release_key(item)
-            self._tasks.discard(asyncio.current_task())
+            if self._breaker is not None:
+                self._breaker.released()
             raise
-        except RecordTooLargeError as exc:
-            outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "produce", exc))
-        except Exception as exc:
-            self._log.warning(
-                "handler failed", artifact_id=art.envelope.id, error=f"{type(exc).__name__}: {exc}"
-            )
-            outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "process", exc))
-        self._running -= 1
-        self._finish(outcome)
-        self._release_key(item)
-        self._wake.set()
-        self._tasks.discard(asyncio.current_task())
+        finally:
+            self._running -= 1
+            if outcome is not None:
+                self._finish(outcome)
+            self._release_key(item)
+            self._wake.set()
+            self._tasks.discard(asyncio.current_task())
+
+    def _apply_state(self, ctx: Context, partition: int, outcome: _Outcome) -> None:
+        """Keep a successful handler's state writes: in the commit, and in the partition's
+        view that later records of the partition read."""
+        if ctx._state is None or not ctx._state.writes:
+            return
+        base = self._state.setdefault(partition, {})
+        for key, value in ctx._state.writes.items():
+            outcome.state.append(StateUpdate(partition, key, value))
+            if value is None:
+                base.pop(key, None)
+            else:
+                base[key] = value
+
+    def _current(self, item: _Item) -> bool:
+        """Whether ``item``'s partition is still ours and not rewound, and no stop is asked."""
+        return not self._stopping and self._epoch.get(item.tp) == item.epoch
+
+    async def _permit(self, item: _Item) -> bool:
+        """Wait until the circuit breaker lets a handler call start; False if the record should
+        be left unfinished instead (stop asked, partition moved)."""
+        breaker = self._breaker
+        while breaker is not None and not breaker.allow():
+            if not self._current(item):
+                return False
+            await self._pause_for(min(max(breaker.wait_s(), 0.05), 1.0), item)
+        if not self._current(item):
+            if breaker is not None:
+                breaker.released()
+            return False
+        return True
+
+    async def _pause_for(self, seconds: float, item: _Item) -> bool:
+        """Sleep up to ``seconds``, waking early on stop; whether ``item`` is still current."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._stop_requested.wait()
+        return self._current(item)
 
     def _encode(self, ctx: Context) -> list[OutgoingRecord]:
         limit = self.settings.max_record_bytes
@@ -484,8 +579,24 @@ class AgentRunner:
             self._first_completed_at = time.monotonic()
         self._completed.append(outcome)
 
-    def _dead_letter(self, record: Record, stage: Stage, exc: BaseException) -> OutgoingRecord:
-        return dead_letter(record, stage=stage, error=exc, group=self.group, agent=self.spec.name)
+    def _dead_letter(
+        self,
+        record: Record,
+        stage: Stage,
+        exc: BaseException,
+        *,
+        attempt: int = 1,
+        first_failure_ts: float | None = None,
+    ) -> OutgoingRecord:
+        return dead_letter(
+            record,
+            stage=stage,
+            error=exc,
+            group=self.group,
+            agent=self.spec.name,
+            attempt=attempt,
+            first_failure_ts=first_failure_ts,
+        )
 
     # -- commit ---------------------------------------------------------------------------
     async def _commit(self) -> None:
@@ -556,6 +667,47 @@ class AgentRunner:
             if self.spec.ordered:
                 self._state[tp.partition] = await member.load_state(tp.partition)
 
+    # -- circuit breaker ------------------------------------------------------------------
+    def _on_breaker(self, state: BreakerState, breaker: CircuitBreaker) -> None:
+        """Log a breaker transition, wake the loop and publish the agent's status."""
+        if state == "open":
+            self._log.warning(
+                "circuit open: pausing the agent",
+                consecutive_failures=breaker.consecutive_failures,
+                cooldown_s=breaker.cooldown_s,
+            )
+        else:
+            self._log.info("circuit " + state.replace("_", "-"))
+        self._wake.set()
+        if state != "half_open":
+            self._report_status()
+
+    def _report_status(self) -> None:
+        """Publish this runner's status (breaker state) for ``blackboard lag`` and the
+        dashboard, from a thread: store calls may block."""
+        breaker = self._breaker
+        if breaker is None:
+            return
+        status = AgentStatus(
+            agent=self.spec.name,
+            slot=self.slot,
+            group=self.group,
+            breaker=breaker.state,
+            consecutive_failures=breaker.consecutive_failures,
+            cooldown_s=breaker.cooldown_s,
+            opens=breaker.opens,
+        )
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(publish_status, self.board, status)
+        )
+        self._status_tasks.add(task)
+        task.add_done_callback(self._status_done)
+
+    def _status_done(self, task: asyncio.Task[None]) -> None:
+        self._status_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.warning("could not publish the agent status", error=str(task.exception()))
+
     # -- flow control ---------------------------------------------------------------------
     def _buffered(self) -> int:
         """Records read and not yet committed as finished (queued, parked, running, done)."""
@@ -566,6 +718,9 @@ class AgentRunner:
         handlers: the loop keeps polling for the group's sake, without taking records); resume
         once it drained to half. Until then a full buffer just stops the polls (a Kafka
         consumer drops what it prefetched on pause and needs a fetch cycle to restart)."""
+        if self._breaker is not None and self._breaker.state != "closed":
+            self._paused |= set(self._progress)  # cool-down: fetch nothing more
+            return
         buffered = self._buffered()
         limit = self.settings.max_buffered
         if buffered >= limit:

@@ -101,6 +101,11 @@ class GroupMember(abc.ABC):
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         """Undo :meth:`pause`."""
 
+    def attempt(self, record: Record) -> int:
+        """How many times ``record`` was delivered to this group, counting this time (1 unless
+        the store keeps delivery counts, as Redis does)."""
+        return 1
+
     @abc.abstractmethod
     def wakeup(self) -> None:
         """Make a waiting :meth:`poll` return at once (thread-safe)."""

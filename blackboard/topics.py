@@ -1,4 +1,6 @@
-"""Topic names (DESIGN.md §2): ``<prefix>.<type>``, ``<topic>.dlq``, ``<prefix>.<agent>.state``."""
+"""Topic names (DESIGN.md §2): ``<prefix>.<type>``, ``<topic>.dlq``, ``<prefix>.<agent>.state``,
+and the blackboard's own bookkeeping topics ``<prefix>._<name>`` (agent status, DLQ
+dispositions), which hold no artifacts."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ class TopicNames:
         head = self.prefix + "."
         if not topic.startswith(head) or topic.endswith(DLQ_SUFFIX) or topic.endswith(".state"):
             return None
-        return topic[len(head) :]
+        name = topic[len(head) :]
+        return None if name.startswith("_") else name
 
     @staticmethod
     def dlq(topic: str) -> str:
@@ -33,6 +36,14 @@ class TopicNames:
         """The consumer group of ``agent``: ``<prefix>.<agent>``, so blackboards sharing a
         cluster never rebalance each other's agents."""
         return f"{self.prefix}.{agent}"
+
+    def status(self) -> str:
+        """The compacted topic where runners publish their status (circuit breaker state)."""
+        return f"{self.prefix}._status"
+
+    def dlq_dispositions(self) -> str:
+        """The compacted topic recording which dead letters were replayed or purged."""
+        return f"{self.prefix}._dlq_dispositions"
 
     def state(self, agent: str) -> str:
         """The compacted state changelog topic of ``agent``."""
