@@ -14,6 +14,7 @@
     │   └── DecodeError             bytes that are not a well-formed artifact record
     ├── AgentError
     │   └── UndeclaredOutputError   a handler published a type it did not declare
+    ├── TraceError                  traces cannot be written, found or read
     └── StoreError                  carries the backend's error code when it has one
         ├── StoreUnavailableError   the server cannot be reached
         ├── TopicError              a topic is missing or has the wrong partition count
@@ -89,6 +90,10 @@ class AgentError(BlackboardError):
 
 class UndeclaredOutputError(AgentError):
     """A handler published an artifact type missing from its ``publishes`` list."""
+
+
+class TraceError(BlackboardError):
+    """Tracing cannot start, or a run's traces cannot be found, merged or queried."""
 
 
 class StoreError(BlackboardError):
