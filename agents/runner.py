@@ -31,7 +31,7 @@ from agents.breaker import BreakerState, CircuitBreaker
 from agents.context import Context
 from blackboard.artifacts import Artifact
 from blackboard.blackboard import Blackboard
-from blackboard.dlq import Stage, dead_letter, replay_history
+from blackboard.dlq import REPLAYED_STATE_PREFIX, ReplayInfo, Stage, dead_letter, replay_info
 from blackboard.errors import (
     CommitError,
     DecodeError,
@@ -82,6 +82,7 @@ class _Item:
     tp: TopicPartition
     epoch: int
     artifact: Artifact[BaseModel] | None = None
+    replay: ReplayInfo | None = None
 
 
 @dataclass(slots=True)
@@ -154,6 +155,7 @@ class AgentRunner:
         self._commit_lock = asyncio.Lock()
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        self._replaying: set[str] = set()
         self._status_tasks: set[asyncio.Task[None]] = set()
         self._started = asyncio.Event()
         self._breaker = (
@@ -317,7 +319,7 @@ class AgentRunner:
                 PartitionProgress(done.offset, done.metadata) if done else PartitionProgress(0)
             )
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
-            if self.spec.ordered and tp.partition not in self._state:
+            if tp.partition not in self._state:  # keyed state, and the replays settled
                 self._state[tp.partition] = await self._member.load_state(tp.partition)
         self._log.info("partitions assigned", partitions=_names(partitions))
 
@@ -389,6 +391,10 @@ class AgentRunner:
                 self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "validate", exc)))
                 continue
             item.artifact = art
+            replay = replay_info(rec)
+            if replay is not None and not self._admit_replay(item, replay):
+                self._finish(_Outcome(item))  # another agent's replay, or one settled before
+                continue
             touched.add(tp)
             if self.spec.ordered:
                 parked = self._parked.get(rec.key)
@@ -401,6 +407,22 @@ class AgentRunner:
         for tp in touched - self._paused:  # bounds the finished offsets the metadata must name
             if progress[tp].span() >= window:
                 self._paused.add(tp)
+
+    def _admit_replay(self, item: _Item, replay: ReplayInfo) -> bool:
+        """Whether a record replayed from a DLQ is this agent's to run: it was dead-lettered
+        by this agent (other agents reading the topic processed it already), and this agent
+        has not settled the same artifact since (replays never duplicate)."""
+        if replay.agent != self.spec.name:
+            self.stats.skipped += 1
+            return False
+        assert item.artifact is not None
+        key = REPLAYED_STATE_PREFIX + item.artifact.envelope.id
+        if key in self._replaying or key in self._state.get(item.record.partition, {}):
+            self.stats.skipped += 1
+            return False
+        self._replaying.add(key)
+        item.replay = replay
+        return True
 
     def _dispatch(self) -> int:
         """Start handlers for ready records while slots are free; how many started."""
@@ -446,7 +468,8 @@ class AgentRunner:
         rec = item.record
         spec, policy = self.spec, self.spec.retry
         attempt = self._member.attempt(rec) if self._member is not None else 1
-        prior, first_failure = replay_history(rec)
+        prior = item.replay.attempts if item.replay is not None else 0
+        first_failure = item.replay.first_failure_ts if item.replay is not None else None
         outcome: _Outcome | None = None
         try:
             while outcome is None:
@@ -515,11 +538,25 @@ class AgentRunner:
             raise
         finally:
             self._running -= 1
+            if item.replay is not None:
+                self._settle_replay(item, outcome)
             if outcome is not None:
                 self._finish(outcome)
             self._release_key(item)
             self._wake.set()
             self._tasks.discard(asyncio.current_task())
+
+    def _settle_replay(self, item: _Item, outcome: _Outcome | None) -> None:
+        """A replayed record finished (processed or dead-lettered again): note its artifact in
+        the partition's state, committed with its offset, so another replay of it is skipped."""
+        assert item.artifact is not None
+        key = REPLAYED_STATE_PREFIX + item.artifact.envelope.id
+        self._replaying.discard(key)
+        if outcome is None:
+            return  # left unfinished: read (and admitted) again later
+        partition = item.record.partition
+        outcome.state.append(StateUpdate(partition, key, b"1"))
+        self._state.setdefault(partition, {})[key] = b"1"
 
     def _apply_state(self, ctx: Context, partition: int, outcome: _Outcome) -> None:
         """Keep a successful handler's state writes: in the commit, and in the partition's
@@ -540,13 +577,14 @@ class AgentRunner:
 
     async def _permit(self, item: _Item) -> bool:
         """Wait until the circuit breaker lets a handler call start; False if the record should
-        be left unfinished instead (stop asked, partition moved)."""
+        be left unfinished instead (its partition moved, or a stop came while it waited: a
+        record already dispatched still gets its call when the stop finds it running)."""
         breaker = self._breaker
         while breaker is not None and not breaker.allow():
             if not self._current(item):
                 return False
             await self._pause_for(min(max(breaker.wait_s(), 0.05), 1.0), item)
-        if not self._current(item):
+        if self._epoch.get(item.tp) != item.epoch:
             if breaker is not None:
                 breaker.released()
             return False
@@ -664,8 +702,7 @@ class AgentRunner:
             self._progress[tp] = PartitionProgress(start, done.metadata if done else "")
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
             self._pending_seeks[tp] = start  # applied before the next poll starts
-            if self.spec.ordered:
-                self._state[tp.partition] = await member.load_state(tp.partition)
+            self._state[tp.partition] = await member.load_state(tp.partition)
 
     # -- circuit breaker ------------------------------------------------------------------
     def _on_breaker(self, state: BreakerState, breaker: CircuitBreaker) -> None:

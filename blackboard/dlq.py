@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Literal
 
 from blackboard.records import OutgoingRecord, Record
@@ -23,6 +24,11 @@ H_REPLAY_TS = "bb.replay.ts"
 H_REPLAY_AGENT = "bb.replay.agent"
 H_REPLAY_ATTEMPTS = "bb.replay.attempts"
 H_REPLAY_FIRST_FAILURE = "bb.replay.first_failure_ts"
+H_REPLAY_COUNT = "bb.replay.count"
+H_REPLAY_LINK = "bb.replay.link"
+#: State key prefix under which a runner notes the replayed artifacts it settled (reserved:
+#: agents' own state keys must not start with ``bb.``).
+REPLAYED_STATE_PREFIX = "bb.replayed:"
 _MAX_TRACE = 8_000
 
 
@@ -63,20 +69,40 @@ def dead_letter(
     )
 
 
-def replay_history(record: Record) -> tuple[int, float | None]:
-    """For a replayed record: the attempts made before its replay and when it first failed
-    (0 and None for a record that was never dead-lettered)."""
-    # Replay headers are never envelope fields, so the raw headers hold them on every store
-    # (and reading those does not render an in-process record's envelope).
-    found = {k: v for k, v in record.raw_headers if k in _HISTORY}
-    attempts = found.get(H_REPLAY_ATTEMPTS)
-    if attempts is None:
-        return 0, None
-    first = found.get(H_REPLAY_FIRST_FAILURE)
+@dataclass(frozen=True, slots=True)
+class ReplayInfo:
+    """What a replayed record's ``bb.replay.*`` headers say."""
+
+    of: str
+    agent: str
+    attempts: int
+    first_failure_ts: float | None
+
+
+def replay_info(record: Record) -> ReplayInfo | None:
+    """The replay headers of ``record``, or None if it was never replayed from a DLQ.
+
+    Replay headers are never envelope fields, so the raw headers hold them on every store (and
+    reading those does not render an in-process record's envelope).
+    """
+    found: dict[str, bytes] = {}
+    for name, value in record.raw_headers:
+        if name.startswith(_REPLAY_PREFIX) and value is not None:
+            found[name] = value
+    if H_REPLAY_OF not in found:
+        return None
     try:
-        return int(attempts), float(first) if first else None
+        attempts = int(found.get(H_REPLAY_ATTEMPTS, b"0"))
+        first = found.get(H_REPLAY_FIRST_FAILURE)
+        first_ts = float(first) if first else None
     except ValueError:
-        return 0, None
+        attempts, first_ts = 0, None
+    return ReplayInfo(
+        of=found[H_REPLAY_OF].decode(errors="replace"),
+        agent=found.get(H_REPLAY_AGENT, b"").decode(errors="replace"),
+        attempts=attempts,
+        first_failure_ts=first_ts,
+    )
 
 
-_HISTORY = {H_REPLAY_ATTEMPTS, H_REPLAY_FIRST_FAILURE}
+_REPLAY_PREFIX = "bb.replay."

@@ -1,0 +1,379 @@
+"""Operating the dead-letter topics (DESIGN.md §5): list, show, replay and purge.
+
+A dead letter stays in its ``<topic>.dlq`` log; what an operator did with it is recorded in the
+compacted topic ``<prefix>._dlq_dispositions`` (key: the entry id), so every store keeps the
+same record and listings leave out what was replayed or purged. Entry ids are
+``<type>:<partition>:<offset>`` of the dead letter.
+
+Replay re-publishes the original key, value and envelope headers to the original topic, with
+``bb.dlq.*`` moved to ``bb.replay.*`` (where from, replay id and time, the agent that gave up,
+the attempts and first failure so far, how many replays) and a fresh ``traceparent`` (the old
+one kept as ``bb.replay.link``). Only the agent that dead-lettered it runs the replayed record
+(other agents of the topic processed it already), and that agent notes each replayed artifact
+it settles in its state, committed with its offsets: a second replay of the same artifact, by
+mistake or after a crash between re-publishing and recording the disposition, is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+import orjson
+
+from blackboard.dlq import (
+    H_REPLAY_AGENT,
+    H_REPLAY_ATTEMPTS,
+    H_REPLAY_COUNT,
+    H_REPLAY_FIRST_FAILURE,
+    H_REPLAY_ID,
+    H_REPLAY_LINK,
+    H_REPLAY_OF,
+    H_REPLAY_TS,
+)
+from blackboard.errors import ConfigError
+from blackboard.records import OutgoingRecord, Record, TopicPartition
+from blackboard.topics import DLQ_SUFFIX
+
+if TYPE_CHECKING:
+    from blackboard.blackboard import Blackboard
+
+Disposition = Literal["replayed", "purged"]
+_DLQ_PREFIX = "bb.dlq."
+_READ_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead letter and why it is there."""
+
+    entry_id: str
+    type: str
+    partition: int
+    offset: int
+    record: Record
+    disposition: Disposition | None = None
+
+    def header(self, name: str) -> str:
+        """A header's text ('' when absent)."""
+        value = self.record.header(name)
+        return value.decode(errors="replace") if value is not None else ""
+
+    @property
+    def artifact_id(self) -> str:
+        return self.header("bb.id")
+
+    @property
+    def agent(self) -> str:
+        return self.header("bb.dlq.agent")
+
+    @property
+    def stage(self) -> str:
+        return self.header("bb.dlq.stage")
+
+    @property
+    def attempt(self) -> int:
+        return _int(self.header("bb.dlq.attempt"), 1)
+
+    @property
+    def replays(self) -> int:
+        """How many times this artifact was replayed before it landed here."""
+        return _int(self.header(H_REPLAY_COUNT), 0)
+
+    @property
+    def failed_at(self) -> float:
+        """When the dead letter was written (seconds since the epoch)."""
+        return self.record.timestamp
+
+    def summary(self) -> dict[str, object]:
+        """The entry as a JSON-ready dict (no payload, no stack trace)."""
+        return {
+            "id": self.entry_id,
+            "artifact_id": self.artifact_id,
+            "type": self.type,
+            "agent": self.agent,
+            "group": self.header("bb.dlq.consumer.group"),
+            "stage": self.stage,
+            "attempt": self.attempt,
+            "replays": self.replays,
+            "exception": self.header("bb.dlq.exception.class"),
+            "message": self.header("bb.dlq.exception.message"),
+            "failed_at": datetime.fromtimestamp(self.failed_at, UTC).isoformat(),
+            "first_failure_at": _iso(self.header("bb.dlq.first_failure_ts")),
+            "original": {
+                "topic": self.header("bb.dlq.original.topic"),
+                "partition": _int(self.header("bb.dlq.original.partition"), -1),
+                "offset": _int(self.header("bb.dlq.original.offset"), -1),
+            },
+            "disposition": self.disposition,
+        }
+
+    def details(self) -> dict[str, object]:
+        """Everything: the summary, every header, the payload and the stack trace."""
+        value = self.record.value
+        try:
+            payload: object = orjson.loads(value) if value is not None else None
+        except orjson.JSONDecodeError:
+            payload = (value or b"").decode(errors="replace")
+        return {
+            **self.summary(),
+            "key": (self.record.key or b"").decode(errors="replace"),
+            "headers": {
+                k: (v.decode(errors="replace") if v is not None else None)
+                for k, v in self.record.headers
+                if k != "bb.dlq.exception.stacktrace"
+            },
+            "payload": payload,
+            "stacktrace": self.header("bb.dlq.exception.stacktrace"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters an operation applies to (every field optional)."""
+
+    type: str | None = None
+    agent: str | None = None
+    stage: str | None = None
+    since: float | None = None
+    ids: frozenset[str] = field(default_factory=frozenset)
+    include_settled: bool = False
+
+    def matches(self, entry: DeadLetter) -> bool:
+        """Whether ``entry`` is selected."""
+        if self.ids and entry.entry_id not in self.ids and entry.artifact_id not in self.ids:
+            return False
+        if self.type is not None and entry.type != self.type:
+            return False
+        if self.agent is not None and entry.agent != self.agent:
+            return False
+        if self.stage is not None and entry.stage != self.stage:
+            return False
+        if self.since is not None and entry.failed_at < self.since:
+            return False
+        return self.include_settled or entry.disposition is None
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What a replay did (or, dry, would do)."""
+
+    replayed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+class DeadLetters:
+    """The dead letters of one blackboard.
+
+    Args:
+        board: the blackboard (store and topic names).
+    """
+
+    def __init__(self, board: Blackboard) -> None:
+        self.board = board
+
+    # -- reading --------------------------------------------------------------------------
+    def dlq_topics(self) -> list[str]:
+        """Every dead-letter topic of the blackboard."""
+        head = self.board.topics.prefix + "."
+        return [t for t in self.board.store.list_topics() if t.startswith(head) and _is_dlq(t)]
+
+    def entries(self, selection: DeadLetterFilter | None = None) -> list[DeadLetter]:
+        """The dead letters ``selection`` picks, oldest first."""
+        selection = selection or DeadLetterFilter()
+        dispositions = self.dispositions()
+        found: list[DeadLetter] = []
+        for topic in self.dlq_topics():
+            type_name = self.board.topics.type_of(topic[: -len(DLQ_SUFFIX)]) or topic
+            if selection.type is not None and type_name != selection.type:
+                continue
+            for record in self._read_all(topic):
+                entry_id = f"{type_name}:{record.partition}:{record.offset}"
+                entry = DeadLetter(
+                    entry_id,
+                    type_name,
+                    record.partition,
+                    record.offset,
+                    record,
+                    dispositions.get(entry_id),
+                )
+                if selection.matches(entry):
+                    found.append(entry)
+        found.sort(key=lambda e: (e.failed_at, e.entry_id))
+        return found
+
+    def get(self, ident: str) -> list[DeadLetter]:
+        """The dead letters with entry id or artifact id ``ident`` (replayed ones included)."""
+        return self.entries(DeadLetterFilter(ids=frozenset({ident}), include_settled=True))
+
+    def dispositions(self) -> dict[str, Disposition]:
+        """Entry id → what was done with it."""
+        topic = self.board.topics.dlq_dispositions()
+        if self.board.store.topic_partitions(topic) is None:
+            return {}
+        out: dict[str, Disposition] = {}
+        for record in self._read_all(topic):
+            if record.key is None:
+                continue
+            if record.value is None:
+                out.pop(record.key.decode(), None)
+            else:
+                out[record.key.decode()] = orjson.loads(record.value)["disposition"]
+        return out
+
+    def _read_all(self, topic: str) -> Iterator[Record]:
+        store = self.board.store
+        for p in range(store.topic_partitions(topic) or 0):
+            tp = TopicPartition(topic, p)
+            offset = 0
+            while True:
+                chunk = store.read(tp, offset, _READ_BATCH)
+                yield from chunk
+                if not chunk:
+                    break
+                offset = chunk[-1].offset + 1
+
+    # -- acting ---------------------------------------------------------------------------
+    def replay(
+        self,
+        entries: Iterable[DeadLetter],
+        *,
+        dry_run: bool = False,
+        rate: float | None = None,
+    ) -> ReplayReport:
+        """Re-publish ``entries`` to their original topics, at most ``rate`` per second.
+
+        Entries already replayed or purged are skipped. Each replay is recorded in the
+        dispositions topic right after it is published.
+        """
+        report = ReplayReport(dry_run=dry_run)
+        settled = self.dispositions()  # as of now, not as of when ``entries`` were listed
+        started = time.monotonic()
+        for entry in entries:
+            if entry.disposition is not None or entry.entry_id in settled:
+                report.skipped.append(entry.entry_id)
+                continue
+            if not dry_run:
+                self.board.store.publish([self.replay_record(entry)])
+                self._record(entry.entry_id, "replayed")
+                if rate:
+                    ahead = (len(report.replayed) + 1) / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            report.replayed.append(entry.entry_id)
+        return report
+
+    def purge(self, entries: Iterable[DeadLetter]) -> list[str]:
+        """Mark ``entries`` purged: they leave listings and can no longer be replayed. (The
+        records stay in the DLQ log until its retention removes them.)"""
+        purged = []
+        settled = self.dispositions()
+        for entry in entries:
+            if entry.disposition is None and entry.entry_id not in settled:
+                self._record(entry.entry_id, "purged")
+                purged.append(entry.entry_id)
+        return purged
+
+    def replay_record(self, entry: DeadLetter) -> OutgoingRecord:
+        """The record a replay of ``entry`` publishes."""
+        rec = entry.record
+        kept = [
+            (k, v)
+            for k, v in rec.headers
+            if not k.startswith(_DLQ_PREFIX)
+            and not k.startswith("bb.replay.")
+            and k != "traceparent"
+        ]
+        old_trace = rec.header("traceparent")
+        replay_headers: list[tuple[str, bytes]] = [
+            (H_REPLAY_OF, entry.entry_id.encode()),
+            (H_REPLAY_ID, uuid.uuid4().hex.encode()),
+            (H_REPLAY_TS, repr(time.time()).encode()),
+            (H_REPLAY_AGENT, entry.agent.encode()),
+            (H_REPLAY_ATTEMPTS, str(entry.attempt).encode()),
+            (H_REPLAY_FIRST_FAILURE, entry.header("bb.dlq.first_failure_ts").encode()),
+            (H_REPLAY_COUNT, str(entry.replays + 1).encode()),
+            ("traceparent", _fresh_traceparent().encode()),
+        ]
+        if old_trace is not None:
+            replay_headers.append((H_REPLAY_LINK, old_trace))
+        return OutgoingRecord(
+            topic=entry.header("bb.dlq.original.topic"),
+            key=rec.key,
+            value=rec.value,
+            headers=tuple(kept) + tuple(replay_headers),
+            partition=_int(entry.header("bb.dlq.original.partition"), entry.partition),
+        )
+
+    def _record(self, entry_id: str, disposition: Disposition) -> None:
+        topic = self.board.topics.dlq_dispositions()
+        self.board.store.ensure_topics([topic], 1, compacted=True)
+        value = orjson.dumps({"disposition": disposition, "ts": time.time()})
+        self.board.store.publish([OutgoingRecord(topic, entry_id.encode(), value, partition=0)])
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``--since`` as seconds since the epoch: a duration back from now (``90s``, ``15m``,
+    ``2h``, ``1d``) or an ISO 8601 time (UTC unless it says otherwise).
+
+    Raises:
+        ConfigError: neither form.
+    """
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return (now if now is not None else time.time()) - float(match.group(1)) * unit
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r}: give a duration like 15m, 2h, 1d or an ISO time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def replay_backoff_s(entry: DeadLetter, base_s: float, cap_s: float = 3600.0) -> float:
+    """How long after its failure an automatic replay of ``entry`` waits: ``base_s`` doubled
+    for every earlier replay, capped."""
+    return float(min(cap_s, base_s * 2.0**entry.replays))
+
+
+def _is_dlq(topic: str) -> bool:
+    return topic.endswith(DLQ_SUFFIX)
+
+
+def _int(text: str, default: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+def _iso(ts: str) -> str | None:
+    try:
+        return datetime.fromtimestamp(float(ts), UTC).isoformat()
+    except ValueError:
+        return None
+
+
+def _fresh_traceparent() -> str:
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+__all__ = [
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetters",
+    "ReplayReport",
+    "parse_since",
+    "replay_backoff_s",
+]
