@@ -1,7 +1,9 @@
 """Logging: structlog key/value events on stderr (JSON lines when stderr is not a terminal).
 
 stdout is for data only. Our modules get loggers from :func:`get_logger`, which sets up this
-configuration on first use unless the application configured structlog itself.
+configuration on first use unless the application configured structlog itself. While a span is
+current (a handler running with tracing on), every line carries its ``trace_id`` and
+``span_id`` and the ``agent`` and ``artifact_id`` it processes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 from typing import Any
 
 import structlog
+
+from observability.context import add_trace_ids
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -37,6 +41,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
