@@ -178,6 +178,7 @@ class AgentRunner:
             self.group, sorted(self._topics), self, member_name=self.slot
         )
         self._member = member
+        self._report_status()  # operators see the agent (circuit closed) before any trouble
         self._started.set()
         self._log.info("agent started", member=member.member_id, topics=sorted(self._topics))
         try:

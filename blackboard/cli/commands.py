@@ -15,9 +15,11 @@ import orjson
 
 from blackboard.artifacts import TypeRegistry
 from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.cli.dlq_commands import cmd_dlq
 from blackboard.cli.main import print_json
 from blackboard.errors import ArtifactError, ConfigError, DecodeError
 from blackboard.records import Record
+from blackboard.status import read_status
 from blackboard.store import LagRow
 from blackboard.wire import decode_envelope
 
@@ -164,9 +166,13 @@ def cmd_lag(args: argparse.Namespace) -> int:
     """Print per-group lag."""
     with _board(args) as board:
         rows = board.lag(args.group)
+        statuses = [
+            s for s in read_status(board) if not args.group or s.group in set(args.group)
+        ]
     if args.json:
         print_json(
             {
+                "agents": [dataclasses.asdict(s) for s in statuses],
                 "lag": [
                     {
                         "group": r.group,
@@ -190,6 +196,11 @@ def cmd_lag(args: argparse.Namespace) -> int:
             f"{r.group:<24} {r.topic:<32} {r.partition:>4} {r.end_offset:>10}"
             f" {committed:>10} {r.lag:>8}\n"
         )
+    for st in statuses:
+        detail = ""
+        if st.breaker != "closed":
+            detail = f" ({st.consecutive_failures} failures in a row, cool-down {st.cooldown_s:g}s)"
+        sys.stdout.write(f"agent {st.agent} slot {st.slot}: circuit {st.breaker}{detail}\n")
     return 0
 
 
@@ -233,4 +244,12 @@ def record_doc(record: Record) -> dict[str, Any]:
     return doc
 
 
-__all__ = ["cmd_demo", "cmd_lag", "cmd_publish", "cmd_tail", "cmd_types", "cmd_worker"]
+__all__ = [
+    "cmd_demo",
+    "cmd_dlq",
+    "cmd_lag",
+    "cmd_publish",
+    "cmd_tail",
+    "cmd_types",
+    "cmd_worker",
+]

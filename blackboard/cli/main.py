@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p)
     p.add_argument("--group", action="append", help="only these groups (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    from blackboard.cli.dlq_commands import add_dlq_parser
+
+    add_dlq_parser(sub, _store_args)
     return parser
 
 
