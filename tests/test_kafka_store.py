@@ -50,3 +50,50 @@ async def test_a_transactional_id_prefix_names_every_slots_producer(kafka_bootst
         worker.stop()
         await running
         board.close()
+
+
+async def test_a_bad_record_from_a_plain_kafka_producer_reaches_the_dlq_intact(
+    kafka_bootstrap: str,
+) -> None:
+    from confluent_kafka import Producer
+
+    from blackboard.deadletters import DeadLetters
+
+    url = f"kafka://{kafka_bootstrap}"
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    board = Blackboard(
+        url, registry=registry, settings=BlackboardSettings(url=url, prefix=prefix, partitions=2)
+    )
+    app = App("test", registry=registry)
+
+    async def double(task: Task, ctx: Context) -> Result:
+        return Result(n=task.n * 2)
+
+    app.add(double, consumes=Task, publishes=Result, name="doubler")
+    worker = Worker(app, board, FAST)
+    running = asyncio.create_task(worker.run())
+    try:
+        await worker.started()
+        topic = board.topic(Task)
+        plain = Producer({"bootstrap.servers": kafka_bootstrap})
+        sent = [
+            (b"k-1", b"\x00\xffnot json", [("bb.id", b"plain-1"), ("bb.type", b"test.Task")]),
+            (b"k-2", b'{"n": "not a number"}', [("bb.id", b"plain-2"), ("bb.type", b"test.Task")]),
+            (None, b'{"n": 1}', None),  # no envelope headers at all
+        ]
+        for key, value, headers in sent:
+            plain.produce(topic, value, key, partition=0, headers=headers)
+        assert plain.flush(10) == 0
+        dlq = DeadLetters(board)
+        await eventually(lambda: len(dlq.entries()) == 3, what="3 dead letters")
+    finally:
+        worker.stop()
+        await running
+    entries = sorted(dlq.entries(), key=lambda e: e.offset)
+    for entry, (key, value, headers) in zip(entries, sent, strict=True):
+        assert entry.record.key == key and entry.record.value == value
+        original = [(k, v) for k, v in entry.record.headers if not k.startswith("bb.dlq.")]
+        assert original == (headers or [])
+        assert entry.header("bb.dlq.original.topic") == topic
+    assert [e.stage for e in entries] == ["deserialize", "validate", "deserialize"]
+    board.close()
