@@ -45,6 +45,7 @@ from blackboard.records import AtomicCommit, OutgoingRecord, Record, StateUpdate
 from blackboard.status import AgentStatus, publish_status
 from blackboard.store import MAX_RECORD_BYTES, GroupMember
 from blackboard.wire import decode
+from observability import tracing
 
 log = get_logger("runner")
 
@@ -83,6 +84,7 @@ class _Item:
     epoch: int
     artifact: Artifact[BaseModel] | None = None
     replay: ReplayInfo | None = None
+    polled_at: float | None = None  # time.monotonic() when its poll returned (queue wait)
 
 
 @dataclass(slots=True)
@@ -369,6 +371,7 @@ class AgentRunner:
     def _admit(self, records: list[Record]) -> None:
         progress, epochs, registry = self._progress, self._epoch, self.board.registry
         touched: set[TopicPartition] = set()
+        polled = time.monotonic()
         for rec in records:
             tp = TopicPartition(rec.topic, rec.partition)
             prog = progress.get(tp)
@@ -377,7 +380,7 @@ class AgentRunner:
             if not prog.start(rec.offset):
                 self.stats.skipped += 1
                 continue
-            item = _Item(rec, tp, epochs[tp])
+            item = _Item(rec, tp, epochs[tp], polled_at=polled)
             try:
                 art = decode(rec, registry)
                 if art.envelope.type != self._topics[rec.topic]:
@@ -485,6 +488,7 @@ class AgentRunner:
                     _state_base=self._state.get(rec.partition) if spec.ordered else None,
                 )
                 limit = asyncio.timeout(policy.timeout_s)
+                span = tracing.process(self, rec, art.envelope, attempt, item.polled_at)
                 try:
                     async with limit:
                         result = await spec.handler(art.payload, ctx)
@@ -493,11 +497,13 @@ class AgentRunner:
                             ctx.publish(out)
                     outcome = _Outcome(item, outputs=self._encode(ctx))
                     self._apply_state(ctx, rec.partition, outcome)
+                    span.end()
                     if self._breaker is not None:
                         self._breaker.succeeded()
                 except RecordTooLargeError as exc:  # the output, not a dependency, is at fault
                     if self._breaker is not None:
                         self._breaker.released()
+                    span.end(exc, stage="produce")
                     outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "produce", exc))
                 except Exception as exc:
                     if self._breaker is not None:
@@ -517,6 +523,7 @@ class AgentRunner:
                         retry=retry,
                         error=f"{type(exc).__name__}: {exc}",
                     )
+                    span.end(exc, stage=stage, retry=retry)
                     if retry:
                         self.stats.retries += 1
                         if not await self._pause_for(policy.backoff_s(attempt), item):
@@ -603,7 +610,7 @@ class AgentRunner:
         limit = self.settings.max_record_bytes
         records = []
         for out in ctx.outputs:
-            record = self.board.record_for(out.envelope, out.payload)
+            record = self.board.record_for(tracing.outgoing(self, out.envelope), out.payload)
             if record.value is not None and len(record.value) > limit:
                 raise RecordTooLargeError(
                     f"output {out.envelope.type} {out.envelope.id} is {len(record.value)} bytes, "
@@ -627,6 +634,7 @@ class AgentRunner:
         attempt: int = 1,
         first_failure_ts: float | None = None,
     ) -> OutgoingRecord:
+        tracing.rejected(self, record, stage, exc)  # a span for records no handler saw
         return dead_letter(
             record,
             stage=stage,
@@ -670,7 +678,7 @@ class AgentRunner:
         if not commit:
             return
         try:
-            await member.commit(commit)
+            await tracing.settle(self, member, commit, processed + dead)  # in a settle span
         except SupersededError as exc:
             self._log.error("a newer process took over this worker slot; stopping", error=str(exc))
             self._forget(sorted(touched))

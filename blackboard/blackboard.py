@@ -27,6 +27,7 @@ from blackboard.store import LagRow, Store
 from blackboard.stores import DEFAULT_URL, open_store
 from blackboard.topics import TopicNames
 from blackboard.wire import decode, encode_headers, encode_payload
+from observability import tracing
 
 
 class BlackboardSettings(BaseModel):
@@ -152,6 +153,7 @@ class Blackboard:
         envelopes: list[Envelope] = []
         records: list[OutgoingRecord] = []
         types: list[ArtifactType] = []
+        sends = tracing.sends(correlation_id)  # send spans; a no-op while tracing is off
         for i, payload in enumerate(payloads):
             art_type = self.registry.of(type(payload))  # the model validated when built
             env = make_envelope(
@@ -161,12 +163,14 @@ class Blackboard:
                 causation_ids=causation_ids,
                 partition_key=partition_key,
                 tenant=tenant,
+                traceparent=sends.traceparent(),
             )
             envelopes.append(env)
             types.append(art_type)
             records.append(self.record_for(env, payload))
         self.ensure_topics(types)
-        self.store.publish(records)
+        with sends.publishing(self, envelopes):
+            self.store.publish(records)
         return envelopes
 
     def publish_json(self, type_name: str, data: Any, **kwargs: Any) -> Envelope:

@@ -6,6 +6,7 @@ Kept apart from :mod:`observability.tracing` so :mod:`blackboard.logs` can add
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -23,7 +24,9 @@ class CurrentSpan(Protocol):
 current_span: ContextVar[CurrentSpan | None] = ContextVar("blackboard_current_span", default=None)
 
 
-def add_trace_ids(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def add_trace_ids(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: add ``trace_id``, ``span_id``, ``agent`` and ``artifact_id`` of the
     current span to the event (values the call itself bound win). A no-op without a span, so
     binding costs nothing on the hot path: it happens only when something logs."""

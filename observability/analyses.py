@@ -1,0 +1,424 @@
+"""Canned analyses of traced runs: each takes a connection from
+:func:`observability.segments.open_runs` and a run id and returns an Arrow table
+(``table.to_pandas()`` gives a DataFrame where pandas is installed).
+
+======================  ===========================================================
+:func:`summary`         one row: the run, span counts (ended vs written: lost spans
+                        are named), throughput, dead letters, latency percentiles
+:func:`makespan`        per correlation id: first span start to last span end
+:func:`red`             per agent and time bucket: rate, errors, duration
+:func:`latency`         p50/p95/p99 of process spans per agent, artifact type, policy
+:func:`queue_vs_service` per agent: queue wait (poll to handler) vs service time
+:func:`failures`        retries and dead letters per agent, stage and error type
+:func:`compare`         two runs (e.g. two policies): means with confidence intervals
+:func:`process_spans`   the process spans themselves, times relative to run start
+======================  ===========================================================
+
+Times are milliseconds; ``*_ms`` columns relative to the run's first span.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from blackboard.errors import TraceError
+
+Connection = duckdb.DuckDBPyConnection
+
+
+def _query(con: Connection, sql: str, params: Sequence[Any]) -> pa.Table:
+    try:
+        table: pa.Table = con.sql(sql, params=list(params)).to_arrow_table()
+    except duckdb.Error as exc:
+        raise TraceError(f"trace query failed: {exc}") from exc
+    return table
+
+
+def _check_run(con: Connection, run_id: str) -> None:
+    found = con.execute("SELECT count(*) FROM runs WHERE run_id = $1", [run_id]).fetchall()
+    if not found[0][0]:
+        raise TraceError(f"run {run_id!r} is not in the traces opened")
+
+
+def runs(con: Connection) -> pa.Table:
+    """Every run opened: id, scenario, policy, seed, store, commit, times, span counts."""
+    return _query(
+        con,
+        """SELECT run_id, scenario, policy, seed, store, git_sha, started_at, finished_at,
+            spans_ended, spans_written, spans_ended - spans_written AS spans_lost, segments,
+            segments_open
+        FROM runs ORDER BY started_at""",
+        [],
+    )
+
+
+def summary(con: Connection, run_id: str) -> pa.Table:
+    """One row describing the run. ``complete`` is false, and ``note`` says why, when spans
+    ended but were not written (dropped at a full queue, failed writes, a process that died
+    with spans queued), a segment was still open or never closed.
+
+    Raises:
+        TraceError: the run is not there.
+    """
+    _check_run(con, run_id)
+    return _query(
+        con,
+        """WITH s AS (SELECT * FROM spans WHERE run_id = $1),
+        p AS (SELECT * FROM s WHERE operation = 'process'),
+        figures AS (SELECT
+            (SELECT count(*) FROM s) AS spans_in_file,
+            (SELECT (max(end_ns) - min(start_ns)) / 1e6 FROM s) AS wall_ms,
+            (SELECT count(DISTINCT correlation_id) FROM s) AS correlation_ids,
+            (SELECT count(DISTINCT trace_id) FROM s WHERE correlation_id IS NOT NULL) AS traces,
+            (SELECT count(DISTINCT worker) FROM s) AS workers,
+            (SELECT count(*) FROM p WHERE outcome = 'ok') AS processed,
+            (SELECT count(*) FROM p WHERE outcome = 'retried') AS retries,
+            (SELECT count(*) FROM p WHERE outcome = 'dead_letter') AS dead_letters,
+            (SELECT count(*) FROM s WHERE operation = 'settle') AS commits,
+            (SELECT quantile_cont(duration_ms, 0.5) FROM p) AS process_p50_ms,
+            (SELECT quantile_cont(duration_ms, 0.95) FROM p) AS process_p95_ms,
+            (SELECT quantile_cont(duration_ms, 0.99) FROM p) AS process_p99_ms)
+        SELECT r.run_id, r.scenario, r.policy, r.seed, r.store, r.git_sha, r.started_at,
+            r.finished_at, f.wall_ms, f.workers, r.segments, r.segments_open,
+            r.spans_ended, r.spans_written, r.spans_dropped, r.spans_failed,
+            r.spans_ended - r.spans_written AS spans_lost, f.spans_in_file,
+            f.correlation_ids, f.traces, f.processed, f.retries, f.dead_letters, f.commits,
+            f.processed / nullif(f.wall_ms / 1000.0, 0) AS processed_per_s,
+            f.process_p50_ms, f.process_p95_ms, f.process_p99_ms,
+            (r.spans_ended = r.spans_written AND r.segments_open = 0
+                AND r.finished_at IS NOT NULL) AS complete,
+            concat_ws('; ',
+                CASE WHEN r.spans_ended <> r.spans_written THEN
+                    format('{} of {} spans ended were not written ({} dropped at a full queue, '
+                        || '{} in failed writes, the rest queued when a process stopped)',
+                        r.spans_ended - r.spans_written, r.spans_ended, r.spans_dropped,
+                        r.spans_failed) END,
+                CASE WHEN r.segments_open > 0 THEN
+                    format('{} segment(s) still open, left out', r.segments_open) END,
+                CASE WHEN r.finished_at IS NULL AND r.segments_open = 0 THEN
+                    'a segment was never closed (its process died?)' END,
+                CASE WHEN f.spans_in_file <> r.spans_written THEN
+                    format('{} spans in the file but {} counted written', f.spans_in_file,
+                        r.spans_written) END
+            ) AS note
+        FROM runs r, figures f WHERE r.run_id = $1""",
+        [run_id],
+    )
+
+
+def makespan(con: Connection, run_id: str) -> pa.Table:
+    """Per correlation id: start and end (ms from the run's first span), makespan, spans,
+    process spans, agents, errors and traces (1 when the correlation id is one connected
+    trace)."""
+    _check_run(con, run_id)
+    return _query(
+        con,
+        """WITH s AS (SELECT * FROM spans WHERE run_id = $1),
+        t0 AS (SELECT min(start_ns) AS t0 FROM s)
+        SELECT correlation_id, (min(start_ns) - any_value(t0)) / 1e6 AS start_ms,
+            (max(end_ns) - any_value(t0)) / 1e6 AS end_ms,
+            (max(end_ns) - min(start_ns)) / 1e6 AS makespan_ms, count(*) AS spans,
+            count(*) FILTER (WHERE operation = 'process') AS processes,
+            count(DISTINCT agent) FILTER (WHERE operation = 'process') AS agents,
+            count(*) FILTER (WHERE status = 'ERROR') AS errors,
+            count(DISTINCT trace_id) AS traces
+        FROM s, t0 WHERE correlation_id IS NOT NULL
+        GROUP BY correlation_id ORDER BY start_ms, correlation_id""",
+        [run_id],
+    )
+
+
+def red(con: Connection, run_id: str, bucket_ms: float = 1000.0) -> pa.Table:
+    """Rate, errors and duration of process spans per agent and time bucket (by end time,
+    ``bucket_ms`` wide, from the run's first span).
+
+    Raises:
+        TraceError: ``bucket_ms`` is not positive.
+    """
+    if not bucket_ms > 0:
+        raise TraceError(f"bucket must be positive, got {bucket_ms} ms")
+    _check_run(con, run_id)
+    return _query(
+        con,
+        """WITH s AS (SELECT * FROM spans WHERE run_id = $1),
+        t0 AS (SELECT min(start_ns) AS t0 FROM s)
+        SELECT agent, floor((end_ns - t0) / 1e6 / $2) * $2 AS bucket_ms,
+            count(*) AS requests, count(*) / ($2 / 1000.0) AS rate_per_s,
+            count(*) FILTER (WHERE status = 'ERROR') AS errors,
+            count(*) FILTER (WHERE status = 'ERROR') / count(*) AS error_ratio,
+            avg(duration_ms) AS mean_ms, quantile_cont(duration_ms, 0.5) AS p50_ms,
+            quantile_cont(duration_ms, 0.95) AS p95_ms, quantile_cont(duration_ms, 0.99) AS p99_ms
+        FROM s, t0 WHERE operation = 'process'
+        GROUP BY agent, bucket_ms ORDER BY agent, bucket_ms""",
+        [run_id, float(bucket_ms)],
+    )
+
+
+def latency(con: Connection, run_id: str) -> pa.Table:
+    """Process span durations (every attempt) per agent, artifact type and policy: count,
+    mean, p50, p95, p99, max."""
+    _check_run(con, run_id)
+    return _query(
+        con,
+        """SELECT s.agent, s.artifact_type, r.policy, count(*) AS n,
+            avg(s.duration_ms) AS mean_ms, quantile_cont(s.duration_ms, 0.5) AS p50_ms,
+            quantile_cont(s.duration_ms, 0.95) AS p95_ms,
+            quantile_cont(s.duration_ms, 0.99) AS p99_ms, max(s.duration_ms) AS max_ms
+        FROM spans s JOIN runs r USING (run_id)
+        WHERE s.run_id = $1 AND s.operation = 'process'
+        GROUP BY ALL ORDER BY s.agent, s.artifact_type""",
+        [run_id],
+    )
+
+
+def queue_vs_service(con: Connection, run_id: str) -> pa.Table:
+    """Per agent: queue wait (poll returned → handler started) against service time (the
+    process span), and the share of the total spent waiting."""
+    _check_run(con, run_id)
+    return _query(
+        con,
+        """SELECT agent, count(*) AS n,
+            avg(queue_wait_ms) AS queue_mean_ms, quantile_cont(queue_wait_ms, 0.5) AS queue_p50_ms,
+            quantile_cont(queue_wait_ms, 0.95) AS queue_p95_ms,
+            quantile_cont(queue_wait_ms, 0.99) AS queue_p99_ms,
+            avg(duration_ms) AS service_mean_ms,
+            quantile_cont(duration_ms, 0.5) AS service_p50_ms,
+            quantile_cont(duration_ms, 0.95) AS service_p95_ms,
+            quantile_cont(duration_ms, 0.99) AS service_p99_ms,
+            sum(queue_wait_ms) / nullif(sum(queue_wait_ms) + sum(duration_ms), 0) AS queue_share
+        FROM spans WHERE run_id = $1 AND operation = 'process' AND queue_wait_ms IS NOT NULL
+        GROUP BY agent ORDER BY agent""",
+        [run_id],
+    )
+
+
+def failures(con: Connection, run_id: str) -> pa.Table:
+    """Failed attempts per agent, stage and error type: retried, dead-lettered, artifacts
+    that succeeded on a later attempt (``recovered``) and the highest attempt seen."""
+    _check_run(con, run_id)
+    return _query(
+        con,
+        """WITH p AS (SELECT * FROM spans WHERE run_id = $1 AND operation = 'process'),
+        ok AS (SELECT DISTINCT agent, artifact_id FROM p WHERE outcome = 'ok')
+        SELECT p.agent, p.error_stage, p.error_type,
+            count(*) FILTER (WHERE p.outcome = 'retried') AS retries,
+            count(*) FILTER (WHERE p.outcome = 'dead_letter') AS dead_letters,
+            count(DISTINCT p.artifact_id) FILTER (
+                WHERE p.outcome = 'retried' AND ok.artifact_id IS NOT NULL) AS recovered,
+            max(p.attempt) AS max_attempt, count(DISTINCT p.artifact_id) AS artifacts
+        FROM p LEFT JOIN ok ON ok.agent = p.agent AND ok.artifact_id = p.artifact_id
+        WHERE p.status = 'ERROR'
+        GROUP BY ALL ORDER BY p.agent, dead_letters DESC, retries DESC""",
+        [run_id],
+    )
+
+
+def process_spans(con: Connection, run_id: str) -> pa.Table:
+    """The run's process spans, ordered by start: worker, agent, times (ms from the run's
+    first span), duration, queue wait, status, outcome and the artifact."""
+    _check_run(con, run_id)
+    return _query(
+        con,
+        """WITH s AS (SELECT * FROM spans WHERE run_id = $1),
+        t0 AS (SELECT min(start_ns) AS t0 FROM s)
+        SELECT worker, agent, (start_ns - t0) / 1e6 AS start_ms, (end_ns - t0) / 1e6 AS end_ms,
+            duration_ms, queue_wait_ms, status, outcome, attempt, artifact_type, artifact_id,
+            correlation_id, trace_id, span_id
+        FROM s, t0 WHERE operation = 'process' ORDER BY start_ms""",
+        [run_id],
+    )
+
+
+# -- comparing two runs -------------------------------------------------------------------------
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile (Cornish-Fisher expansion around the normal; within 0.1% of the
+    exact value from 3 degrees of freedom, the normal's beyond a few hundred)."""
+    z = NormalDist().inv_cdf(p)
+    if math.isinf(df) or df > 1e7:
+        return z
+    z2 = z * z
+    g1 = (z2 + 1) * z / 4
+    g2 = ((5 * z2 + 16) * z2 + 3) * z / 96
+    g3 = (((3 * z2 + 19) * z2 + 17) * z2 - 15) * z / 384
+    g4 = ((((79 * z2 + 776) * z2 + 1482) * z2 - 1920) * z2 - 945) * z / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    n: int
+    mean: float | None
+    var: float | None
+    p50: float | None
+    p95: float | None
+
+
+def _welch(a: _Sample, b: _Sample, confidence: float) -> tuple[float | None, float | None]:
+    """Confidence interval of mean(b) - mean(a) (Welch: unequal variances)."""
+    if a.n < 2 or b.n < 2 or a.var is None or b.var is None:
+        return None, None
+    assert a.mean is not None
+    assert b.mean is not None
+    sa, sb = a.var / a.n, b.var / b.n
+    diff = b.mean - a.mean
+    se = math.sqrt(sa + sb)
+    if se == 0:
+        return diff, diff
+    df = (sa + sb) ** 2 / (sa**2 / (a.n - 1) + sb**2 / (b.n - 1))
+    half = t_quantile(0.5 + confidence / 2, df) * se
+    return diff - half, diff + half
+
+
+_SAMPLES = """
+WITH p AS (SELECT run_id, 'agent ' || agent AS scope, 'process_ms' AS metric,
+        duration_ms AS x FROM spans WHERE run_id IN ($1, $2) AND operation = 'process'),
+m AS (SELECT run_id, 'end to end' AS scope, 'makespan_ms' AS metric,
+        (max(end_ns) - min(start_ns)) / 1e6 AS x
+    FROM spans WHERE run_id IN ($1, $2) AND correlation_id IS NOT NULL
+    GROUP BY run_id, correlation_id),
+w AS (SELECT run_id, 'agent ' || agent AS scope, 'queue_wait_ms' AS metric,
+        queue_wait_ms AS x FROM spans
+    WHERE run_id IN ($1, $2) AND operation = 'process' AND queue_wait_ms IS NOT NULL),
+x AS (SELECT * FROM p UNION ALL SELECT * FROM m UNION ALL SELECT * FROM w)
+SELECT scope, metric, run_id, count(x), avg(x), var_samp(x), quantile_cont(x, 0.5),
+    quantile_cont(x, 0.95)
+FROM x GROUP BY ALL ORDER BY scope, metric
+"""
+
+
+def compare(con: Connection, run_a: str, run_b: str, confidence: float = 0.95) -> pa.Table:
+    """Run B against run A (e.g. a policy against the baseline) per scope — end to end
+    (makespan per correlation id) and each agent's process time and queue wait: sizes, means,
+    the difference of means B - A with its Welch confidence interval, the relative change,
+    p50 and p95 of each, and whether the interval excludes zero.
+
+    Raises:
+        TraceError: a run is missing, or ``confidence`` is not within (0, 1).
+    """
+    if not 0 < confidence < 1:
+        raise TraceError(f"confidence must be between 0 and 1, got {confidence}")
+    _check_run(con, run_a)
+    _check_run(con, run_b)
+    policies = dict(
+        con.execute(
+            "SELECT run_id, policy FROM runs WHERE run_id IN ($1, $2)", [run_a, run_b]
+        ).fetchall()
+    )
+    found: dict[tuple[str, str], dict[str, _Sample]] = {}
+    for scope, metric, run_id, n, mean, var, p50, p95 in con.execute(
+        _SAMPLES, [run_a, run_b]
+    ).fetchall():
+        found.setdefault((scope, metric), {})[run_id] = _Sample(n, mean, var, p50, p95)
+    empty = _Sample(0, None, None, None, None)
+    rows: list[dict[str, Any]] = []
+    for (scope, metric), by_run in sorted(
+        found.items(), key=lambda kv: (kv[0][0] != "end to end", kv[0])
+    ):
+        a, b = by_run.get(run_a, empty), by_run.get(run_b, empty)
+        low, high = _welch(a, b, confidence)
+        diff = b.mean - a.mean if a.mean is not None and b.mean is not None else None
+        rows.append(
+            {
+                "scope": scope,
+                "metric": metric,
+                "run_a": run_a,
+                "run_b": run_b,
+                "policy_a": policies.get(run_a),
+                "policy_b": policies.get(run_b),
+                "n_a": a.n,
+                "n_b": b.n,
+                "mean_a": a.mean,
+                "mean_b": b.mean,
+                "diff": diff,
+                "ci_low": low,
+                "ci_high": high,
+                "confidence": confidence,
+                "change": diff / a.mean if diff is not None and a.mean else None,
+                "p50_a": a.p50,
+                "p50_b": b.p50,
+                "p95_a": a.p95,
+                "p95_b": b.p95,
+                "significant": (low > 0 or high < 0)
+                if low is not None and high is not None
+                else None,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=_COMPARE_SCHEMA)
+
+
+_COMPARE_SCHEMA = pa.schema(
+    [
+        ("scope", pa.string()),
+        ("metric", pa.string()),
+        ("run_a", pa.string()),
+        ("run_b", pa.string()),
+        ("policy_a", pa.string()),
+        ("policy_b", pa.string()),
+        ("n_a", pa.int64()),
+        ("n_b", pa.int64()),
+        ("mean_a", pa.float64()),
+        ("mean_b", pa.float64()),
+        ("diff", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("confidence", pa.float64()),
+        ("change", pa.float64()),
+        ("p50_a", pa.float64()),
+        ("p50_b", pa.float64()),
+        ("p95_a", pa.float64()),
+        ("p95_b", pa.float64()),
+        ("significant", pa.bool_()),
+    ]
+)
+
+
+# -- the command line's queries -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A canned analysis as ``blackboard traces`` names it.
+
+    Attributes:
+        name: the query's name on the command line.
+        help: one line saying what it shows.
+        runs: how many runs it takes (0: every run).
+        run: the analysis, given the connection, the run ids and the options.
+    """
+
+    name: str
+    help: str
+    runs: int
+    run: Callable[[Connection, Sequence[str], dict[str, Any]], pa.Table]
+
+
+QUERIES: dict[str, Query] = {
+    q.name: q
+    for q in (
+        Query("runs", "every run: scenario, policy, seed, span counts", 0, lambda c, r, o: runs(c)),
+        Query("summary", "one run: counts, lost spans, throughput, latency", 1,
+              lambda c, r, o: summary(c, r[0])),
+        Query("makespan", "per correlation id: first start to last end", 1,
+              lambda c, r, o: makespan(c, r[0])),
+        Query("red", "per agent and time bucket: rate, errors, duration", 1,
+              lambda c, r, o: red(c, r[0], o.get("bucket_ms") or 1000.0)),
+        Query("latency", "p50/p95/p99 per agent, artifact type and policy", 1,
+              lambda c, r, o: latency(c, r[0])),
+        Query("queue", "per agent: queue wait vs service time", 1,
+              lambda c, r, o: queue_vs_service(c, r[0])),
+        Query("failures", "retries and dead letters per agent, stage, error", 1,
+              lambda c, r, o: failures(c, r[0])),
+        Query("compare", "run B vs run A with confidence intervals (two runs)", 2,
+              lambda c, r, o: compare(c, r[0], r[1], o.get("confidence") or 0.95)),
+        Query("spans", "the process spans of one run", 1, lambda c, r, o: process_spans(c, r[0])),
+    )
+}  # fmt: skip
