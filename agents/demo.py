@@ -14,6 +14,7 @@ publishes the verdict when the third arrives.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 import zlib
@@ -131,8 +132,44 @@ async def run_demo(
     latency_ms: float = 20.0,
     url: str = "memory://",
     partitions: int = 8,
+    traces: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run the workflow for ``ideas`` ideas and return its figures (see :func:`summarize`)."""
+    """Run the workflow for ``ideas`` ideas and return its figures (see :func:`summarize`).
+
+    With ``traces`` (a directory), the run is traced into it (as run ``run_id``, default a new
+    id) and the figures gain a ``traces`` entry: the directory, run id, segment and span counts.
+    """
+    if traces is None:
+        return await _run_workflow(ideas, seed, latency_ms, url, partitions)
+    from observability.runs import RunInfo
+    from observability.tracing import start_tracing
+
+    run = RunInfo.create(
+        scenario="research-demo",
+        seed=seed,
+        store=url,
+        config={"ideas": ideas, "latency_ms": latency_ms, "partitions": partitions},
+        run_id=run_id,
+    )
+    tracing = start_tracing(traces, run)
+    try:
+        summary = await _run_workflow(ideas, seed, latency_ms, url, partitions)
+    finally:
+        counts = tracing.stop()  # after the worker stopped: its last commits are in
+    summary["traces"] = {
+        "dir": str(tracing.traces_dir),
+        "run_id": run.run_id,
+        "segment": str(tracing.path),
+        "spans_ended": counts.ended,
+        "spans_written": counts.written,
+    }
+    return summary
+
+
+async def _run_workflow(
+    ideas: int, seed: int, latency_ms: float, url: str, partitions: int
+) -> dict[str, Any]:
     demo_app = build_app(Simulation(seed=seed, latency_s=latency_ms / 1000))
     board = Blackboard(
         url, registry=registry, settings=BlackboardSettings(url=url, partitions=partitions)

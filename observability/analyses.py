@@ -94,7 +94,7 @@ def summary(con: Connection, run_id: str) -> pa.Table:
             f.process_p50_ms, f.process_p95_ms, f.process_p99_ms,
             (r.spans_ended = r.spans_written AND r.segments_open = 0
                 AND r.finished_at IS NOT NULL) AS complete,
-            concat_ws('; ',
+            nullif(concat_ws('; ',
                 CASE WHEN r.spans_ended <> r.spans_written THEN
                     format('{} of {} spans ended were not written ({} dropped at a full queue, '
                         || '{} in failed writes, the rest queued when a process stopped)',
@@ -107,7 +107,7 @@ def summary(con: Connection, run_id: str) -> pa.Table:
                 CASE WHEN f.spans_in_file <> r.spans_written THEN
                     format('{} spans in the file but {} counted written', f.spans_in_file,
                         r.spans_written) END
-            ) AS note
+            ), '') AS note
         FROM runs r, figures f WHERE r.run_id = $1""",
         [run_id],
     )
@@ -410,7 +410,7 @@ QUERIES: dict[str, Query] = {
         Query("makespan", "per correlation id: first start to last end", 1,
               lambda c, r, o: makespan(c, r[0])),
         Query("red", "per agent and time bucket: rate, errors, duration", 1,
-              lambda c, r, o: red(c, r[0], o.get("bucket_ms") or 1000.0)),
+              lambda c, r, o: red(c, r[0], o.get("bucket_ms", 1000.0))),
         Query("latency", "p50/p95/p99 per agent, artifact type and policy", 1,
               lambda c, r, o: latency(c, r[0])),
         Query("queue", "per agent: queue wait vs service time", 1,
@@ -418,7 +418,7 @@ QUERIES: dict[str, Query] = {
         Query("failures", "retries and dead letters per agent, stage, error", 1,
               lambda c, r, o: failures(c, r[0])),
         Query("compare", "run B vs run A with confidence intervals (two runs)", 2,
-              lambda c, r, o: compare(c, r[0], r[1], o.get("confidence") or 0.95)),
+              lambda c, r, o: compare(c, r[0], r[1], o.get("confidence", 0.95))),
         Query("spans", "the process spans of one run", 1, lambda c, r, o: process_spans(c, r[0])),
     )
 }  # fmt: skip

@@ -17,6 +17,7 @@ from blackboard.artifacts import TypeRegistry
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.cli.dlq_commands import cmd_dlq
 from blackboard.cli.main import print_json
+from blackboard.cli.trace_commands import cmd_traces, start_command_tracing, tracing_dir
 from blackboard.errors import ArtifactError, ConfigError, DecodeError
 from blackboard.records import Record
 from blackboard.status import read_status
@@ -48,7 +49,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.ideas < 1:
         raise ConfigError(f"--ideas must be at least 1, got {args.ideas}")
     summary = asyncio.run(
-        run_demo(ideas=args.ideas, seed=args.seed, latency_ms=args.latency_ms, url=args.store)
+        run_demo(
+            ideas=args.ideas,
+            seed=args.seed,
+            latency_ms=args.latency_ms,
+            url=args.store,
+            traces=tracing_dir(args.traces),
+            run_id=args.run_id,
+        )
     )
     if args.json:
         print_json(summary)
@@ -63,6 +71,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"end-to-end latency:    p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms"
         f"  p99 {lat['p99']:.1f} ms",
     ]
+    if "traces" in summary:
+        tr = summary["traces"]
+        lines.append(
+            f"traces:                run {tr['run_id']}, {tr['spans_written']} of "
+            f"{tr['spans_ended']} spans written (blackboard traces summary --traces {tr['dir']})"
+        )
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -96,6 +110,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = load_app(args.app_ref)
     board = _board(args, app.registry)
     agents = [a.strip() for a in args.agents.split(",") if a.strip()] if args.agents else None
+    config = {"agents": agents, "slot": args.slot, "grace_s": args.grace}
+    tracing = start_command_tracing(args, scenario=app.name, store=board.store.url, config=config)
     try:
         worker = Worker(
             app, board, RunnerSettings(shutdown_grace_s=args.grace), agents=agents, slot=args.slot
@@ -103,6 +119,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         asyncio.run(worker.run(handle_signals=True))
     finally:
         board.close()
+        if tracing is not None:
+            tracing.stop()
     return 0
 
 
@@ -250,6 +268,7 @@ __all__ = [
     "cmd_lag",
     "cmd_publish",
     "cmd_tail",
+    "cmd_traces",
     "cmd_types",
     "cmd_worker",
 ]

@@ -48,6 +48,8 @@ def _app_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from blackboard.cli.trace_commands import add_traces_parser, add_tracing_options
+
     parser = argparse.ArgumentParser(
         prog="blackboard", description="A blackboard of typed artifacts for agents."
     )
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", metavar="URL", default="memory://", help="store URL (default memory://)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    add_tracing_options(p)
 
     p = sub.add_parser("types", help="list artifact types and their JSON Schema")
     _app_arg(p)
@@ -75,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace", type=float, default=30.0, help="seconds in-flight handlers get at shutdown"
     )
+    add_tracing_options(p)
 
     p = sub.add_parser("publish", help="publish artifacts (JSON argument, or JSON lines on stdin)")
     p.add_argument("type_name", metavar="TYPE")
@@ -104,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     from blackboard.cli.dlq_commands import add_dlq_parser
 
     add_dlq_parser(sub, _store_args)
+    add_traces_parser(sub)
     return parser
 
 

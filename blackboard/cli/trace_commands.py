@@ -1,0 +1,145 @@
+"""``blackboard traces``: canned analyses of traced runs; and ``--traces`` for demo and worker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blackboard.cli.main import print_json
+from blackboard.errors import ConfigError
+from blackboard.logs import get_logger
+
+if TYPE_CHECKING:
+    from observability.tracing import Tracing
+
+log = get_logger("traces")
+
+#: The query names (also in observability.analyses.QUERIES, which imports DuckDB: kept apart
+#: so the parser builds without it).
+QUERY_NAMES = (
+    "runs",
+    "summary",
+    "makespan",
+    "red",
+    "latency",
+    "queue",
+    "failures",
+    "compare",
+    "spans",
+)
+DEFAULT_DIR = "traces"
+
+
+def add_tracing_options(p: argparse.ArgumentParser) -> None:
+    """``--traces DIR`` and ``--run-id`` for commands that can trace what they run."""
+    p.add_argument(
+        "--traces",
+        metavar="DIR",
+        default=None,
+        help="trace the run into DIR (default: $BLACKBOARD_TRACES; no tracing if neither)",
+    )
+    p.add_argument(
+        "--run-id",
+        default=None,
+        help="run id to trace under (default: $BLACKBOARD_RUN_ID or a new one; "
+        "processes of one run share it)",
+    )
+
+
+def add_traces_parser(sub: Any) -> None:
+    """Add ``traces`` to the CLI's subparsers."""
+    p = sub.add_parser("traces", help="canned analyses of traced runs (spans in DuckDB)")
+    p.add_argument("query", metavar="QUERY", help=", ".join(QUERY_NAMES))
+    p.add_argument(
+        "--run",
+        action="append",
+        metavar="RUN",
+        help="run id; compare takes two (A then B); default: the newest run(s)",
+    )
+    p.add_argument(
+        "--traces",
+        metavar="DIR",
+        default=None,
+        help=f"traces directory (default: $BLACKBOARD_TRACES or ./{DEFAULT_DIR})",
+    )
+    p.add_argument("--bucket-ms", type=float, default=1000.0, help="red: bucket width (1000)")
+    p.add_argument(
+        "--confidence", type=float, default=0.95, help="compare: interval confidence (0.95)"
+    )
+    p.add_argument("--limit", type=int, default=50, help="rows printed without --json (50)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def tracing_dir(value: str | None) -> str | None:
+    """The traces directory a command was given (``--traces``, else ``BLACKBOARD_TRACES``)."""
+    return value or os.environ.get("BLACKBOARD_TRACES") or None
+
+
+def start_command_tracing(
+    args: argparse.Namespace,
+    *,
+    scenario: str,
+    store: str,
+    config: Mapping[str, Any],
+    seed: int | None = None,
+) -> Tracing | None:
+    """Start tracing for ``worker`` when ``--traces`` or ``BLACKBOARD_TRACES`` says so."""
+    directory = tracing_dir(args.traces)
+    if directory is None:
+        return None
+    from observability.runs import RunInfo
+    from observability.tracing import start_tracing
+
+    run = RunInfo.create(
+        scenario=scenario, seed=seed, store=store, config=config, run_id=args.run_id
+    )
+    tracing = start_tracing(directory, run)
+    log.info("tracing", run_id=run.run_id, segment=str(tracing.path))
+    return tracing
+
+
+def cmd_traces(args: argparse.Namespace) -> int:
+    """Run one canned analysis and print it (``--json``: one document)."""
+    if args.query not in QUERY_NAMES:
+        raise ConfigError(f"unknown query {args.query!r}; choose one of {', '.join(QUERY_NAMES)}")
+    if args.limit < 0:
+        raise ConfigError(f"--limit must be at least 0, got {args.limit}")
+    from observability import report, segments
+    from observability.analyses import QUERIES
+
+    query = QUERIES[args.query]
+    directory = Path(tracing_dir(args.traces) or DEFAULT_DIR)
+    chosen: list[str] = list(args.run or [])
+    if query.runs == 0:
+        runs = chosen or segments.list_runs(directory)
+    elif chosen:
+        if len(chosen) != query.runs:
+            raise ConfigError(f"{query.name} takes {query.runs} run(s), got {len(chosen)}")
+        runs = chosen
+    else:
+        runs = segments.latest_runs(directory, query.runs)
+    con = segments.open_runs(directory, runs)
+    try:
+        table = query.run(con, runs, {"bucket_ms": args.bucket_ms, "confidence": args.confidence})
+    finally:
+        con.close()
+    if args.json:
+        print_json(
+            {
+                "query": query.name,
+                "traces": str(directory),
+                "runs": runs,
+                "columns": table.column_names,
+                "rows": report.json_rows(table),
+            }
+        )
+        return 0
+    text = (
+        report.render_record(table) if query.name == "summary" else report.render(table, args.limit)
+    )
+    sys.stdout.write(text + "\n")
+    return 0
