@@ -16,16 +16,18 @@ group named after it.
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from pydantic import BaseModel
 
 from agents.breaker import BreakerPolicy
+from agents.collect import Collector, Extras, KeyFn, build_wanted, correlation_key
 from agents.retry import DEFAULT_RETRY, RetryPolicy
-from blackboard.artifacts import ArtifactType, TypeRegistry, default_registry
+from blackboard.artifacts import ArtifactType, Envelope, TypeRegistry, default_registry
 from blackboard.errors import AgentError
 
 HandlerResult: TypeAlias = BaseModel | Sequence[BaseModel] | None
@@ -57,6 +59,8 @@ class AgentSpec:
     ordered: bool = False
     retry: RetryPolicy = DEFAULT_RETRY
     breaker: BreakerPolicy | None = DEFAULT_BREAKER
+    collector: Collector | None = None
+    """Set for join and batch agents: the handler gets a JoinSet or Batch when one fires."""
 
     def may_publish(self, art_type: ArtifactType) -> bool:
         """Whether the agent declared ``art_type`` among its outputs."""
@@ -126,17 +130,7 @@ class App:
         breaker: BreakerPolicy | None = DEFAULT_BREAKER,
     ) -> AgentSpec:
         """Add an agent without the decorator; see :meth:`agent`."""
-        import inspect
-
-        agent_name: str = name or str(getattr(handler, "__name__", ""))
-        if not _NAME.match(agent_name):
-            raise AgentError(f"agent name {agent_name!r} must match {_NAME.pattern}")
-        if agent_name in self.agents:
-            raise AgentError(f"an agent named {agent_name!r} is already in app {self.name!r}")
-        if not inspect.iscoroutinefunction(handler):
-            raise AgentError(f"the handler of agent {agent_name!r} must be an async function")
-        if concurrency < 1:
-            raise AgentError(f"agent {agent_name!r}: concurrency must be >= 1, got {concurrency}")
+        agent_name = self._check(handler, name, concurrency)
         ins = tuple(self.registry.of(m) for m in _as_list(consumes))
         if not ins:
             raise AgentError(f"agent {agent_name!r} consumes no artifact type")
@@ -154,6 +148,128 @@ class App:
         self.agents[agent_name] = spec
         return spec
 
+    def join(
+        self,
+        *,
+        consumes: Mapping[type[BaseModel], int],
+        publishes: type[BaseModel] | Sequence[type[BaseModel]] = (),
+        name: str | None = None,
+        key: KeyFn | None = None,
+        timeout_s: float | None = None,
+        on_timeout: Handler | None = None,
+        extras: Extras = "drop",
+        done_ttl_s: float = 3600.0,
+        concurrency: int = 64,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = DEFAULT_BREAKER,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator adding a join agent: the handler runs once per join key with every part.
+
+        ``consumes`` maps each type to how many parts of it make a complete set, e.g.
+        ``{Idea: 1, Review: 3}``. ``key(payload, envelope)`` gives the join key (default: the
+        correlation id); parts must be published with it as partition key (the default) so
+        one worker holds every part. The handler gets a :class:`agents.collect.JoinSet`
+        (``parts[Review]`` → the Review payloads). A partial set older than ``timeout_s`` goes
+        to ``on_timeout(joinset, ctx)`` (its outputs are published) or, without one, its
+        parts are dead-lettered (stage ``join``). ``extras``: a part beyond its type's count,
+        or arriving after the join fired (within ``done_ttl_s``), is dropped or
+        dead-lettered.
+        """
+
+        def add(handler: Handler) -> Handler:
+            types, wanted = build_wanted(consumes, self.registry)
+            if on_timeout is not None and not inspect.iscoroutinefunction(on_timeout):
+                raise AgentError("on_timeout must be an async function")
+            collector = Collector(
+                "join",
+                wanted,
+                key or correlation_key,
+                timeout_s,
+                extras,
+                on_timeout,
+                done_ttl_s,
+                registry=self.registry,
+            )
+            self._add_spec(
+                handler, types, publishes, name, concurrency, retry, breaker, collector
+            )
+            return handler
+
+        return add
+
+    def batch(
+        self,
+        *,
+        consumes: type[BaseModel],
+        publishes: type[BaseModel] | Sequence[type[BaseModel]] = (),
+        name: str | None = None,
+        max_records: int = 100,
+        max_wait_ms: float = 1000.0,
+        key: KeyFn | None = None,
+        concurrency: int = 64,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = DEFAULT_BREAKER,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator adding a batch agent: the handler gets a :class:`agents.collect.Batch`
+        of at most ``max_records`` records, or of what arrived within ``max_wait_ms`` of the
+        first, whichever comes first; ``key(payload, envelope)`` keeps one batch per key
+        (default: one per partition)."""
+
+        def add(handler: Handler) -> Handler:
+            if max_records < 1 or max_wait_ms <= 0:
+                raise AgentError("a batch needs max_records >= 1 and max_wait_ms > 0")
+            types, wanted = build_wanted({consumes: max_records}, self.registry)
+            collector = Collector(
+                "batch",
+                wanted,
+                key or _one_batch,
+                max_wait_ms / 1000.0,
+                registry=self.registry,
+            )
+            self._add_spec(
+                handler, types, publishes, name, concurrency, retry, breaker, collector
+            )
+            return handler
+
+        return add
+
+    def _add_spec(
+        self,
+        handler: Handler,
+        types: list[ArtifactType],
+        publishes: type[BaseModel] | Sequence[type[BaseModel]],
+        name: str | None,
+        concurrency: int,
+        retry: RetryPolicy | None,
+        breaker: BreakerPolicy | None,
+        collector: Collector,
+    ) -> None:
+        agent_name = self._check(handler, name, concurrency)
+        outs = tuple(self.registry.of(m) for m in _as_list(publishes))
+        self.agents[agent_name] = AgentSpec(
+            agent_name,
+            tuple(types),
+            outs,
+            handler,
+            concurrency,
+            True,  # one join or batch key at a time: its state is read, changed and written
+            retry or DEFAULT_RETRY,
+            breaker,
+            collector,
+        )
+
+    def _check(self, handler: Handler, name: str | None, concurrency: int) -> str:
+        agent_name: str = name or str(getattr(handler, "__name__", ""))
+        if not _NAME.match(agent_name):
+            raise AgentError(f"agent name {agent_name!r} must match {_NAME.pattern}")
+        if agent_name in self.agents:
+            raise AgentError(f"an agent named {agent_name!r} is already in app {self.name!r}")
+        if not inspect.iscoroutinefunction(handler):
+            raise AgentError(f"the handler of agent {agent_name!r} must be an async function")
+        if concurrency < 1:
+            raise AgentError(f"agent {agent_name!r}: concurrency must be >= 1, got {concurrency}")
+        return agent_name
+
     def types(self) -> list[ArtifactType]:
         """Every type the app's agents consume or publish."""
         seen: dict[tuple[str, int], ArtifactType] = {}
@@ -161,6 +277,11 @@ class App:
             for t in spec.consumes + spec.publishes:
                 seen[(t.name, t.version)] = t
         return [seen[k] for k in sorted(seen)]
+
+
+def _one_batch(payload: BaseModel, envelope: Envelope) -> str:
+    """The default batch key: one batch per partition."""
+    return ""
 
 
 def _as_list(models: type[BaseModel] | Sequence[type[BaseModel]]) -> list[type[BaseModel]]:

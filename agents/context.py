@@ -72,6 +72,8 @@ class Context:
     record: Record
     attempt: int
     outputs: list[Output] = field(default_factory=list)
+    inputs: tuple[Envelope, ...] = ()
+    """Join and batch handlers: every artifact that fired (outputs name them all as causes)."""
     _state: KeyedState | None = None
     _state_base: dict[str, bytes] | None = None
     _log: Any = None
@@ -121,11 +123,12 @@ class Context:
                 f"agent {self.spec.name!r} published {art_type.name}, but declares {declared}"
             )
         env = self.envelope
+        causes = tuple(e.id for e in self.inputs) if self.inputs else (env.id,)
         out = make_envelope(
             art_type,
-            artifact_id=output_id(self.spec.name, (env.id,), len(self.outputs)),
+            artifact_id=output_id(self.spec.name, causes, len(self.outputs)),
             correlation_id=env.correlation_id,
-            causation_ids=(env.id,),
+            causation_ids=causes,
             partition_key=partition_key if partition_key is not None else env.partition_key,
             tenant=tenant or env.tenant,
             produced_by=self.spec.name,

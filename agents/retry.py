@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from blackboard.errors import AgentError, UndeclaredOutputError
+from blackboard.errors import AgentError, UnretryableError
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,8 @@ class RetryPolicy:
         retry_on: exception classes worth another attempt (subclasses included); anything
             else is dead-lettered at once.
         no_retry_on: exception classes never retried, even if ``retry_on`` matches (by
-            default an undeclared output: a bug no retry can fix).
+            default :class:`~blackboard.errors.UnretryableError`: an undeclared output, a
+            record that cannot join).
         timeout_s: longest a handler call may run; a call over it is cancelled and counts as
             a failed attempt (dead-letter stage ``timeout``). None: no limit.
     """
@@ -32,7 +33,7 @@ class RetryPolicy:
     max_backoff_ms: float = 10_000.0
     jitter: str = "full"
     retry_on: tuple[type[BaseException], ...] = (Exception,)
-    no_retry_on: tuple[type[BaseException], ...] = field(default=(UndeclaredOutputError,))
+    no_retry_on: tuple[type[BaseException], ...] = field(default=(UnretryableError,))
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:

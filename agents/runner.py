@@ -26,9 +26,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.agent import AgentSpec
+from agents.agent import AgentSpec, HandlerResult
 from agents.breaker import BreakerState, CircuitBreaker
-from agents.context import Context
+from agents.clock import SYSTEM_CLOCK, Clock
+from agents.collect import Collector, Fired
+from agents.context import Context, KeyedState
 from blackboard.artifacts import Artifact
 from blackboard.blackboard import Blackboard
 from blackboard.dlq import REPLAYED_STATE_PREFIX, ReplayInfo, Stage, dead_letter, replay_info
@@ -36,6 +38,7 @@ from blackboard.errors import (
     CommitError,
     DecodeError,
     InvalidArtifactError,
+    JoinError,
     RecordTooLargeError,
     SupersededError,
 )
@@ -48,6 +51,9 @@ from blackboard.wire import decode
 from observability import tracing
 
 log = get_logger("runner")
+OrderKey = bytes | str | None
+#: How often a runner with joins or batches looks for timed-out sets and due batches.
+TIMER_CHECK_S = 0.05
 
 
 class RunnerSettings(BaseModel):
@@ -84,15 +90,21 @@ class _Item:
     epoch: int
     artifact: Artifact[BaseModel] | None = None
     replay: ReplayInfo | None = None
+    key: OrderKey = None
+    """What ordered agents serialise on: the record key, or a join or batch key."""
     polled_at: float | None = None  # time.monotonic() when its poll returned (queue wait)
 
 
 @dataclass(slots=True)
 class _Outcome:
-    item: _Item
+    item: _Item | None
+    """The record that finished; None for a timer (a join timeout or a batch window)."""
     outputs: list[OutgoingRecord] = field(default_factory=list)
     dead_letter: OutgoingRecord | None = None
     state: list[StateUpdate] = field(default_factory=list)
+    dead_letters: list[OutgoingRecord] = field(default_factory=list)
+    epochs: dict[TopicPartition, int] = field(default_factory=dict)
+    """A timer's partitions and their epochs when it fired (dropped if one changed)."""
 
 
 @dataclass(slots=True)
@@ -126,8 +138,11 @@ class AgentRunner:
         settings: RunnerSettings | None = None,
         *,
         slot: str = "0",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.board = board
+        self._clock = clock
+        self._next_timer_check = 0.0
         self.spec = spec
         self.settings = settings or RunnerSettings()
         self.stats = RunnerStats()
@@ -140,8 +155,8 @@ class AgentRunner:
         self._epoch: dict[TopicPartition, int] = {}
         self._state: dict[int, dict[str, bytes]] = {}
         self._ready: deque[_Item] = deque()
-        self._parked: dict[bytes | None, deque[_Item]] = {}
-        self._running_keys: set[bytes | None] = set()
+        self._parked: dict[OrderKey, deque[_Item]] = {}
+        self._running_keys: set[OrderKey] = set()
         self._completed: list[_Outcome] = []
         self._first_completed_at = 0.0
         self._running = 0
@@ -231,6 +246,8 @@ class AgentRunner:
             self._flow_control()
             if self._poll_task is None:
                 self._start_poll(member)
+            if self.spec.collector is not None:
+                self._fire_due(self.spec.collector)
             if self._dispatch():
                 await asyncio.sleep(0)  # let new handlers start; fast ones finish right here
             wait = settings.idle_poll_s
@@ -356,7 +373,7 @@ class AgentRunner:
         self._ready = deque(i for i in self._ready if i.tp not in gone)
         if not self.spec.ordered:
             return
-        holding = {i.record.key for i in self._ready} | self._running_keys
+        holding = {i.key for i in self._ready} | self._running_keys
         for key in list(self._parked):
             queue = deque(i for i in self._parked[key] if i.tp not in gone)
             if key in holding:
@@ -395,17 +412,31 @@ class AgentRunner:
                 self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "validate", exc)))
                 continue
             item.artifact = art
+            item.key = rec.key
+            collector = self.spec.collector
+            if collector is not None:
+                try:
+                    item.key = collector.order_key(art)
+                    collector.check_partition(item.key, rec, self.board.settings.partitions)
+                except JoinError as exc:
+                    self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "join", exc)))
+                    continue
+                except Exception as exc:  # the agent's key function failed on this artifact
+                    self._finish(
+                        _Outcome(item, dead_letter=self._dead_letter(rec, "process", exc))
+                    )
+                    continue
             replay = replay_info(rec)
             if replay is not None and not self._admit_replay(item, replay):
                 self._finish(_Outcome(item))  # another agent's replay, or one settled before
                 continue
             touched.add(tp)
             if self.spec.ordered:
-                parked = self._parked.get(rec.key)
+                parked = self._parked.get(item.key)
                 if parked is not None:
                     parked.append(item)
                     continue
-                self._parked[rec.key] = deque()
+                self._parked[item.key] = deque()
             self._ready.append(item)
         window = self.settings.max_offset_window
         for tp in touched - self._paused:  # bounds the finished offsets the metadata must name
@@ -446,16 +477,18 @@ class AgentRunner:
                 continue
             self._running += 1
             if self.spec.ordered:
-                self._running_keys.add(item.record.key)
+                self._running_keys.add(item.key)
             # A finished handler removes its own task from the set (no done callback to run).
             self._tasks.add(loop.create_task(self._execute(item)))
             started += 1
         return started
 
     def _release_key(self, item: _Item) -> None:
-        if not self.spec.ordered:
-            return
-        key = item.record.key
+        if self.spec.ordered:
+            self._release(item.key)
+
+    def _release(self, key: OrderKey) -> None:
+        """The holder of ``key`` finished: the next record parked behind it becomes ready."""
         self._running_keys.discard(key)
         parked = self._parked.get(key)
         if parked:
@@ -491,12 +524,15 @@ class AgentRunner:
                 span = tracing.process(self, rec, art.envelope, attempt, item.polled_at)
                 try:
                     async with limit:
-                        result = await spec.handler(art.payload, ctx)
+                        if spec.collector is None:
+                            result = await spec.handler(art.payload, ctx)
+                        else:
+                            result = await self._collect(spec.collector, art, rec, ctx)
                     if result is not None:
                         for out in (result,) if isinstance(result, BaseModel) else result:
                             ctx.publish(out)
                     outcome = _Outcome(item, outputs=self._encode(ctx))
-                    self._apply_state(ctx, rec.partition, outcome)
+                    self._apply_state(ctx._state, rec.partition, outcome)
                     span.end()
                     if self._breaker is not None:
                         self._breaker.succeeded()
@@ -566,13 +602,118 @@ class AgentRunner:
         outcome.state.append(StateUpdate(partition, key, b"1"))
         self._state.setdefault(partition, {})[key] = b"1"
 
-    def _apply_state(self, ctx: Context, partition: int, outcome: _Outcome) -> None:
+    # -- join timeouts and batch windows ---------------------------------------------------
+    def _fire_due(self, collector: Collector) -> None:
+        """Start a timer task for every join or batch whose time is up (a key that is busy
+        with a record waits for the next check)."""
+        checked = time.monotonic()
+        if checked < self._next_timer_check:
+            return
+        self._next_timer_check = checked + TIMER_CHECK_S
+        now = self._clock.time()
+        loop = asyncio.get_running_loop()
+        for partition, state in list(self._state.items()):
+            tps = {tp: self._epoch[tp] for tp in self._progress if tp.partition == partition}
+            if not tps:
+                continue
+            for state_key in collector.due(state, now):
+                key = collector.order_key_of(state_key)
+                if key in self._running_keys or key in self._parked:
+                    continue
+                self._running_keys.add(key)
+                self._parked[key] = deque()
+                self._running += 1
+                self._tasks.add(
+                    loop.create_task(self._fire_timer(collector, partition, state_key, key, tps))
+                )
+
+    async def _fire_timer(
+        self,
+        collector: Collector,
+        partition: int,
+        state_key: str,
+        key: str,
+        epochs: dict[TopicPartition, int],
+    ) -> None:
+        """Hand a timed-out join to ``on_timeout`` (or dead-letter its parts), or a batch
+        whose window closed to the handler; commit that with the held state's removal."""
+        outcome = _Outcome(None, epochs=epochs)
+        state = KeyedState(self._state.setdefault(partition, {}))
+        try:
+            fired = collector.take(state_key, state, self._clock.time())
+            if fired is not None:
+                handler = self.spec.handler if fired.why == "batch" else collector.on_timeout
+                if handler is None:
+                    missing = collector.view(fired).missing  # type: ignore[union-attr]
+                    error = JoinError(
+                        f"join {key!r} timed out after {collector.timeout_s:g}s, "
+                        f"missing {missing}"
+                    )
+                    outcome.dead_letters = [
+                        self._dead_letter(p.record, "join", error) for p in fired.parts
+                    ]
+                else:
+                    await self._run_fired(handler, collector, fired, state, outcome)
+            self._apply_state(state, partition, outcome)
+            self._finish(outcome)
+        finally:
+            self._running -= 1
+            self._release(key)
+            self._wake.set()
+            self._tasks.discard(asyncio.current_task())
+
+    async def _run_fired(
+        self,
+        handler: Any,
+        collector: Collector,
+        fired: Fired,
+        state: KeyedState,
+        outcome: _Outcome,
+    ) -> None:
+        """Run a timer's handler once; its outputs, or every part dead-lettered if it fails."""
+        first = fired.parts[0]
+        ctx = Context(
+            self.spec,
+            self.board.registry,
+            first.artifact.envelope,
+            first.record,
+            attempt=1,
+            inputs=tuple(p.artifact.envelope for p in fired.parts),
+        )
+        ctx._state = state
+        try:
+            async with asyncio.timeout(self.spec.retry.timeout_s):
+                result = await handler(collector.view(fired), ctx)
+            if result is not None:
+                for out in (result,) if isinstance(result, BaseModel) else result:
+                    ctx.publish(out)
+            outcome.outputs = self._encode(ctx)
+        except Exception as exc:
+            self._log.warning(
+                "timer handler failed", key=fired.key, error=f"{type(exc).__name__}: {exc}"
+            )
+            outcome.outputs = []
+            outcome.dead_letters = [
+                self._dead_letter(p.record, "process", exc) for p in fired.parts
+            ]
+
+    async def _collect(
+        self, collector: Collector, art: Artifact[BaseModel], rec: Record, ctx: Context
+    ) -> HandlerResult:
+        """Hold ``art`` in its join or batch; run the handler if that completes it."""
+        fired = collector.add(art, rec, ctx.state, self._clock.time())
+        if fired is None:
+            return None
+        ctx.inputs = tuple(p.artifact.envelope for p in fired.parts)
+        return await self.spec.handler(collector.view(fired), ctx)
+
+    def _apply_state(self, state: KeyedState | None, partition: int, outcome: _Outcome) -> None:
         """Keep a successful handler's state writes: in the commit, and in the partition's
         view that later records of the partition read."""
-        if ctx._state is None or not ctx._state.writes:
+        if state is None or not state.writes:
             return
         base = self._state.setdefault(partition, {})
-        for key, value in ctx._state.writes.items():
+        for key, value in state.writes.items():
             outcome.state.append(StateUpdate(partition, key, value))
             if value is None:
                 base.pop(key, None)
@@ -661,6 +802,15 @@ class AgentRunner:
         processed = dead = 0
         epochs, progress = self._epoch, self._progress
         for oc in done:
+            if oc.item is None:  # a timer: no record, but its partitions' offsets fence it
+                if any(epochs.get(tp) != e for tp, e in oc.epochs.items()):
+                    continue
+                touched.update(oc.epochs)
+                commit.outputs.extend(oc.outputs)
+                commit.dead_letters.extend(oc.dead_letters)
+                commit.state.extend(oc.state)
+                dead += len(oc.dead_letters)
+                continue
             tp = oc.item.tp
             if epochs.get(tp) != oc.item.epoch:
                 continue  # the partition was lost or rewound while this ran

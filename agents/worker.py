@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agents.agent import App
+from agents.clock import SYSTEM_CLOCK, Clock
 from agents.runner import AgentRunner, RunnerSettings
 from blackboard.blackboard import Blackboard
 from blackboard.errors import AppLoadError, ConfigError
@@ -68,6 +69,8 @@ class Worker:
             collecting at full speed, 5,000 still ~15% on the Kafka benchmark, 100,000 ~1%
             (most records are freed by reference counting before a collection comes). The
             price is cyclic garbage of up to that many objects. None leaves it alone.
+        clock: the wall clock of join timeouts and batch windows (tests pass a
+            :class:`agents.clock.ManualClock`).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class Worker:
         agents: Sequence[str] | None = None,
         slot: str = "0",
         gc_gen0_threshold: int | None = 100_000,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         names = list(agents) if agents else list(app.agents)
         unknown = [n for n in names if n not in app.agents]
@@ -92,7 +96,9 @@ class Worker:
             board.registry.merge(app.registry)
         self.app = app
         self.board = board
-        self.runners = [AgentRunner(board, app.agents[n], settings, slot=slot) for n in names]
+        self.runners = [
+            AgentRunner(board, app.agents[n], settings, slot=slot, clock=clock) for n in names
+        ]
         self._gc_gen0 = gc_gen0_threshold
 
     async def run(self, *, handle_signals: bool = False) -> None:

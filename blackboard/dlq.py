@@ -10,7 +10,7 @@ from typing import Literal
 from blackboard.records import OutgoingRecord, Record
 from blackboard.topics import TopicNames
 
-Stage = Literal["deserialize", "validate", "process", "timeout", "produce", "admission"]
+Stage = Literal["deserialize", "validate", "process", "timeout", "join", "produce", "admission"]
 
 H_STAGE = "bb.dlq.stage"
 H_ATTEMPT = "bb.dlq.attempt"

@@ -88,8 +88,17 @@ class AgentError(BlackboardError):
     """An agent was defined or used wrongly."""
 
 
-class UndeclaredOutputError(AgentError):
+class UnretryableError(AgentError):
+    """A failure no retry can fix: the record is dead-lettered at once."""
+
+
+class UndeclaredOutputError(UnretryableError):
     """A handler published an artifact type missing from its ``publishes`` list."""
+
+
+class JoinError(UnretryableError):
+    """A record cannot take part in its join: an extra part (``extras="dead_letter"``) or a
+    join key on another partition than the record (the topics are not co-partitioned by it)."""
 
 
 class TraceError(BlackboardError):

@@ -19,3 +19,21 @@ class Task(BaseModel):
 class Result(BaseModel):
     n: int
     by: str = ""
+
+
+@artifact("test.Doc", version=1, registry=registry)
+class Doc(BaseModel):
+    n: int
+
+
+@artifact("test.Vote", version=1, registry=registry)
+class Vote(BaseModel):
+    n: int
+    voter: str
+
+
+@artifact("test.Tally", version=1, registry=registry)
+class Tally(BaseModel):
+    n: int
+    voters: list[str]
+    complete: bool = True
