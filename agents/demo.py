@@ -3,12 +3,13 @@
 ::
 
     Idea ──► novelty ────┐
-         ├─► feasibility ├─► Review ──► chair (joins the three reviews per idea) ──► Verdict
-         └─► impact ─────┘
+    │    ├─► feasibility ├─► Review ──┐
+    │    └─► impact ─────┘            ├─► chair (joins an idea and its three reviews) ──► Verdict
+    └─────────────────────────────────┘
 
-The three reviewers are separate agents (consumer groups) working in parallel; the chair keeps
-the reviews it has seen per idea in its keyed state, committed with its input offsets, and
-publishes the verdict when the third arrives.
+The three reviewers are separate agents (consumer groups) working in parallel; the chair is a
+join (:meth:`agents.App.join`): it holds the idea and the reviews seen so far per correlation id
+in its keyed state, committed with its input offsets, and decides when the set is complete.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, Field
 
 from agents.agent import App, Handler
+from agents.collect import JoinSet
 from agents.context import Context
 from agents.runner import RunnerSettings
 from agents.worker import Worker
@@ -84,23 +85,6 @@ def _reviewer(aspect: str, sim: Simulation) -> Handler:
     return review
 
 
-def _chair(sim: Simulation) -> Handler:
-    async def chair(review: Review, ctx: Context) -> Verdict | None:
-        """Collect the three reviews of an idea; decide when the last one arrives."""
-        key = f"reviews/{review.idea_id}"
-        raw = ctx.state.get(key)
-        scores: dict[str, int] = orjson.loads(raw) if raw else {}
-        scores[review.aspect] = review.score
-        if len(scores) < len(ASPECTS):
-            ctx.state.set(key, orjson.dumps(scores))
-            return None
-        ctx.state.delete(key)
-        await asyncio.sleep(sim.latency_s / 4)
-        return Verdict(idea_id=review.idea_id, scores=scores, accepted=sum(scores.values()) >= 18)
-
-    return chair
-
-
 def build_app(sim: Simulation | None = None) -> App:
     """The workflow's agents: three reviewers in parallel and the chair that joins them."""
     sim = sim or Simulation()
@@ -108,9 +92,19 @@ def build_app(sim: Simulation | None = None) -> App:
     for aspect in ASPECTS:
         reviewer = _reviewer(aspect, sim)
         app.add(reviewer, consumes=Idea, publishes=Review, name=aspect, concurrency=256)
-    app.add(
-        _chair(sim), consumes=Review, publishes=Verdict, name="chair", ordered=True, concurrency=256
-    )
+
+    # One idea and its three reviews share the idea's correlation id (outputs inherit it), which
+    # is the default join key and partition key: one worker holds the whole set.
+    @app.join(consumes={Idea: 1, Review: len(ASPECTS)}, publishes=Verdict, concurrency=256)
+    async def chair(parts: JoinSet, ctx: Context) -> Verdict:
+        """Decide once the idea and all its reviews are in."""
+        [idea] = parts.of(Idea)
+        scores = {r.aspect: r.score for r in parts[Review]}
+        await asyncio.sleep(sim.latency_s / 4)
+        return Verdict(
+            idea_id=idea.artifact.envelope.id, scores=scores, accepted=sum(scores.values()) >= 18
+        )
+
     return app
 
 
