@@ -204,3 +204,24 @@ async def test_crash_mid_join_and_mid_batch_fires_exactly_once(board: Blackboard
     assert sorted(t.n for t in _tallies(board)) == list(range(10))
     assert all(t.voters == ["alice", "bob"] for t in _tallies(board))
     assert sorted(r.by for r in _results(board)) == ["0,1,2,3", "4,5,6,7"]
+
+
+async def test_a_part_published_off_its_join_keys_partition_is_refused(
+    board: Blackboard,
+) -> None:
+    from blackboard.deadletters import DeadLetters
+    from blackboard.records import partition_for
+
+    worker = Worker(_voting_app(), board, FAST)
+    running = await _start(worker)
+    corr = _publish_doc(board, 1)
+    home = partition_for(corr.encode(), 4)
+    stray = next(k for k in (f"k{i}" for i in range(100)) if partition_for(k.encode(), 4) != home)
+    board.publish(Vote(n=1, voter="alice"), correlation_id=corr, partition_key=stray)
+    dlq = DeadLetters(board)
+    await eventually(lambda: len(dlq.entries()) == 1, what="the stray part refused")
+    worker.stop()
+    await running
+    [entry] = dlq.entries()
+    assert entry.stage == "join" and entry.type == "test.Vote"
+    assert f"belongs to partition {home}" in entry.header("bb.dlq.exception.message")
