@@ -54,6 +54,9 @@ log = get_logger("runner")
 OrderKey = bytes | str | None
 #: How often a runner with joins or batches looks for timed-out sets and due batches.
 TIMER_CHECK_S = 0.05
+#: Backoff before reading again after a failed commit, doubling while commits keep failing.
+FIRST_COMMIT_BACKOFF_S = 0.05
+MAX_COMMIT_BACKOFF_S = 5.0
 
 
 class RunnerSettings(BaseModel):
@@ -143,6 +146,8 @@ class AgentRunner:
         self.board = board
         self._clock = clock
         self._next_timer_check = 0.0
+        self._poll_hold_until = 0.0
+        self._commit_backoff = FIRST_COMMIT_BACKOFF_S
         self.spec = spec
         self.settings = settings or RunnerSettings()
         self.stats = RunnerStats()
@@ -236,7 +241,11 @@ class AgentRunner:
             poll = self._poll_task
             if poll is not None and poll.done():
                 self._poll_task = None
-                records = self._fresh(poll.result())
+                try:
+                    records = self._fresh(poll.result())
+                except SupersededError as exc:
+                    self._superseded(exc, list(self._progress))
+                    break
                 if records:
                     self._admit(records)
             commit = self._commit_task
@@ -264,6 +273,8 @@ class AgentRunner:
                     wait = interval - age
             if self._breaker is not None and self._breaker.state == "open":
                 wait = min(wait, max(self._breaker.wait_s(), 0.001))
+            if self._poll_task is None and self._poll_hold_until > time.monotonic():
+                wait = min(wait, self._poll_hold_until - time.monotonic() + 0.001)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -273,7 +284,10 @@ class AgentRunner:
 
     def _start_poll(self, member: GroupMember) -> None:
         """Tell the member about pauses and seeks, then start the next poll if there is room
-        (or every partition is paused: the poll then only serves the group's callbacks)."""
+        (or every partition is paused: the poll then only serves the group's callbacks), unless
+        a failed commit's backoff holds reading."""
+        if time.monotonic() < self._poll_hold_until:
+            return
         self._apply_controls(member)
         room = max(0, self.settings.max_buffered - self._buffered())
         if room or self._paused.issuperset(self._progress):
@@ -830,25 +844,34 @@ class AgentRunner:
         try:
             await tracing.settle(self, member, commit, processed + dead)  # in a settle span
         except SupersededError as exc:
-            self._log.error("a newer process took over this worker slot; stopping", error=str(exc))
-            self._forget(sorted(touched))
-            self.stop()
+            self._superseded(exc, sorted(touched))
             return
         except CommitError as exc:
             self._log.warning("commit failed; redoing from the committed offsets", error=str(exc))
             await self._rewind(sorted(touched))
             return
         self.stats.commits += 1
+        self._commit_backoff = FIRST_COMMIT_BACKOFF_S
         self.stats.processed += processed
         self.stats.dead_lettered += dead
         self.stats.outputs += len(commit.outputs)
         self._resume_drained()
+
+    def _superseded(self, exc: SupersededError, partitions: Sequence[TopicPartition]) -> None:
+        """Another process took over this worker slot: drop the work and stop."""
+        self._log.error("a newer process took over this worker slot; stopping", error=str(exc))
+        self._forget(partitions)
+        self.stop()
 
     async def _rewind(self, partitions: Sequence[TopicPartition]) -> None:
         """Forget uncommitted work on ``partitions``; read them again from the committed offsets."""
         member = self._member
         assert member is not None
         self.stats.rewinds += 1
+        # Back off before reading (and running handlers) again: a store that refuses every
+        # commit (Redis out of memory, Kafka unavailable) must not make handlers spin.
+        self._poll_hold_until = time.monotonic() + self._commit_backoff
+        self._commit_backoff = min(self._commit_backoff * 2, MAX_COMMIT_BACKOFF_S)
         owned = member.assignment()
         self._forget([tp for tp in partitions if tp not in owned])
         partitions = [tp for tp in partitions if tp in owned]

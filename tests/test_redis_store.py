@@ -316,3 +316,40 @@ def test_settings_come_from_the_url() -> None:
         RedisSettings.from_url("redis://h/0?session_timeout_ms=soon")
     with pytest.raises(ConfigError, match="at most a third"):
         RedisSettings.from_url("redis://h/0?session_timeout_ms=1000&heartbeat_interval_ms=500")
+
+
+async def test_an_idle_worker_whose_slot_is_taken_over_stops(redis_url: str) -> None:
+    from agents.agent import App
+    from agents.worker import Worker
+    from blackboard.blackboard import Blackboard, BlackboardSettings
+    from tests.contract.test_processing import FAST
+    from tests.contract.types import Result, Task, registry
+
+    prefix = unique_name("s").replace("-", "")
+    board = Blackboard(
+        redis_url,
+        registry=registry,
+        settings=BlackboardSettings(url=redis_url, prefix=prefix, partitions=2),
+    )
+    app = App("test", registry=registry)
+
+    async def double(task: Task, ctx: object) -> Result:
+        return Result(n=task.n * 2)
+
+    app.add(double, consumes=Task, publishes=Result, name="doubler")
+    older = Worker(app, board, FAST, slot="0")
+    running_older = asyncio.create_task(older.run())
+    await older.started()
+    newer = Worker(app, board, FAST, slot="0")
+    running_newer = asyncio.create_task(newer.run())
+    await newer.started()
+    # The older worker has nothing to commit: it learns of the takeover in its poll and stops.
+    await asyncio.wait_for(running_older, 30)
+    board.publish_many([Task(n=i) for i in range(5)])
+    await eventually(
+        lambda: sorted(a.payload.n for a in board.read(Result)) == [0, 2, 4, 6, 8],  # type: ignore[attr-defined]
+        what="the newer worker processes",
+    )
+    newer.stop()
+    await running_newer
+    board.close()

@@ -216,6 +216,11 @@ class RedisMember(GroupMember):
             try:
                 if self._needs_sync():
                     await self._sync()
+                if self._session.superseded:  # after on_lost: the runner stops, idle or not
+                    raise SupersededError(
+                        f"worker slot {self.slot} of {self.group} was taken over",
+                        code="SUPERSEDED",
+                    )
                 records = await self._read(max_records) if max_records > 0 else []
                 self._warnings.worked("poll")
             except RedisError as exc:
