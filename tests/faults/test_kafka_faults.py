@@ -218,20 +218,19 @@ def test_broker_hard_kill_and_restart_while_workers_run(
     cluster = Cluster(f"kafka://{kafka_bootstrap}", unique_name("b").replace("-", ""), tmp_path)
     try:
         board = cluster.board()
-        jobs = 6000
-        # ~20 ms a job, one job at a time per key: work is in flight when the broker dies
-        workers = [cluster.start("0", max_sleep_ms=40), cluster.start("1", max_sleep_ms=40)]
+        jobs = 12000
+        # ~40 ms a job, one job at a time per key over 50 keys: at least ~10 s of work, so work
+        # is in flight when the broker dies however fast the runtime gets. Everything is
+        # published first: a publish while the broker is down fails (a clear error, by design).
+        workers = [cluster.start("0", max_sleep_ms=80), cluster.start("1", max_sleep_ms=80)]
         for w in workers:
             _wait_log(w, "partitions assigned")
-        # Published over ~6 s, so work remains when the broker dies however fast the workers
-        # are; the publisher's idempotent producer rides out the restart too.
-        publisher = publish_in_background(cluster.board(), jobs, rate=1000)
+        publish_jobs(board, jobs)
         wait_for_steps(board, 1000, 120, workers)
         assert step_count(board) < jobs, "the broker must die while work remains"
         kafka_local.kill()
         time.sleep(2)
         kafka_local.restart()
-        publisher.join()
         try:
             wait_for_steps(board, jobs, 240, workers)  # no intervention: the workers recover
         except AssertionError as exc:
