@@ -180,6 +180,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 time.sleep(0.2)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the web dashboard until Ctrl-C (``blackboard/dashboard``)."""
+    from blackboard.dashboard.cli import run_dashboard
+
+    return run_dashboard(args)
+
+
 def cmd_lag(args: argparse.Namespace) -> int:
     """Print per-group lag."""
     with _board(args) as board:
