@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what the integration tests need to run real servers without Docker (DESIGN.md
 # section 7), idempotently: redis-server (the binary only: the system service is not used),
-# a JDK 17+ and Maven, then the pinned Kafka jars into the cache
-# (${KAFKA_BLACKBOARD_CACHE:-~/.cache/kafka-blackboard}). Progress goes to stderr.
+# chromium (for the dashboard's browser tests), a JDK 17+ and Maven, then the pinned Kafka
+# jars into the cache (${KAFKA_BLACKBOARD_CACHE:-~/.cache/kafka-blackboard}). Progress goes to
+# stderr.
 #
 #   bash .ci/install-services.sh
 set -euo pipefail
@@ -48,6 +49,15 @@ else
         "${SUDO[@]}" service redis-server stop >&2
     fi
     log "installed $(redis-server --version | cut -d' ' -f3)"
+fi
+
+# -- chromium (the dashboard's browser tests drive Debian's build with Playwright; Playwright
+# never downloads a browser of its own) ---------------------------------------------------
+if command -v chromium >/dev/null 2>&1; then
+    log "chromium present: $(chromium --version 2>/dev/null | head -n 1)"
+else
+    apt_install chromium
+    log "installed $(chromium --version 2>/dev/null | head -n 1)"
 fi
 
 # -- docker-compose (only to check compose/docker-compose.yml parses; no engine needed) ------
