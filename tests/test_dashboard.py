@@ -1,0 +1,100 @@
+"""Dashboard rules without a browser: Burrow-style health, desired workers, start-up refusal."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.requests import Request
+
+from blackboard.dashboard.auth import change_refusal, may_read
+from blackboard.dashboard.health import Sample, desired_workers, partition_status, rate, worst
+from blackboard.dashboard.settings import DashboardSettings, is_loopback
+from blackboard.errors import ConfigError
+from tests.test_cli import run
+
+
+def _window(*points: tuple[int, int | None]) -> list[Sample]:
+    return [Sample(float(i), end, committed) for i, (end, committed) in enumerate(points)]
+
+
+@pytest.mark.parametrize(
+    ("points", "status"),
+    [
+        ([(10, 5)], "OK"),  # one sample says nothing yet
+        ([(10, 5), (20, 20), (30, 25)], "OK"),  # caught up once in the window
+        ([(10, 5), (20, 18), (30, 26)], "OK"),  # moving, lag not always growing
+        ([(10, 5), (20, 8), (30, 9)], "WARN"),  # moving, lag grows every time
+        ([(10, 5), (20, 5), (30, 5)], "STALL"),  # records arrive, nothing committed
+        ([(10, 5), (10, 5), (10, 5)], "STOP"),  # nothing moves at all, lag left
+        ([(10, None), (12, None)], "STALL"),  # never committed, records arriving
+        ([(10, 8), (20, 4), (30, 9)], "REWIND"),  # committed went backwards
+    ],
+)
+def test_partition_status_follows_burrows_rules(
+    points: list[tuple[int, int | None]], status: str
+) -> None:
+    assert partition_status(_window(*points)) == status
+
+
+def test_group_status_is_the_worst_partition_and_rates_come_from_deltas() -> None:
+    assert worst(["OK", "WARN", "OK"]) == "WARN"
+    assert worst(["WARN", "STOP", "REWIND"]) == "STOP"
+    assert worst([]) == "OK"
+    assert rate([(0.0, 100), (2.0, 300)]) == 100.0
+    assert rate([(0.0, 100)]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("lag", "threshold", "partitions", "wanted"),
+    [(0, 100, 8, 1), (250, 100, 8, 3), (10_000, 100, 8, 8), (5, 100, 0, 0)],
+)
+def test_desired_workers_is_lag_over_threshold_capped_at_partitions(
+    lag: int, threshold: int, partitions: int, wanted: int
+) -> None:
+    assert desired_workers(lag, threshold, partitions) == wanted
+
+
+def test_binding_off_loopback_needs_a_key() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    DashboardSettings(host="127.0.0.1").check()
+    DashboardSettings(host="0.0.0.0", api_key="secret").check()
+    with pytest.raises(ConfigError, match="without an API key"):
+        DashboardSettings(host="0.0.0.0").check()
+
+
+def test_cli_refuses_a_public_address_without_a_key_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BLACKBOARD_API_KEY", raising=False)
+    out = run("dashboard", "--host", "0.0.0.0", "--store", "memory://", "--port", "0")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("blackboard: error: refusing to bind 0.0.0.0 without an API key")
+    assert out.stderr.count("\n") == 1
+
+
+def _request(client: str, headers: dict[str, str] | None = None, query: str = "") -> Request:
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/overview",
+        "headers": raw,
+        "query_string": query.encode(),
+        "client": (client, 50000),
+    }
+    return Request(scope)
+
+
+def test_reads_are_open_on_loopback_only_and_changes_always_need_the_key() -> None:
+    local = DashboardSettings(api_key="k")
+    public = DashboardSettings(host="0.0.0.0", api_key="k")
+    keyless = DashboardSettings()
+    anonymous = _request("10.0.0.9")
+    assert may_read(local, anonymous) and not may_read(public, anonymous)
+    assert may_read(public, _request("10.0.0.9", {"X-API-Key": "k"}))
+    assert may_read(public, _request("10.0.0.9", {"Authorization": "Bearer k"}))
+    assert may_read(public, _request("10.0.0.9", query="key=k"))  # EventSource
+    assert not may_read(public, _request("10.0.0.9", {"X-API-Key": "wrong"}))
+    assert change_refusal(local, anonymous) is not None
+    assert change_refusal(local, _request("127.0.0.1", {"X-API-Key": "k"})) is None
+    assert "disabled" in (change_refusal(keyless, _request("127.0.0.1", {"X-API-Key": "k"})) or "")
