@@ -53,7 +53,7 @@ def runs(con: Connection) -> pa.Table:
         con,
         """SELECT run_id, scenario, policy, seed, store, git_sha, started_at, finished_at,
             spans_ended, spans_written, spans_ended - spans_written AS spans_lost, segments,
-            segments_open
+            segments_open, segments_died
         FROM runs ORDER BY started_at""",
         [],
     )
@@ -62,7 +62,8 @@ def runs(con: Connection) -> pa.Table:
 def summary(con: Connection, run_id: str) -> pa.Table:
     """One row describing the run. ``complete`` is false, and ``note`` says why, when spans
     ended but were not written (dropped at a full queue, failed writes, a process that died
-    with spans queued), a segment was still open or never closed.
+    with spans queued), a segment is still being written or was never closed, or the segments
+    hold another number of spans than recorded.
 
     Raises:
         TraceError: the run is not there.
@@ -73,7 +74,6 @@ def summary(con: Connection, run_id: str) -> pa.Table:
         """WITH s AS (SELECT * FROM spans WHERE run_id = $1),
         p AS (SELECT * FROM s WHERE operation = 'process'),
         figures AS (SELECT
-            (SELECT count(*) FROM s) AS spans_in_file,
             (SELECT (max(end_ns) - min(start_ns)) / 1e6 FROM s) AS wall_ms,
             (SELECT count(DISTINCT correlation_id) FROM s) AS correlation_ids,
             (SELECT count(DISTINCT trace_id) FROM s WHERE correlation_id IS NOT NULL) AS traces,
@@ -86,27 +86,29 @@ def summary(con: Connection, run_id: str) -> pa.Table:
             (SELECT quantile_cont(duration_ms, 0.95) FROM p) AS process_p95_ms,
             (SELECT quantile_cont(duration_ms, 0.99) FROM p) AS process_p99_ms)
         SELECT r.run_id, r.scenario, r.policy, r.seed, r.store, r.git_sha, r.started_at,
-            r.finished_at, f.wall_ms, f.workers, r.segments, r.segments_open,
+            r.finished_at, f.wall_ms, f.workers, r.segments, r.segments_open, r.segments_died,
             r.spans_ended, r.spans_written, r.spans_dropped, r.spans_failed,
-            r.spans_ended - r.spans_written AS spans_lost, f.spans_in_file,
+            r.spans_ended - r.spans_written AS spans_lost, r.spans_loaded,
             f.correlation_ids, f.traces, f.processed, f.retries, f.dead_letters, f.commits,
             f.processed / nullif(f.wall_ms / 1000.0, 0) AS processed_per_s,
             f.process_p50_ms, f.process_p95_ms, f.process_p99_ms,
-            (r.spans_ended = r.spans_written AND r.segments_open = 0
-                AND r.finished_at IS NOT NULL) AS complete,
+            (r.spans_ended = r.spans_written AND r.spans_loaded = r.spans_written
+                AND r.segments_open = 0 AND r.segments_died = 0) AS complete,
             nullif(concat_ws('; ',
                 CASE WHEN r.spans_ended <> r.spans_written THEN
                     format('{} of {} spans ended were not written ({} dropped at a full queue, '
-                        || '{} in failed writes, the rest queued when a process stopped)',
+                        || '{} in failed writes, the rest still queued when counted)',
                         r.spans_ended - r.spans_written, r.spans_ended, r.spans_dropped,
                         r.spans_failed) END,
                 CASE WHEN r.segments_open > 0 THEN
-                    format('{} segment(s) still open, left out', r.segments_open) END,
-                CASE WHEN r.finished_at IS NULL AND r.segments_open = 0 THEN
-                    'a segment was never closed (its process died?)' END,
-                CASE WHEN f.spans_in_file <> r.spans_written THEN
-                    format('{} spans in the file but {} counted written', f.spans_in_file,
-                        r.spans_written) END
+                    format('{} segment(s) still being written: the run is partial',
+                        r.segments_open) END,
+                CASE WHEN r.segments_died > 0 THEN
+                    format('{} segment(s) never closed (the process died): their last '
+                        || 'recorded counts stand', r.segments_died) END,
+                CASE WHEN r.spans_loaded <> r.spans_written AND r.segments_open = 0 THEN
+                    format('{} spans found in the segments but {} recorded as written',
+                        r.spans_loaded, r.spans_written) END
             ), '') AS note
         FROM runs r, figures f WHERE r.run_id = $1""",
         [run_id],

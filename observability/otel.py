@@ -47,6 +47,7 @@ from observability.schema import (
     STATUS_MESSAGE,
     TRACE_ID,
     SpanRow,
+    valid_ids,
 )
 
 if TYPE_CHECKING:
@@ -74,10 +75,13 @@ def resource(run: RunInfo, segment: str) -> Resource:
 # -- the current span for the OpenTelemetry API ------------------------------------------------
 
 
-def attach_span(trace_id: str, span_id: str) -> object:
+def attach_span(trace_id: str, span_id: str) -> object | None:
     """Make ``(trace_id, span_id)`` the OpenTelemetry API's current span; a token for
-    :func:`detach`."""
-    ctx = SpanContext(int(trace_id, 16), int(span_id, 16), False, _SAMPLED)
+    :func:`detach` (None if the ids are not valid hex: then nothing is attached)."""
+    ids = valid_ids(trace_id, span_id)
+    if ids is None:
+        return None
+    ctx = SpanContext(ids[0], ids[1], False, _SAMPLED)
     return otel_context.attach(otel_trace.set_span_in_context(NonRecordingSpan(ctx)))
 
 

@@ -86,18 +86,20 @@ ATTRIBUTE_INDEX: Final[tuple[tuple[int, str], ...]] = tuple(
     (_INDEX[column], attr) for attr, column in ATTRIBUTE_COLUMNS.items()
 )
 
-#: The tables of a segment file and of a merged run file. ``worker`` names the process (its
-#: segment); ``duration_ms`` is computed on insert.
+#: The tables of a merged run file (:func:`observability.segments.merge_run`). ``worker``
+#: names the process (its segment); ``duration_ms`` is computed on load. A segment's ``state``
+#: is ``closed``, ``open`` (its process still writes it: the run is partial) or ``died`` (never
+#: closed: its last counts stand).
 DDL: Final[tuple[str, ...]] = (
     """CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR, scenario VARCHAR, policy VARCHAR, seed BIGINT, store VARCHAR,
         git_sha VARCHAR, config JSON, versions JSON, started_at TIMESTAMP, finished_at TIMESTAMP,
         spans_ended BIGINT, spans_written BIGINT, spans_dropped BIGINT, spans_failed BIGINT,
-        segments INTEGER, segments_open INTEGER)""",
+        spans_loaded BIGINT, segments INTEGER, segments_open INTEGER, segments_died INTEGER)""",
     """CREATE TABLE IF NOT EXISTS segments (
         run_id VARCHAR, segment VARCHAR, host VARCHAR, pid INTEGER, started_at TIMESTAMP,
-        finished_at TIMESTAMP, spans_ended BIGINT, spans_written BIGINT, spans_dropped BIGINT,
-        spans_failed BIGINT, closed BOOLEAN)""",
+        finished_at TIMESTAMP, state VARCHAR, spans_ended BIGINT, spans_written BIGINT,
+        spans_dropped BIGINT, spans_failed BIGINT, spans_loaded BIGINT, truncated BOOLEAN)""",
     "CREATE TABLE IF NOT EXISTS spans (run_id VARCHAR, worker VARCHAR, "
     + ", ".join(f"{name} {kind}" for name, kind in SPAN_FIELDS)
     + ", duration_ms DOUBLE)",
@@ -107,39 +109,6 @@ DDL: Final[tuple[str, ...]] = (
 )
 TABLES: Final[tuple[str, ...]] = ("runs", "segments", "spans", "links")
 
-#: Columns of ``runs`` and ``segments``, in table order.
-RUN_COLUMNS: Final[tuple[str, ...]] = (
-    "run_id",
-    "scenario",
-    "policy",
-    "seed",
-    "store",
-    "git_sha",
-    "config",
-    "versions",
-    "started_at",
-    "finished_at",
-    "spans_ended",
-    "spans_written",
-    "spans_dropped",
-    "spans_failed",
-    "segments",
-    "segments_open",
-)
-SEGMENT_COLUMNS: Final[tuple[str, ...]] = (
-    "run_id",
-    "segment",
-    "host",
-    "pid",
-    "started_at",
-    "finished_at",
-    "spans_ended",
-    "spans_written",
-    "spans_dropped",
-    "spans_failed",
-    "closed",
-)
-
 
 def format_traceparent(trace_id: str, span_id: str) -> str:
     """The W3C ``traceparent`` of a sampled span."""
@@ -147,14 +116,20 @@ def format_traceparent(trace_id: str, span_id: str) -> str:
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str] | None:
-    """``(trace_id, span_id)`` of a W3C ``traceparent`` header, or None if absent or malformed
-    (a record from a plain producer: its process span starts a trace of its own)."""
-    if not value or len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+    """``(trace_id, span_id)`` of a W3C ``traceparent`` header, or None if absent or not of
+    its shape (a record from a plain producer: its process span starts a trace of its own).
+    Only the shape is checked, on the hot path; :func:`valid_ids` checks the digits."""
+    if value is None or len(value) != 55 or value[2] != "-" or value[35] != "-":
         return None
-    trace_id, span_id = value[3:35].lower(), value[36:52].lower()
+    return value[3:35], value[36:52]
+
+
+def valid_ids(trace_id: str, span_id: str) -> tuple[int, int] | None:
+    """The ids as integers, or None unless both are non-zero hex of the right length."""
     try:
-        if int(trace_id, 16) == 0 or int(span_id, 16) == 0:
-            return None
+        t, s = int(trace_id, 16), int(span_id, 16)
     except ValueError:
         return None
-    return trace_id, span_id
+    if not t or not s or len(trace_id) != 32 or len(span_id) != 16:
+        return None
+    return t, s

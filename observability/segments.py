@@ -1,34 +1,52 @@
-"""Where a run's traces live, and merging its segments into one file for analysis.
+"""Where a run's traces live, and merging its segments into one DuckDB file for analysis.
 
 ::
 
-    <traces>/<run_id>/segments/<segment>.duckdb   one per process that traced (written live)
-    <traces>/<run_id>/run.duckdb                  the merge of the run's closed segments
+    <traces>/<run_id>/segments/<segment>.arrows   one per process: Arrow batches (live)
+    <traces>/<run_id>/segments/<segment>.json     its run, state and span counts
+    <traces>/<run_id>/run.duckdb                  the merge: runs, segments, spans, links
 
-A DuckDB file open for writing cannot be opened by any other process, not even read-only
-(DESIGN.md §6): each process writes its own segment, and analyses read the merged file, which
-:func:`merge_run` rebuilds whenever a segment is newer. A segment still being written is left
-out of the merge, and the run's summary says how many were.
+:func:`merge_run` loads every batch of every segment with one ``INSERT … SELECT`` per Arrow
+batch (never row by row) into a fresh file and swaps it in; it runs again whenever a segment
+changed. A segment whose process is still running is merged as far as it is written (the run
+is then partial, and its summary says so); one whose process died without closing it keeps
+the counts it last recorded, and a batch cut short by the death is left out.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.ipc as ipc
 
 from blackboard.errors import TraceError
 from blackboard.logs import get_logger
-from observability.schema import DDL, RUN_COLUMNS, TABLES
+from observability.exporter import META_SUFFIX, SPANS_SUFFIX
+from observability.schema import DDL, SPAN_COLUMNS, TABLES
 
 log = get_logger("traces")
 
 SEGMENTS_DIR = "segments"
 MERGED_FILE = "run.duckdb"
+
+_COLUMNS = ", ".join(SPAN_COLUMNS)
+_INSERT_SPANS = (
+    f"INSERT INTO spans (run_id, worker, {_COLUMNS}, duration_ms) "
+    f"SELECT $1, $2, {_COLUMNS}, (end_ns - start_ns) / 1e6 FROM span_batch"
+)
+_INSERT_LINKS = (
+    "INSERT INTO links SELECT $1, trace_id, span_id, link.trace_id, link.span_id "
+    "FROM (SELECT trace_id, span_id, unnest(links) AS link FROM span_batch "
+    "WHERE links IS NOT NULL)"
+)
 
 
 def segment_name() -> str:
@@ -37,14 +55,14 @@ def segment_name() -> str:
     return f"{host or 'host'}-{os.getpid()}-{os.urandom(2).hex()}"
 
 
-def segment_path(traces_dir: Path, run_id: str, segment: str) -> Path:
-    """The file of one process's segment of a run."""
-    return traces_dir / run_id / SEGMENTS_DIR / f"{segment}.duckdb"
+def segments_dir(traces_dir: Path, run_id: str) -> Path:
+    """The directory of a run's segments."""
+    return traces_dir / run_id / SEGMENTS_DIR
 
 
-def segment_files(traces_dir: Path, run_id: str) -> list[Path]:
-    """The segment files of a run, by name."""
-    return sorted((traces_dir / run_id / SEGMENTS_DIR).glob("*.duckdb"))
+def segment_metas(traces_dir: Path, run_id: str) -> list[Path]:
+    """The sidecar (``.json``) of every segment of a run, by name."""
+    return sorted(segments_dir(traces_dir, run_id).glob(f"*{META_SUFFIX}"))
 
 
 def list_runs(traces_dir: Path) -> list[str]:
@@ -57,9 +75,9 @@ def list_runs(traces_dir: Path) -> list[str]:
         raise TraceError(f"no traces directory {traces_dir}")
     runs: list[tuple[float, str]] = []
     for entry in traces_dir.iterdir():
-        files = segment_files(traces_dir, entry.name) if entry.is_dir() else []
-        if files:
-            runs.append((max(f.stat().st_mtime for f in files), entry.name))
+        metas = segment_metas(traces_dir, entry.name) if entry.is_dir() else []
+        if metas:
+            runs.append((max(_mtime(m) for m in metas), entry.name))
     return [name for _, name in sorted(runs)]
 
 
@@ -78,6 +96,55 @@ def latest_runs(traces_dir: Path, count: int = 1) -> list[str]:
     return runs[-count:]
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _alive(host: str, pid: int) -> bool:
+    """Whether the process that wrote a segment still runs (on this host)."""
+    if host != socket.gethostname():
+        return False  # cannot tell; a segment from another machine is taken as it is
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_batches(path: Path) -> tuple[Iterator[pa.RecordBatch], list[bool]]:
+    """The record batches of a segment's Arrow stream, and a flag list whose first item turns
+    True if the stream ends in a cut-off batch (its process died while writing it)."""
+    truncated = [False]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            source = pa.memory_map(str(path))
+        except (OSError, pa.ArrowException):
+            truncated[0] = True
+            return
+        with source:
+            try:
+                reader = ipc.open_stream(source)
+            except (OSError, pa.ArrowException):
+                truncated[0] = _mtime(path) > 0 and path.stat().st_size > 0
+                return
+            while True:
+                try:
+                    yield reader.read_next_batch()
+                except StopIteration:
+                    return
+                except (OSError, pa.ArrowException):
+                    truncated[0] = True
+                    return
+
+    return batches(), truncated
+
+
 @dataclass(frozen=True, slots=True)
 class Merged:
     """A merged run file.
@@ -85,7 +152,8 @@ class Merged:
     Attributes:
         path: the file.
         segments: segments merged into it.
-        open_segments: segments left out because a process still had them open.
+        open_segments: segments whose process was still writing them (merged as far as
+            written).
     """
 
     path: Path
@@ -93,97 +161,170 @@ class Merged:
     open_segments: int
 
 
-def _quote(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+def _fresh(target: Path, metas: list[Path]) -> Merged | None:
+    """The merged file if it is newer than every segment and none was open."""
+    if not target.exists():
+        return None
+    newest = max(
+        max(_mtime(m), _mtime(m.with_name(m.name[: -len(META_SUFFIX)] + SPANS_SUFFIX)))
+        for m in metas
+    )
+    if _mtime(target) < newest:
+        return None
+    with duckdb.connect(str(target), read_only=True) as con:
+        rows = con.execute("SELECT segments, segments_open FROM runs").fetchall()
+    if not rows or rows[0][1]:
+        return None
+    return Merged(target, int(rows[0][0]), 0)
 
 
 def merge_run(traces_dir: Path, run_id: str, *, force: bool = False) -> Merged:
     """Merge a run's segments into ``<traces>/<run_id>/run.duckdb`` (rebuilt only when a
-    segment is newer than it, or ``force``) and return it.
+    segment changed or is still open, or ``force``) and return it.
 
-    The merged ``runs`` row sums the segments' counts (spans ended, written, dropped, failed)
-    and says how many segments were merged and how many were still open.
+    The merged ``runs`` row sums the segments' counts: spans ended, written, dropped and
+    failed as the processes recorded them, and loaded as found in their batches.
 
     Raises:
-        TraceError: the run has no segments, or none could be read.
+        TraceError: the run has no segments, or a sidecar cannot be read.
     """
-    files = segment_files(traces_dir, run_id)
-    if not files:
+    metas = segment_metas(traces_dir, run_id)
+    if not metas:
         raise TraceError(f"no run {run_id!r} in {traces_dir}")
     target = traces_dir / run_id / MERGED_FILE
-    if not force and target.exists():
-        newest = max(f.stat().st_mtime for f in files)
-        if target.stat().st_mtime >= newest:
-            with duckdb.connect(str(target), read_only=True) as con:
-                rows = con.execute(
-                    "SELECT segments, segments_open FROM runs WHERE run_id = $1", [run_id]
-                ).fetchall()
-            row = rows[0] if rows else None
-            if row is not None and not row[1]:
-                return Merged(target, int(row[0]), 0)
+    if not force:
+        cached = _fresh(target, metas)
+        if cached is not None:
+            return cached
     tmp = target.with_name(f".{MERGED_FILE}.{os.getpid()}.{os.urandom(3).hex()}")
-    merged = skipped = 0
+    segments: list[dict[str, Any]] = []
     try:
         with duckdb.connect(str(tmp)) as con:
             for statement in DDL:
                 con.execute(statement)
-            con.execute("CREATE TEMP TABLE seg_runs AS SELECT * FROM runs")
-            for i, path in enumerate(files):
-                alias = f"seg{i}"
-                try:
-                    con.execute(f"ATTACH {_quote(path)} AS {alias} (READ_ONLY)")
-                except duckdb.IOException as exc:  # still open for writing by its process
-                    log.warning(
-                        "trace segment still open, left out", segment=str(path), error=str(exc)
-                    )
-                    skipped += 1
-                    continue
-                except duckdb.Error as exc:
-                    log.warning(
-                        "trace segment unreadable, left out", segment=str(path), error=str(exc)
-                    )
-                    skipped += 1
-                    continue
-                try:
-                    con.execute("BEGIN TRANSACTION")
-                    for table in TABLES:
-                        into = "seg_runs" if table == "runs" else table
-                        con.execute(f"INSERT INTO {into} SELECT * FROM {alias}.{table}")
-                    con.execute("COMMIT")
-                finally:
-                    con.execute(f"DETACH {alias}")
-                merged += 1
-            if not merged:
-                raise TraceError(
-                    f"none of the {len(files)} segment(s) of run {run_id!r} could be read "
-                    "(still being written?)"
-                )
-            con.execute(
-                f"""INSERT INTO runs ({", ".join(RUN_COLUMNS)})
-                WITH meta AS (
-                    SELECT run_id, any_value(scenario) AS scenario, any_value(policy) AS policy,
-                        any_value(seed) AS seed, any_value(store) AS store,
-                        any_value(git_sha) AS git_sha, any_value(config) AS config,
-                        any_value(versions) AS versions
-                    FROM seg_runs GROUP BY run_id),
-                seg AS (
-                    SELECT run_id, min(started_at) AS started_at,
-                        CASE WHEN bool_and(closed) THEN max(finished_at) END AS finished_at,
-                        sum(spans_ended) AS ended, sum(spans_written) AS written,
-                        sum(spans_dropped) AS dropped, sum(spans_failed) AS failed,
-                        count(*) AS segments
-                    FROM segments GROUP BY run_id)
-                SELECT run_id, scenario, policy, seed, store, git_sha, config, versions,
-                    started_at, finished_at, ended, written, dropped, failed, segments, $1
-                FROM meta JOIN seg USING (run_id)""",
-                [skipped],
-            )
+            for meta_path in metas:
+                segments.append(_load_segment(con, run_id, meta_path))
+            _insert_segments(con, run_id, segments)
             con.execute("CHECKPOINT")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return Merged(target, merged, skipped)
+    open_count = sum(1 for s in segments if s["state"] == "open")
+    return Merged(target, len(segments), open_count)
+
+
+def _load_segment(con: duckdb.DuckDBPyConnection, run_id: str, meta_path: Path) -> dict[str, Any]:
+    try:
+        meta: dict[str, Any] = orjson.loads(meta_path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise TraceError(f"cannot read trace segment {meta_path}: {exc}") from exc
+    if meta.get("run", {}).get("run_id") != run_id:
+        raise TraceError(f"trace segment {meta_path} belongs to another run")
+    if meta["closed"]:
+        state = "closed"
+    else:
+        state = "open" if _alive(meta["host"], int(meta["pid"])) else "died"
+    spans = meta_path.with_name(meta_path.name[: -len(META_SUFFIX)] + SPANS_SUFFIX)
+    batches, truncated = read_batches(spans)
+    loaded = 0
+    for batch in batches:  # one INSERT … SELECT per Arrow batch
+        con.register("span_batch", pa.Table.from_batches([batch]))
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(_INSERT_SPANS, [run_id, meta["segment"]])
+            con.execute(_INSERT_LINKS, [run_id])
+            con.execute("COMMIT")
+        finally:
+            con.unregister("span_batch")
+        loaded += batch.num_rows
+    if truncated[0]:
+        log.warning("trace segment ends in a cut-off batch, left out", segment=str(spans))
+    return meta | {"state": state, "spans_loaded": loaded, "truncated": truncated[0]}
+
+
+def _insert_segments(
+    con: duckdb.DuckDBPyConnection, run_id: str, segments: list[dict[str, Any]]
+) -> None:
+    rows = [
+        (
+            run_id,
+            s["segment"],
+            s["host"],
+            int(s["pid"]),
+            s["started_at"],
+            s["finished_at"],
+            s["state"],
+            int(s["spans_ended"]),
+            int(s["spans_written"]),
+            int(s["spans_dropped"]),
+            int(s["spans_failed"]),
+            int(s["spans_loaded"]),
+            bool(s["truncated"]),
+        )
+        for s in segments
+    ]
+    table = pa.Table.from_pylist(
+        [dict(zip(_SEGMENT_COLUMNS, row, strict=True)) for row in rows], schema=_SEGMENT_SCHEMA
+    )
+    con.register("segment_rows", table)
+    try:
+        con.execute("INSERT INTO segments SELECT * FROM segment_rows")
+    finally:
+        con.unregister("segment_rows")
+    run = segments[0]["run"]
+    con.execute(
+        """INSERT INTO runs SELECT $1, $2, $3, $4, $5, $6, $7, $8, min(started_at),
+            CASE WHEN bool_and(state = 'closed') THEN max(finished_at) END,
+            sum(spans_ended), sum(spans_written), sum(spans_dropped), sum(spans_failed),
+            sum(spans_loaded), count(*), count(*) FILTER (WHERE state = 'open'),
+            count(*) FILTER (WHERE state = 'died')
+        FROM segments WHERE run_id = $1""",
+        [
+            run_id,
+            run.get("scenario"),
+            run.get("policy"),
+            run.get("seed"),
+            run.get("store"),
+            run.get("git_sha"),
+            orjson.dumps(run.get("config") or {}).decode(),
+            orjson.dumps(run.get("versions") or {}).decode(),
+        ],
+    )
+
+
+_SEGMENT_COLUMNS = (
+    "run_id",
+    "segment",
+    "host",
+    "pid",
+    "started_at",
+    "finished_at",
+    "state",
+    "spans_ended",
+    "spans_written",
+    "spans_dropped",
+    "spans_failed",
+    "spans_loaded",
+    "truncated",
+)
+_SEGMENT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("segment", pa.string()),
+        ("host", pa.string()),
+        ("pid", pa.int32()),
+        ("started_at", pa.string()),
+        ("finished_at", pa.string()),
+        ("state", pa.string()),
+        ("spans_ended", pa.int64()),
+        ("spans_written", pa.int64()),
+        ("spans_dropped", pa.int64()),
+        ("spans_failed", pa.int64()),
+        ("spans_loaded", pa.int64()),
+        ("truncated", pa.bool_()),
+    ]
+)
 
 
 def open_runs(traces_dir: Path, runs: Sequence[str]) -> duckdb.DuckDBPyConnection:
@@ -197,7 +338,8 @@ def open_runs(traces_dir: Path, runs: Sequence[str]) -> duckdb.DuckDBPyConnectio
     try:
         for i, run_id in enumerate(runs):
             merged = merge_run(traces_dir, run_id)
-            con.execute(f"ATTACH {_quote(merged.path)} AS run{i} (READ_ONLY)")
+            path = "'" + str(merged.path).replace("'", "''") + "'"
+            con.execute(f"ATTACH {path} AS run{i} (READ_ONLY)")
         for table in TABLES:
             union = " UNION ALL ".join(f"SELECT * FROM run{i}.{table}" for i in range(len(runs)))
             con.execute(f"CREATE TEMP VIEW {table} AS {union}")
