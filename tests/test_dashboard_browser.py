@@ -26,13 +26,13 @@ from agents.context import Context
 from agents.retry import RetryPolicy
 from agents.runner import RunnerSettings
 from agents.worker import Worker
-from blackboard.blackboard import Blackboard
+from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.dashboard.server import DashboardServer
 from blackboard.dashboard.settings import DashboardSettings
 from blackboard.deadletters import DeadLetters
 from blackboard.records import TopicPartition
 from tests.contract.types import Result, Task, registry
-from tests.services import in_ci
+from tests.services import in_ci, unique_name
 from tests.test_cli import CLI
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -333,3 +333,35 @@ def test_chromium_is_debians_and_not_a_playwright_download() -> None:
     if not shutil.which("chromium"):
         pytest.skip("chromium not installed")
     assert Path(CHROMIUM).resolve().is_relative_to("/usr")
+
+
+@pytest.mark.redis
+def test_the_dashboard_follows_a_worker_on_redis_from_another_client(
+    page: Any, tmp_path: Path, redis_url: str
+) -> None:
+    async def slow(task: Task, ctx: Context) -> Result:
+        await asyncio.sleep(0.01)
+        return Result(n=task.n, by="slow")
+
+    prefix = unique_name("dash").replace("-", "")
+    settings = BlackboardSettings(url=redis_url, prefix=prefix, partitions=4)
+    app = App("test", registry=registry)
+    app.add(slow, consumes=Task, publishes=Result, concurrency=4)
+    group = f"{prefix}.slow"
+    with (
+        Blackboard(redis_url, registry=registry, settings=settings) as watched,
+        Blackboard(redis_url, registry=registry, settings=settings) as worked,
+        DashboardServer(watched, _settings(tmp_path)) as server,
+        WorkerThread(Worker(app, worked, FAST)),
+    ):
+        worked.publish_many([Task(n=i) for i in range(300)])
+        eventually(lambda: _get(f"{server.url}/api/groups/{group}")[0] == 200, "the group")
+        _open(page, f"{server.url}/groups/{group}")
+        page.wait_for_function(
+            "document.getElementById('lag-chart').dataset.lastLag === '0'", timeout=30_000
+        )
+        _, doc = _get(f"{server.url}/api/groups/{group}")
+        assert max(lag for _, lag in doc["history"]) > 0  # the chart saw the backlog
+        assert {"delivered", "pending"} <= set(doc["rows"][0])  # Redis' own figures
+        assert page.locator("#partitions-table th", has_text="pending").count() == 1
+        assert doc["status"] == "OK" and doc["total_lag"] == 0

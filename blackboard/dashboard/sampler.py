@@ -33,6 +33,7 @@ from blackboard.topics import DLQ_SUFFIX
 log = get_logger("dashboard")
 
 HISTORY = 300  # points of each group's lag chart (10 minutes at the default 2 s)
+DLQ_REFRESH_S = 5.0  # counting open dead letters reads every DLQ topic: not on every tick
 Key = tuple[str, str, int]  # group, topic, partition
 
 
@@ -62,6 +63,7 @@ class Sampler:
         self._topic_parts: dict[str, int] = {}
         self._agents: list[dict[str, Any]] = []
         self._dlq_depth = 0
+        self._dlq_at = float("-inf")
         self._last = 0.0
         self._listeners: list[Callable[[], None]] = []
         self.ticks = 0
@@ -81,7 +83,10 @@ class Sampler:
         ]
         ends = self.board.store.end_offsets(topics)
         agents = [dataclasses.asdict(s) for s in read_status(self.board)]
-        depth = len(DeadLetters(self.board).entries())
+        depth = self._dlq_depth
+        if now - self._dlq_at >= DLQ_REFRESH_S:
+            depth = len(DeadLetters(self.board).entries())
+            self._dlq_at = now
         window = self.settings.window
         with self._lock:
             lag: dict[str, int] = {}
