@@ -1,7 +1,8 @@
-"""Throughput and end-to-end latency on Kafka: a two-stage pipeline A → B → C, three ways.
+"""Throughput and end-to-end latency on Kafka or Redis: a two-stage pipeline A → B → C.
 
-``python -m bench.kafka_pipeline [--bootstrap HOST:PORT] [--records N] [--rounds R]
-[--option KEY=VALUE] [--json]`` runs on one broker, in one process, an unmeasured warm-up round
+``python -m bench.kafka_pipeline [--store kafka|redis] [--bootstrap HOST:PORT]
+[--redis-url URL] [--records N] [--rounds R] [--option KEY=VALUE] [--json]`` runs on one
+broker (or one redis-server), in one process, an unmeasured warm-up round
 of each variant, then R rounds of each in alternating order (plain, ours, ours, plain, ...: a
 broker still warming up favours neither):
 
@@ -34,12 +35,26 @@ while it goes on processing, so under a backlog a transaction carries what finis
 (the ``rec/txn`` column shows it). Both use the store's transactional settings, which retry
 after 5 ms (librdkafka's default 100 ms back-off after CONCURRENT_TRANSACTIONS would cap either
 loop near 10 transactions/s); ``--option producer.retry.backoff.ms=100`` restores it for both.
+
+Redis (``--store redis``): the same pipeline, inputs and figures on ``Blackboard("redis://...")``.
+The plain loop is then one redis-py client per stage in a thread: ``XREADGROUP`` (COUNT
+``commit_every``, BLOCK until the batch is due) over the source topic's partition streams into a
+local buffer (as librdkafka prefetches), batches of up to ``commit_every`` records or
+``commit_interval_ms``, each one ``MULTI``/``EXEC`` that ``XADD``s the outputs (``0-*``, our
+store's entry format, same partition) and ``XACK``s the inputs — no leases, no ``WATCH``, no
+wake-up ``PUBLISH``: the floor of any Python runtime. The C reader ``XREAD``s the partition
+streams (everything in a stream is committed); a record's latency is its C entry's ``t`` field
+(stamped as stage 2 builds its committing ``MULTI``) minus the input's ``created_at``. Without
+``--redis-url`` (or ``REDIS_URL``) the script starts its own ``redis-server`` with
+:class:`compose.redis_local.RedisLocal` and stops it at the end. ``--option`` then sets store URL
+query keys (:mod:`blackboard.stores.redis_settings`) for both variants.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import gc
 import json
@@ -59,6 +74,8 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTP
 from confluent_kafka.admin import AdminClient
+from redis import Redis
+from redis.exceptions import RedisError, ResponseError
 
 from agents.agent import App
 from agents.context import Context
@@ -66,13 +83,17 @@ from agents.runner import RunnerSettings
 from agents.worker import Worker
 from bench.pipeline import A, B, C, registry
 from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.records import TopicPartition
 from blackboard.stores.kafka_settings import KafkaSettings
+from blackboard.stores.redis_entries import record_from, text
+from blackboard.stores.redis_settings import RedisKeys, RedisSettings
 
 PARTITIONS = 8
 CHUNK = 1000
 WARMUP = 200
 WARMUP_ROUND = 5000
 PLAIN = "plain confluent-kafka"
+PLAIN_REDIS = "plain redis-py"
 OURS = "ours exactly-once"
 AT_LEAST_ONCE = "at-least-once: not offered (the runtime has only exactly-once commits)"
 TARGET = 0.7
@@ -85,6 +106,11 @@ class BenchError(Exception):
 def progress(message: str) -> None:
     """One progress line on stderr."""
     print(f"kafka_pipeline: {message}", file=sys.stderr, flush=True)
+
+
+def is_redis(url: str) -> bool:
+    """True for a Redis store URL."""
+    return url.startswith("redis://")
 
 
 def build_app() -> App:
@@ -103,21 +129,69 @@ def build_app() -> App:
 
 
 def open_board(url: str, prefix: str) -> Blackboard:
-    """A Kafka blackboard with its own topic prefix and :data:`PARTITIONS` partitions."""
+    """A blackboard with its own topic prefix and :data:`PARTITIONS` partitions."""
     # The URL goes into the settings too: given settings, Blackboard opens settings.url.
     settings = BlackboardSettings(url=url, prefix=prefix, partitions=PARTITIONS)
     return Blackboard(url, registry=registry, settings=settings)
 
 
-def publish_inputs(board: Blackboard, first: int, count: int) -> dict[int, float]:
-    """Publish A(n) for n in [first, first + count) in chunks; return n → created_at (epoch s)."""
+def publish_inputs(
+    board: Blackboard, first: int, count: int, stop: threading.Event | None = None
+) -> dict[int, float]:
+    """Publish A(n) for n in [first, first + count) in chunks; return n → created_at (epoch s).
+    A set ``stop`` ends it between chunks."""
     created: dict[int, float] = {}
     for start in range(first, first + count, CHUNK):
+        if stop is not None and stop.is_set():
+            break
         numbers = range(start, min(first + count, start + CHUNK))
         envelopes = board.publish_many([A(n=i) for i in numbers])
         for i, env in zip(numbers, envelopes, strict=True):
             created[i] = env.created_at.timestamp()
     return created
+
+
+class Publisher:
+    """Publishes the measured inputs from its own thread, as fast as it goes.
+
+    Args:
+        board: the blackboard of the variant.
+        count: inputs A(0) … A(count - 1).
+    """
+
+    def __init__(self, board: Blackboard, count: int) -> None:
+        self.created: dict[int, float] = {}
+        self.error: BaseException | None = None
+        self._board = board
+        self._count = count
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-publisher", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.created = publish_inputs(self._board, 0, self._count, self._stop)
+        except BaseException as exc:  # reported by the waiting thread
+            self.error = exc
+
+    def start(self) -> None:
+        """Start publishing."""
+        self._thread.start()
+
+    def check(self, variant: str) -> None:
+        """Raise BenchError if publishing failed."""
+        if self.error is not None:
+            raise BenchError(f"{variant}: publishing the inputs failed: {self.error!r}")
+
+    def join(self) -> dict[int, float]:
+        """Wait for the end; return n → created_at (epoch s)."""
+        self._thread.join()
+        return self.created
+
+    def stop(self) -> None:
+        """End between chunks and wait (so the board is not closed under it)."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(30)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -130,19 +204,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Sink:
-    """Reads topic C ``read_committed`` in a thread and notes, per input number, the C record's
-    CreateTime and when it became visible.
+    """Reads the final topic in a thread and notes, per input number, the C record's append
+    time and when it became visible; :class:`KafkaSink` and :class:`RedisSink` fetch."""
 
-    Args:
-        settings: the librdkafka settings of the run.
-        topic: the final topic.
-    """
-
-    def __init__(self, settings: KafkaSettings, topic: str) -> None:
-        config = {**settings.reader_config(), "fetch.wait.max.ms": 10}
-        self._consumer = Consumer(config)
-        self._consumer.assign([KafkaTP(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-        self.produced_ms: dict[int, int] = {}
+    def __init__(self) -> None:
+        self.produced_ms: dict[int, float] = {}
         self.seen_at: dict[int, float] = {}
         self.measured = 0
         self.last_seen_perf = 0.0
@@ -150,22 +216,27 @@ class Sink:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sink", daemon=True)
-        self._thread.start()
+
+    def _fetch(self) -> list[tuple[bytes | None, float]]:
+        """Wait briefly for new C records; return (value, append time in ms) of each."""
+        raise NotImplementedError
+
+    def _close_client(self) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                messages = self._consumer.consume(1000, 0.05)
+                fetched = self._fetch()
                 wall, perf = time.time(), time.perf_counter()
-                for m in messages:
-                    value = m.value()
-                    if m.error() is not None or value is None:
+                for value, produced_ms in fetched:
+                    if value is None:
                         continue
                     n = int(orjson.loads(value)["n"])
                     if n in self.produced_ms:
                         self.duplicates += 1
                         continue
-                    self.produced_ms[n] = m.timestamp()[1]
+                    self.produced_ms[n] = produced_ms
                     self.seen_at[n] = wall
                     if n >= 0:
                         self.measured += 1
@@ -173,16 +244,85 @@ class Sink:
         except BaseException as exc:  # reported by the waiting thread
             self.error = exc
         finally:
-            self._consumer.close()
+            self._close_client()
 
     def count(self, warmup: bool = False) -> int:
         """How many distinct measured (or, with ``warmup``, warm-up) records arrived."""
         return len(self.produced_ms) - self.measured if warmup else self.measured
 
     def close(self) -> None:
-        """Stop reading and close the consumer."""
+        """Stop reading and close the client."""
         self._stop.set()
         self._thread.join(10)
+
+
+class KafkaSink(Sink):
+    """Reads topic C ``read_committed``; the append time is the C record's CreateTime.
+
+    Args:
+        settings: the librdkafka settings of the run.
+        topic: the final topic.
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        super().__init__()
+        config = {**settings.reader_config(), "fetch.wait.max.ms": 10}
+        self._consumer = Consumer(config)
+        self._consumer.assign([KafkaTP(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+        self._thread.start()
+
+    def _fetch(self) -> list[tuple[bytes | None, float]]:
+        return [
+            (m.value(), float(m.timestamp()[1]))
+            for m in self._consumer.consume(1000, 0.05)
+            if m.error() is None
+        ]
+
+    def _close_client(self) -> None:
+        self._consumer.close()
+
+
+class RedisSink(Sink):
+    """Reads topic C's partition streams with ``XREAD`` (everything in a stream is committed)
+    and decodes entries as the store does; the append time is the entry's ``t`` field.
+
+    Args:
+        url: the store URL of the run (its own connection).
+        topic: the final topic.
+    """
+
+    def __init__(self, url: str, topic: str) -> None:
+        super().__init__()
+        settings = RedisSettings.from_url(url)
+        keys = RedisKeys(settings.key_prefix)
+        self._topic = topic
+        self._client = Redis.from_url(settings.connection_url, protocol=2)
+        self._partition = {
+            keys.stream(TopicPartition(topic, p)).encode(): p for p in range(PARTITIONS)
+        }
+        self._cursor: dict[bytes, bytes] = dict.fromkeys(self._partition, b"0-0")
+        self._thread.start()
+
+    def _fetch(self) -> list[tuple[bytes | None, float]]:
+        reply: Any = self._client.xread(self._cursor, count=1000, block=50)  # type: ignore[arg-type]
+        out: list[tuple[bytes | None, float]] = []
+        for stream, entries in reply or ():
+            partition = self._partition[stream]
+            for entry, fields in entries:
+                rec = record_from(self._topic, partition, entry, fields)
+                out.append((rec.value, rec.timestamp * 1000.0))
+                self._cursor[stream] = entry
+        return out
+
+    def _close_client(self) -> None:
+        self._client.close()
+
+
+def open_sink(url: str, topic: str) -> Sink:
+    """The final topic's reader for the store ``url`` names."""
+    if is_redis(url):
+        return RedisSink(url, topic)
+    return KafkaSink(KafkaSettings.from_url(url), topic)
 
 
 # -- the plain loop ----------------------------------------------------------------------------
@@ -268,6 +408,111 @@ class PlainStage:
         else:  # never started
             self._consumer.close()
             self._producer.flush(10)
+
+
+class RedisPlainStage:
+    """One consume-transform-produce stage on bare redis-py, in its own thread.
+
+    ``XREADGROUP`` over the source topic's partition streams into a local buffer; per batch
+    (``commit_every`` records or ``commit_interval_ms`` after the first) one ``MULTI``/``EXEC``
+    that ``XADD``s each output to the same partition of the target topic, in our store's entry
+    format (:mod:`blackboard.stores.redis_entries`), and ``XACK``s the inputs. No leases.
+
+    Args:
+        url: the store URL of the run (its own connection).
+        group: the Redis consumer group on the source streams.
+        source: topic read.
+        target: topic written.
+        runner: commit thresholds (``commit_every``, ``commit_interval_ms``).
+    """
+
+    def __init__(
+        self, url: str, group: str, source: str, target: str, runner: RunnerSettings
+    ) -> None:
+        settings = RedisSettings.from_url(url)
+        keys = RedisKeys(settings.key_prefix)
+        self.group = group
+        self.commits = 0
+        self.error: BaseException | None = None
+        self._every = runner.commit_every
+        self._interval = runner.commit_interval_ms / 1000.0
+        self._client = Redis.from_url(settings.connection_url, protocol=2)
+        self._sources = [keys.stream(TopicPartition(source, p)) for p in range(PARTITIONS)]
+        self._partition = {s.encode(): p for p, s in enumerate(self._sources)}
+        self._targets = [keys.stream(TopicPartition(target, p)) for p in range(PARTITIONS)]
+        for stream in self._sources:
+            try:
+                self._client.xgroup_create(stream, group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"plain-{group}", daemon=True)
+
+    def start(self) -> None:
+        """Start the loop."""
+        self._thread.start()
+
+    def _read(self, wait: float) -> list[tuple[bytes, bytes, dict[bytes, bytes]]]:
+        """Up to ``commit_every`` entries per stream, blocking up to ``wait`` seconds."""
+        streams: Any = dict.fromkeys(self._sources, ">")
+        reply: Any = self._client.xreadgroup(
+            self.group, "plain", streams, count=self._every, block=max(1, int(wait * 1000))
+        )
+        return [
+            (stream, entry, fields) for stream, entries in reply or () for entry, fields in entries
+        ]
+
+    def _run(self) -> None:
+        buffered: collections.deque[tuple[bytes, bytes, dict[bytes, bytes]]] = collections.deque()
+        batch: list[tuple[bytes, bytes, dict[bytes, bytes]]] = []
+        deadline = 0.0
+        try:
+            while not self._stop.is_set():
+                if batch and (len(batch) >= self._every or time.monotonic() >= deadline):
+                    self._commit(batch)
+                    batch = []
+                if not buffered:
+                    wait = max(0.0, deadline - time.monotonic()) if batch else self._interval
+                    buffered.extend(self._read(wait))
+                if buffered and not batch:
+                    deadline = time.monotonic() + self._interval
+                while buffered and len(batch) < self._every:
+                    batch.append(buffered.popleft())
+            if batch:
+                self._commit(batch)
+        except BaseException as exc:  # reported by the waiting thread
+            self.error = exc
+        finally:
+            self._client.close()
+
+    def _commit(self, batch: list[tuple[bytes, bytes, dict[bytes, bytes]]]) -> None:
+        stamp = str(int(time.time() * 1000)).encode()
+        acks: dict[bytes, list[bytes]] = {}
+        with self._client.pipeline(transaction=True) as pipe:
+            for stream, entry, fields in batch:
+                out: dict[bytes, bytes] = {}  # the order entry_fields writes: k, v, h, t
+                if b"k" in fields:
+                    out[b"k"] = fields[b"k"]
+                out[b"v"] = orjson.dumps({"n": orjson.loads(fields[b"v"])["n"]})
+                if b"h" in fields:
+                    out[b"h"] = fields[b"h"]
+                out[b"t"] = stamp
+                values: Any = out  # redis-py types the mapping invariantly; bytes are fine
+                pipe.xadd(self._targets[self._partition[stream]], values, id="0-*")
+                acks.setdefault(stream, []).append(entry)
+            for stream, ids in acks.items():
+                pipe.xack(stream, self.group, *ids)
+            pipe.execute()
+        self.commits += 1
+
+    def stop(self) -> None:
+        """Finish the current batch, commit it, close the connection."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(30)
+        else:  # never started
+            self._client.close()
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -378,71 +623,83 @@ def _deadline(records: int) -> float:
     return time.monotonic() + 60.0 + records / 100.0
 
 
+def plain_variant(url: str) -> str:
+    """The name of the plain loop on the store ``url`` names."""
+    return PLAIN_REDIS if is_redis(url) else PLAIN
+
+
 def run_plain(url: str, records: int, runner: RunnerSettings) -> Round:
-    """The plain confluent-kafka loop: two threaded stages, inputs from their own thread."""
+    """The plain loop (confluent-kafka or redis-py, as ``url`` says): two threaded stages,
+    inputs from their own thread."""
+    variant = plain_variant(url)
     prefix = f"bench-{uuid.uuid4().hex[:8]}-plain"
     board = open_board(url, prefix)
-    settings = KafkaSettings.from_url(url)
     a, b, c = (board.topic(t) for t in (A, B, C))
-    stages: list[PlainStage] = []
+    stages: list[PlainStage | RedisPlainStage] = []
     sink: Sink | None = None
+    publisher = Publisher(board, records)
     try:
         board.ensure_topics([registry.of(t) for t in (A, B, C)])
-        stages = [
-            PlainStage(settings, f"{prefix}.ab", a, b, runner),
-            PlainStage(settings, f"{prefix}.bc", b, c, runner),
-        ]
-        sink = Sink(settings, c)
+        if is_redis(url):
+            stages = [
+                RedisPlainStage(url, f"{prefix}.ab", a, b, runner),
+                RedisPlainStage(url, f"{prefix}.bc", b, c, runner),
+            ]
+        else:
+            settings = KafkaSettings.from_url(url)
+            stages = [
+                PlainStage(settings, f"{prefix}.ab", a, b, runner),
+                PlainStage(settings, f"{prefix}.bc", b, c, runner),
+            ]
+        sink = open_sink(url, c)
         for stage in stages:
             stage.start()
 
         def check() -> None:
+            publisher.check(variant)
             for stage in stages:
                 if stage.error is not None:
-                    raise BenchError(f"{PLAIN}: stage {stage.group} failed: {stage.error!r}")
+                    raise BenchError(f"{variant}: stage {stage.group} failed: {stage.error!r}")
 
-        waiter = Waiter(PLAIN, sink, check)
+        waiter = Waiter(variant, sink, check)
         publish_inputs(board, -WARMUP, WARMUP)
         deadline = _deadline(WARMUP)
         while not waiter.done(WARMUP, True, deadline):
             time.sleep(0.01)
-        created: dict[int, float] = {}
-        publisher = threading.Thread(
-            target=lambda: created.update(publish_inputs(board, 0, records)),
-            name="bench-publisher",
-            daemon=True,
-        )
         started = time.perf_counter()
         publisher.start()
         deadline = _deadline(records)
         while not waiter.done(records, False, deadline):
             time.sleep(0.01)
-        publisher.join()
+        created = publisher.join()
         transactions = sum(s.commits for s in stages)
-        return _round(PLAIN, sink, created, started, transactions)
+        return _round(variant, sink, created, started, transactions)
     finally:
+        publisher.stop()
         for stage in stages:
             stage.stop()
         if sink is not None:
             sink.close()
         board.close()
-        drop_prefix(settings, prefix)
+        drop_prefix(url, prefix)
 
 
 async def run_ours(url: str, records: int, runner: RunnerSettings) -> Round:
-    """Our runtime: a Worker running the two agents; inputs published from their own thread."""
+    """Our runtime on the store ``url`` names (Kafka or Redis): a Worker running the two agents;
+    inputs published from their own thread."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}-ours"
     board = open_board(url, prefix)
-    settings = KafkaSettings.from_url(url)
     app = build_app()
     sink: Sink | None = None
+    publisher = Publisher(board, records)
     try:
         board.ensure_topics(app.types())
         worker = Worker(app, board, runner)
-        sink = Sink(settings, board.topic(C))
+        sink = open_sink(url, board.topic(C))
         task = asyncio.create_task(worker.run(), name="bench-worker")
 
         def check() -> None:
+            publisher.check(OURS)
             if task.done():
                 why = "cancelled" if task.cancelled() else repr(task.exception())
                 raise BenchError(f"{OURS}: the worker stopped: {why}")
@@ -455,11 +712,11 @@ async def run_ours(url: str, records: int, runner: RunnerSettings) -> Round:
             while not waiter.done(WARMUP, True, deadline):  # noqa: ASYNC110 - a thread counts, no event
                 await asyncio.sleep(0.01)
             started = time.perf_counter()
-            publishing = asyncio.create_task(asyncio.to_thread(publish_inputs, board, 0, records))
+            publisher.start()
             deadline = _deadline(records)
             while not waiter.done(records, False, deadline):  # noqa: ASYNC110 - as above
                 await asyncio.sleep(0.01)
-            created = await publishing
+            created = await asyncio.to_thread(publisher.join)
             transactions = sum(r.stats.commits for r in worker.runners)
             return _round(OURS, sink, created, started, transactions)
         finally:
@@ -467,14 +724,19 @@ async def run_ours(url: str, records: int, runner: RunnerSettings) -> Round:
             with contextlib.suppress(Exception):
                 await task
     finally:
+        publisher.stop()
         if sink is not None:
             sink.close()
         board.close()
-        drop_prefix(settings, prefix)
+        drop_prefix(url, prefix)
 
 
-def drop_prefix(settings: KafkaSettings, prefix: str) -> None:
+def drop_prefix(url: str, prefix: str) -> None:
     """Delete the topics and consumer groups of one variant (best effort)."""
+    if is_redis(url):
+        drop_redis_prefix(url, prefix)
+        return
+    settings = KafkaSettings.from_url(url)
     admin = AdminClient(settings.admin_config())
     try:
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix + ".")]
@@ -489,7 +751,30 @@ def drop_prefix(settings: KafkaSettings, prefix: str) -> None:
         progress(f"could not delete the topics of {prefix}: {exc}")
 
 
-# -- the broker and the command line ------------------------------------------------------------
+def drop_redis_prefix(url: str, prefix: str) -> None:
+    """Delete the streams, group keys and registrations of one variant (best effort)."""
+    settings = RedisSettings.from_url(url)
+    keys = RedisKeys(settings.key_prefix)
+    head = prefix + "."
+    client = Redis.from_url(settings.connection_url, protocol=2)
+    try:
+        for pattern in (f"{keys.prefix}s:{head}*", f"{keys.prefix}g:{head}*"):
+            names = list(client.scan_iter(match=pattern, count=1000))
+            for i in range(0, len(names), 500):
+                client.delete(*names[i : i + 500])
+        topics = [t for t in client.hkeys(keys.topics) if text(t).startswith(head)]
+        if topics:
+            client.hdel(keys.topics, *topics)
+        groups = [g for g in client.smembers(keys.groups) if text(g).startswith(head)]
+        if groups:
+            client.srem(keys.groups, *groups)
+    except RedisError as exc:
+        progress(f"could not delete the keys of {prefix}: {exc}")
+    finally:
+        client.close()
+
+
+# -- the servers and the command line -----------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -513,66 +798,138 @@ def kafka_broker(bootstrap: str | None) -> Iterator[tuple[str, str]]:
         local.cleanup()
 
 
+@contextlib.contextmanager
+def redis_server(url: str | None) -> Iterator[tuple[str, str]]:
+    """Yield ``(redis URL, description)``: the given server, or a local one started here (a
+    temporary data dir on a free port) and stopped at the end by its own API."""
+    given = url or os.environ.get("REDIS_URL")
+    if given:
+        yield given, "external Redis"
+        return
+    from compose.redis_local import RedisLocal
+
+    local = RedisLocal(die_with_parent=True)
+    progress(f"starting a local redis-server in {local.data_dir}")
+    try:
+        local.start()
+        client = Redis.from_url(local.url, protocol=2)
+        try:
+            version = str(client.info("server").get("redis_version", "?"))
+        finally:
+            client.close()
+        progress(f"redis-server {version} ready on {local.url}")
+        yield local.url, f"local Redis {version} (started by the benchmark)"
+    finally:
+        progress("stopping the local redis-server")
+        local.cleanup()
+
+
+def with_options(url: str, query: str) -> str:
+    """``url`` with the query ``query`` appended."""
+    if not query:
+        return url
+    return url + ("&" if "?" in url else "?") + query
+
+
+@contextlib.contextmanager
+def store_url(
+    store: str, bootstrap: str | None, redis_url: str | None, query: str
+) -> Iterator[tuple[str, str]]:
+    """Yield ``(store URL with the options, description)`` of the server the run uses."""
+    if store == "redis":
+        with redis_server(redis_url) as (url, server):
+            yield with_options(url, query), server
+    else:
+        with kafka_broker(bootstrap) as (address, broker):
+            yield with_options(f"kafka://{address}", query), broker
+
+
 def _run_variant(variant: str, url: str, records: int, runner: RunnerSettings) -> Round:
     progress(f"{variant}: {records} records")
-    if variant == PLAIN:
+    if variant == plain_variant(url):
         measured = run_plain(url, records, runner)
     else:
         measured = asyncio.run(run_ours(url, records, runner))
-    gc.collect()  # closes the clients a variant left in reference cycles while the broker is up
+    gc.collect()  # closes the clients a variant left in reference cycles while the server is up
     progress(f"{variant}: {measured.records / measured.seconds:.0f} records/s")
     return measured
 
 
-def run(bootstrap: str | None, records: int, rounds: int, options: list[str]) -> dict[str, Any]:
-    """Run every variant ``rounds`` times on one broker and return the JSON document.
+def run(
+    bootstrap: str | None,
+    records: int,
+    rounds: int,
+    options: list[str],
+    *,
+    store: str = "kafka",
+    redis_url: str | None = None,
+) -> dict[str, Any]:
+    """Run every variant ``rounds`` times on one server and return the JSON document.
 
     An unmeasured round of each variant comes first, then the rounds alternate the order
-    (plain, ours, ours, plain, ...) so that a broker still warming up favours neither.
-    ``options`` are ``key=value`` librdkafka overrides in the store URL's syntax
-    (:mod:`blackboard.stores.kafka_settings`), given to both variants alike.
+    (plain, ours, ours, plain, ...) so that a server still warming up favours neither.
+    ``options`` are ``key=value`` store URL query keys, given to both variants alike: librdkafka
+    overrides on Kafka (:mod:`blackboard.stores.kafka_settings`), our keys or redis-py options
+    on Redis (:mod:`blackboard.stores.redis_settings`).
     """
     runner = RunnerSettings()
     query = urlencode([(k, v) for k, _, v in (o.partition("=") for o in options)])
-    measured: dict[str, list[Round]] = {PLAIN: [], OURS: []}
-    with kafka_broker(bootstrap) as (address, broker):
-        url = f"kafka://{address}" + (f"?{query}" if query else "")
-        progress("warm-up round, not measured (a cold broker commits transactions slowly)")
-        for variant in (PLAIN, OURS):
+    redis = store == "redis"
+    plain_name = PLAIN_REDIS if redis else PLAIN
+    measured: dict[str, list[Round]] = {plain_name: [], OURS: []}
+    with store_url(store, bootstrap, redis_url, query) as (url, server):
+        progress("warm-up round, not measured (a cold server commits transactions slowly)")
+        for variant in (plain_name, OURS):
             _run_variant(variant, url, min(records, WARMUP_ROUND), runner)
         for i in range(rounds):
-            order = (PLAIN, OURS) if i % 2 == 0 else (OURS, PLAIN)
+            order = (plain_name, OURS) if i % 2 == 0 else (OURS, plain_name)
             for variant in order:
                 measured[variant].append(_run_variant(variant, url, records, runner))
-    plain, ours = summarize(PLAIN, measured[PLAIN]), summarize(OURS, measured[OURS])
+    plain, ours = summarize(plain_name, measured[plain_name]), summarize(OURS, measured[OURS])
     ratio = round(ours.records_per_s / plain.records_per_s, 3)
     variants = [
         asdict(plain) | {"ratio_to_plain": 1.0},
         asdict(ours) | {"ratio_to_plain": ratio},
     ]
+    if redis:
+        inputs = (
+            f"published up front by Blackboard.publish_many (chunks of {CHUNK}, one MULTI/EXEC "
+            "each) from their own thread, as fast as it goes, while the pipeline drains them"
+        )
+        throughput = "records / (first input published -> last C entry XREAD), summed over rounds"
+        latency = (
+            "C entry's t field (stamped as stage 2 builds its committing MULTI) - input "
+            "envelope created_at; visible_*: when an XREAD reader got it instead"
+        )
+    else:
+        inputs = (
+            f"published up front by one idempotent producer (Blackboard.publish_many, chunks of "
+            f"{CHUNK}) from their own thread, as fast as it goes, while the pipeline drains them"
+        )
+        throughput = (
+            "records / (first input published -> last C record read read_committed), "
+            "summed over the rounds"
+        )
+        latency = (
+            "C record CreateTime (stamped as stage 2 produces it inside the committing "
+            "transaction) - input envelope created_at; visible_*: when a read_committed "
+            "reader got it instead"
+        )
     return {
-        "broker": broker,
+        "store": store,
+        "broker": server,
         "records": records,
         "rounds": rounds,
         "partitions": PARTITIONS,
-        "librdkafka_overrides": options,
+        "store_options": options,
+        "librdkafka_overrides": [] if redis else options,
         "warmup_records": WARMUP,
         "warmup_round_records": min(records, WARMUP_ROUND),
         "commit_every": runner.commit_every,
         "commit_interval_ms": runner.commit_interval_ms,
-        "inputs": (
-            f"published up front by one idempotent producer (Blackboard.publish_many, chunks of "
-            f"{CHUNK}) from their own thread, as fast as it goes, while the pipeline drains them"
-        ),
-        "throughput": (
-            "records / (first input published -> last C record read read_committed), "
-            "summed over the rounds"
-        ),
-        "latency": (
-            "C record CreateTime (stamped as stage 2 produces it inside the committing "
-            "transaction) - input envelope created_at; visible_*: when a read_committed "
-            "reader got it instead"
-        ),
+        "inputs": inputs,
+        "throughput": throughput,
+        "latency": latency,
         "variants": variants,
         "at_least_once": "not offered",
         "target_ratio": TARGET,
@@ -582,14 +939,16 @@ def run(bootstrap: str | None, records: int, rounds: int, options: list[str]) ->
 
 def print_table(doc: dict[str, Any]) -> None:
     """The human-readable form of the document."""
+    store = "Redis" if doc.get("store") == "redis" else "Kafka"
     print(
-        f"Kafka pipeline A -> B -> C: {doc['records']} records x {doc['rounds']} rounds "
+        f"{store} pipeline A -> B -> C: {doc['records']} records x {doc['rounds']} rounds "
         f"per variant, {doc['partitions']} partitions, "
         f"commit every {doc['commit_every']} records / {doc['commit_interval_ms']:g} ms "
         f"({doc['broker']})"
     )
-    if doc["librdkafka_overrides"]:
-        print(f"librdkafka overrides (both variants): {' '.join(doc['librdkafka_overrides'])}")
+    if doc["store_options"]:
+        what = "store URL options" if store == "Redis" else "librdkafka overrides"
+        print(f"{what} (both variants): {' '.join(doc['store_options'])}")
     print(f"inputs: {doc['inputs']}")
     print(f"records/s: {doc['throughput']}")
     print(f"latency: {doc['latency']}")
@@ -615,15 +974,23 @@ def print_table(doc: dict[str, Any]) -> None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: clients closed, broker stopped
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: clients closed, servers stopped
 
 
 def main() -> None:
     """Parse the arguments, run the variants and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
+        "--store", choices=("kafka", "redis"), default="kafka", help="the store to run on"
+    )
+    parser.add_argument(
         "--bootstrap",
         help="an existing broker (default: KAFKA_BOOTSTRAP_SERVERS, else start a local one)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="an existing Redis, redis://host:port/db (default: REDIS_URL, else start a local "
+        "redis-server)",
     )
     parser.add_argument("--records", type=int, default=20_000, help="inputs per variant and round")
     parser.add_argument(
@@ -634,8 +1001,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="librdkafka override for both variants, as in the store URL's query "
-        "(e.g. producer.retry.backoff.ms=5); repeatable",
+        help="store URL query key for both variants: a librdkafka override on Kafka (e.g. "
+        "producer.retry.backoff.ms=5), a Redis store key or redis-py option on Redis; repeatable",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
@@ -648,7 +1015,14 @@ def main() -> None:
     configure_logging("warning")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        doc = run(args.bootstrap, args.records, args.rounds, args.option)
+        doc = run(
+            args.bootstrap,
+            args.records,
+            args.rounds,
+            args.option,
+            store=args.store,
+            redis_url=args.redis_url,
+        )
     except KeyboardInterrupt:
         progress("interrupted")
         sys.exit(130)
