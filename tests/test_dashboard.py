@@ -6,7 +6,14 @@ import pytest
 from starlette.requests import Request
 
 from blackboard.dashboard.auth import change_refusal, may_read
-from blackboard.dashboard.health import Sample, desired_workers, partition_status, rate, worst
+from blackboard.dashboard.health import (
+    Sample,
+    desired_workers,
+    moved,
+    partition_status,
+    rate,
+    worst,
+)
 from blackboard.dashboard.settings import DashboardSettings, is_loopback
 from blackboard.errors import ConfigError
 from tests.test_cli import run
@@ -17,22 +24,24 @@ def _window(*points: tuple[int, int | None]) -> list[Sample]:
 
 
 @pytest.mark.parametrize(
-    ("points", "status"),
+    ("points", "group_active", "status"),
     [
-        ([(10, 5)], "OK"),  # one sample says nothing yet
-        ([(10, 5), (20, 20), (30, 25)], "OK"),  # caught up once in the window
-        ([(10, 5), (20, 18), (30, 26)], "OK"),  # moving, lag not always growing
-        ([(10, 5), (20, 8), (30, 9)], "WARN"),  # moving, lag grows every time
-        ([(10, 5), (20, 5), (30, 5)], "STALL"),  # records arrive, nothing committed
-        ([(10, 5), (10, 5), (10, 5)], "STOP"),  # nothing moves at all, lag left
-        ([(10, None), (12, None)], "STALL"),  # never committed, records arriving
-        ([(10, 8), (20, 4), (30, 9)], "REWIND"),  # committed went backwards
+        ([(10, 5)], False, "OK"),  # one sample says nothing yet
+        ([(10, 5), (20, 20), (30, 25)], True, "OK"),  # caught up once in the window
+        ([(10, 5), (20, 18), (30, 26)], True, "OK"),  # moving, lag not always growing
+        ([(10, 5), (20, 8), (30, 9)], True, "WARN"),  # moving, lag grows every time
+        ([(10, 5), (20, 5), (30, 5)], True, "STALL"),  # the group commits, not here
+        ([(10, 5), (10, 5), (10, 5)], True, "STALL"),
+        ([(10, 5), (20, 5), (30, 5)], False, "STOP"),  # the group commits nothing at all
+        ([(10, None), (12, None)], False, "STOP"),  # never committed
+        ([(10, 8), (20, 4), (30, 9)], True, "REWIND"),  # committed went backwards
     ],
 )
 def test_partition_status_follows_burrows_rules(
-    points: list[tuple[int, int | None]], status: str
+    points: list[tuple[int, int | None]], group_active: bool, status: str
 ) -> None:
-    assert partition_status(_window(*points)) == status
+    window = _window(*points)
+    assert partition_status(window, group_active or moved(window)) == status
 
 
 def test_group_status_is_the_worst_partition_and_rates_come_from_deltas() -> None:

@@ -2,13 +2,16 @@
 
 Burrow evaluates each partition over a window of recent committed offsets; we sample the end
 and committed offsets every interval instead of reading commit events, so a commit of the
-same offset is indistinguishable from no commit. The rules, in order, per partition:
+same offset is indistinguishable from no commit, and whether the consumer still commits at all
+is judged from the whole group: it is active when its committed offset moved on any partition
+in the window. The rules, in order, per partition:
 
 - ``OK``: fewer than two samples, or the lag was zero in any sample of the window.
 - ``REWIND``: the committed offset went backwards between two samples.
-- ``STOP``: the committed offset did not move and neither did the end offset, with lag left:
-  nobody is consuming (the consumer stopped).
-- ``STALL``: the committed offset did not move while records kept arriving (lag grows).
+- ``STOP``: the committed offset did not move, lag is left, and the group committed nothing
+  anywhere in the window (the consumer stopped).
+- ``STALL``: the committed offset did not move, lag is left, while the group commits on other
+  partitions (the consumer is alive but stuck on this one).
 - ``WARN``: the committed offset moves, but the lag grew between every pair of samples.
 - ``OK`` otherwise.
 
@@ -40,15 +43,21 @@ class Sample:
         return max(0, self.end - (self.committed or 0))
 
 
-def partition_status(window: Sequence[Sample]) -> Status:
-    """The status of one partition over ``window`` (oldest first)."""
+def moved(window: Sequence[Sample]) -> bool:
+    """Whether the committed offset changed within ``window``."""
+    return len({s.committed for s in window}) > 1
+
+
+def partition_status(window: Sequence[Sample], group_active: bool) -> Status:
+    """The status of one partition over ``window`` (oldest first); ``group_active``: the
+    group's committed offset moved on some partition in the window."""
     if len(window) < 2 or any(s.lag == 0 for s in window):
         return "OK"
     committed = [s.committed or 0 for s in window]
     if any(b < a for a, b in itertools.pairwise(committed)):
         return "REWIND"
     if committed[0] == committed[-1]:
-        return "STOP" if window[0].end == window[-1].end else "STALL"
+        return "STALL" if group_active else "STOP"
     lags = [s.lag for s in window]
     if all(b > a for a, b in itertools.pairwise(lags)):
         return "WARN"

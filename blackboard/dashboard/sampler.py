@@ -19,6 +19,7 @@ from blackboard.dashboard.health import (
     Sample,
     Status,
     desired_workers,
+    moved,
     partition_status,
     rate,
     worst,
@@ -150,10 +151,10 @@ class Sampler:
 
     # -- views ----------------------------------------------------------------------------
     def _group_rows(self, group: str) -> list[dict[str, Any]]:
+        windows = sorted((k, list(w)) for k, w in self._partitions.items() if k[0] == group)
+        active = any(moved(w) for _, w in windows)
         out = []
-        for (g, topic, partition), window in sorted(self._partitions.items()):
-            if g != group:
-                continue
+        for (g, topic, partition), window in windows:
             last = window[-1]
             out.append(
                 {
@@ -162,7 +163,7 @@ class Sampler:
                     "end_offset": last.end,
                     "committed_offset": last.committed,
                     "lag": last.lag,
-                    "status": partition_status(list(window)),
+                    "status": partition_status(window, active),
                     **self._extras.get((g, topic, partition), {}),
                 }
             )
