@@ -1,8 +1,9 @@
 """Traced runs for the runs page, through the observability package's public functions.
 
-Only merged files are opened (:func:`observability.segments.open_runs` merges the run's
-closed segments into ``run.duckdb`` first and leaves out any segment a worker still writes),
-never a live segment (DESIGN.md §6).
+Only merged files are opened: :func:`observability.segments.open_runs` first merges a run's
+segments (Arrow streams the workers append to) into ``<run>/run.duckdb`` in a fresh file
+swapped in atomically, then attaches that file read-only. The dashboard never opens a DuckDB
+file a worker is writing (DESIGN.md §6); a run still being written shows as partial.
 """
 
 from __future__ import annotations
