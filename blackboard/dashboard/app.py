@@ -69,8 +69,13 @@ class Dashboard:
 
 
 def _error(exc: BlackboardError) -> JSON:
-    status = 400 if isinstance(exc, ConfigError) else 404 if isinstance(exc, TraceError) else 503
-    if isinstance(exc, StoreError):
+    """Our error as a JSON answer: bad input 400, missing traces 404, store trouble 503."""
+    status = 500
+    if isinstance(exc, ConfigError):
+        status = 400
+    elif isinstance(exc, TraceError):
+        status = 404
+    elif isinstance(exc, StoreError):
         status = 503
     return JSON({"error": str(exc)}, status_code=status)
 
@@ -215,8 +220,8 @@ def create_app(board: Blackboard, settings: DashboardSettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             await asyncio.to_thread(dash.sampler.sample)  # pages have data from the start
-        except BlackboardError as exc:
-            log.warning("first sample failed", error=str(exc))
+        except Exception as exc:  # the pages say so; sampling retries every interval
+            log.warning("first sample failed", error=str(exc), error_type=type(exc).__name__)
         task = asyncio.create_task(dash.sampler.run())
         try:
             yield

@@ -5,7 +5,10 @@
 const main = document.getElementById("main");
 const keyInput = document.getElementById("api-key");
 keyInput.value = sessionStorage.getItem("bbApiKey") || "";
-keyInput.addEventListener("change", () => sessionStorage.setItem("bbApiKey", keyInput.value));
+keyInput.addEventListener("change", () => {
+  sessionStorage.setItem("bbApiKey", keyInput.value);
+  connect();  // off loopback the stream needs the key too
+});
 window.dashboard = { lagPoints: 0, events: 0 };
 
 function esc(v) {
@@ -39,9 +42,11 @@ function table(cols, rows, id) {
 
 // -- live events -----------------------------------------------------------------------------
 let onSample = null;
+let source = null;
 function connect() {
+  if (source) source.close();
   const key = keyInput.value ? `?key=${encodeURIComponent(keyInput.value)}` : "";
-  const source = new EventSource(`/api/events${key}`);
+  source = new EventSource(`/api/events${key}`);
   const live = document.getElementById("live");
   source.addEventListener("sample", ev => {
     window.dashboard.events += 1;
@@ -198,7 +203,9 @@ async function act(verb, scope) {
     document.getElementById("confirm-yes").onclick = async () => {
       confirmBox.innerHTML = "";
       try {
-        const done = await api(`/api/dlq/${verb}`, body);
+        // Exactly what the dry run listed, not whatever the filter matches by now.
+        if (!ids.length) return message(`nothing to ${verb}`, "muted");
+        const done = await api(`/api/dlq/${verb}`, { ids });
         const n = (verb === "replay" ? done.replayed : done.purged).length;
         message(`${verb === "replay" ? "replayed" : "purged"} ${n} dead letter(s)`, "ok");
       } catch (err) { message(`${verb} refused: ${err.message}`, "error"); }
