@@ -301,7 +301,9 @@ def compare(con: Connection, run_a: str, run_b: str, confidence: float = 0.95) -
     """Run B against run A (e.g. a policy against the baseline) per scope — end to end
     (makespan per correlation id) and each agent's process time and queue wait: sizes, means,
     the difference of means B - A with its Welch confidence interval, the relative change,
-    p50 and p95 of each, and whether the interval excludes zero.
+    p50 and p95 of each, and whether the interval excludes zero. Records of one run queue
+    behind each other, so they are not independent samples and the intervals are narrower than
+    the truth: repeat runs before calling one policy better.
 
     Raises:
         TraceError: a run is missing, or ``confidence`` is not within (0, 1).
