@@ -29,6 +29,8 @@ from agents.collect import Collector, Extras, KeyFn, build_wanted, correlation_k
 from agents.retry import DEFAULT_RETRY, RetryPolicy
 from blackboard.artifacts import ArtifactType, Envelope, TypeRegistry, default_registry
 from blackboard.errors import AgentError
+from scheduler.policies import PolicyLike, as_spec
+from scheduler.ratelimit import RateLimit
 
 HandlerResult: TypeAlias = BaseModel | Sequence[BaseModel] | None
 Handler: TypeAlias = Callable[[Any, Any], Awaitable[HandlerResult]]
@@ -49,6 +51,8 @@ class AgentSpec:
         retry: attempts, backoff and time limit of a failing handler before the record is
             dead-lettered.
         breaker: when consecutive failures pause the agent (None: never).
+        policy: which ready record runs next (:mod:`scheduler`; None: the worker's default).
+        rate_limit: requests/s and reported tokens/s (None: unlimited).
     """
 
     name: str
@@ -61,6 +65,8 @@ class AgentSpec:
     breaker: BreakerPolicy | None = DEFAULT_BREAKER
     collector: Collector | None = None
     """Set for join and batch agents: the handler gets a JoinSet or Batch when one fires."""
+    policy: PolicyLike | None = None
+    rate_limit: RateLimit | None = None
 
     def may_publish(self, art_type: ArtifactType) -> bool:
         """Whether the agent declared ``art_type`` among its outputs."""
@@ -90,12 +96,16 @@ class App:
         ordered: bool = False,
         retry: RetryPolicy | None = None,
         breaker: BreakerPolicy | None = DEFAULT_BREAKER,
+        policy: PolicyLike | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator adding an async handler as an agent.
 
         ``retry`` (default :data:`agents.retry.DEFAULT_RETRY`: 3 attempts) says how a failing
         handler is retried before its record is dead-lettered; ``breaker`` (None: none) when
-        consecutive failures pause the agent.
+        consecutive failures pause the agent; ``policy`` (``"srpt"``, a
+        :class:`scheduler.PolicySpec`, ...; None: the worker's default) which ready record
+        runs next; ``rate_limit`` caps handler calls and reported tokens per second.
 
         Raises:
             AgentError: a bad name, a duplicate name, no consumed type or a sync handler.
@@ -112,6 +122,8 @@ class App:
                 ordered=ordered,
                 retry=retry,
                 breaker=breaker,
+                policy=policy,
+                rate_limit=rate_limit,
             )
             return handler
 
@@ -128,8 +140,14 @@ class App:
         ordered: bool = False,
         retry: RetryPolicy | None = None,
         breaker: BreakerPolicy | None = DEFAULT_BREAKER,
+        policy: PolicyLike | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> AgentSpec:
-        """Add an agent without the decorator; see :meth:`agent`."""
+        """Add an agent without the decorator; see :meth:`agent`.
+
+        Raises:
+            ConfigError: an unknown scheduling policy.
+        """
         agent_name = self._check(handler, name, concurrency)
         ins = tuple(self.registry.of(m) for m in _as_list(consumes))
         if not ins:
@@ -144,6 +162,8 @@ class App:
             ordered,
             retry or DEFAULT_RETRY,
             breaker,
+            policy=None if policy is None else as_spec(policy),
+            rate_limit=rate_limit,
         )
         self.agents[agent_name] = spec
         return spec
@@ -162,6 +182,7 @@ class App:
         concurrency: int = 64,
         retry: RetryPolicy | None = None,
         breaker: BreakerPolicy | None = DEFAULT_BREAKER,
+        policy: PolicyLike | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator adding a join agent: the handler runs once per join key with every part.
 
@@ -191,7 +212,7 @@ class App:
                 registry=self.registry,
             )
             self._add_spec(
-                handler, types, publishes, name, concurrency, retry, breaker, collector
+                handler, types, publishes, name, concurrency, retry, breaker, collector, policy
             )
             return handler
 
@@ -243,6 +264,7 @@ class App:
         retry: RetryPolicy | None,
         breaker: BreakerPolicy | None,
         collector: Collector,
+        policy: PolicyLike | None = None,
     ) -> None:
         agent_name = self._check(handler, name, concurrency)
         outs = tuple(self.registry.of(m) for m in _as_list(publishes))
@@ -256,6 +278,7 @@ class App:
             retry or DEFAULT_RETRY,
             breaker,
             collector,
+            policy=None if policy is None else as_spec(policy),
         )
 
     def _check(self, handler: Handler, name: str | None, concurrency: int) -> str:

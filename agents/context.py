@@ -74,6 +74,8 @@ class Context:
     outputs: list[Output] = field(default_factory=list)
     inputs: tuple[Envelope, ...] = ()
     """Join and batch handlers: every artifact that fired (outputs name them all as causes)."""
+    tokens: float = 0.0
+    """Tokens this call reported (:meth:`report_tokens`), for a tokens/s rate limit."""
     _state: KeyedState | None = None
     _state_base: dict[str, bytes] | None = None
     _log: Any = None
@@ -135,6 +137,10 @@ class Context:
         )
         self.outputs.append(Output(out, payload))
         return out
+
+    def report_tokens(self, tokens: float) -> None:
+        """Count ``tokens`` (e.g. an LLM call's usage) against the agent's tokens/s limit."""
+        self.tokens += tokens
 
     @property
     def log(self) -> Any:

@@ -49,6 +49,10 @@ from blackboard.status import AgentStatus, publish_status
 from blackboard.store import MAX_RECORD_BYTES, GroupMember
 from blackboard.wire import decode
 from observability import tracing
+from scheduler.base import Admission, Decision, ReadyQueue
+from scheduler.joins import completes_join
+from scheduler.ledger import Ledger
+from scheduler.policies import PolicyLike, as_spec, make_queue
 
 log = get_logger("runner")
 OrderKey = bytes | str | None
@@ -96,6 +100,8 @@ class _Item:
     key: OrderKey = None
     """What ordered agents serialise on: the record key, or a join or batch key."""
     polled_at: float | None = None  # time.monotonic() when its poll returned (queue wait)
+    info: Admission | None = None  # what the scheduling policy knows of it
+    decision: Decision | None = None  # why it ran when it did (set when it leaves the queue)
 
 
 @dataclass(slots=True)
@@ -132,6 +138,9 @@ class AgentRunner:
         settings: polling and commit settings.
         slot: the worker slot this runner belongs to (stable across restarts: on Kafka it
             names the transactional id, so a restarted slot fences its predecessor).
+        clock: the wall clock of join timeouts and batch windows.
+        policy: the ready queue's policy unless the agent names one (default ``fifo``).
+        ledger: service statistics shared with the worker's other runners (default: own).
     """
 
     def __init__(
@@ -142,6 +151,8 @@ class AgentRunner:
         *,
         slot: str = "0",
         clock: Clock = SYSTEM_CLOCK,
+        policy: PolicyLike | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.board = board
         self._clock = clock
@@ -159,7 +170,14 @@ class AgentRunner:
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._epoch: dict[TopicPartition, int] = {}
         self._state: dict[int, dict[str, bytes]] = {}
-        self._ready: deque[_Item] = deque()
+        # The scheduling policy's ready queue; intervals are read on the event loop's clock
+        # (time.monotonic() on a real loop; virtual time in the simulator).
+        self.policy = as_spec(spec.policy if spec.policy is not None else policy)
+        self._ready: ReadyQueue[_Item] = make_queue(self.policy, spec.name, ledger or Ledger())
+        self._join_probe = spec.collector is not None and spec.collector.kind == "join"
+        self._limiter = spec.rate_limit.limiter() if spec.rate_limit is not None else None
+        self._limit_until = 0.0
+        self._now = time.monotonic
         self._parked: dict[OrderKey, deque[_Item]] = {}
         self._running_keys: set[OrderKey] = set()
         self._completed: list[_Outcome] = []
@@ -196,6 +214,7 @@ class AgentRunner:
             board.store.ensure_topics(
                 [board.topics.state(spec.name)], board.settings.partitions, compacted=True
             )
+        self._now = asyncio.get_running_loop().time
         member = await board.store.join(
             self.group, sorted(self._topics), self, member_name=self.slot
         )
@@ -261,7 +280,7 @@ class AgentRunner:
                 await asyncio.sleep(0)  # let new handlers start; fast ones finish right here
             wait = settings.idle_poll_s
             if self._completed and self._commit_task is None:
-                age = time.monotonic() - self._first_completed_at
+                age = self._now() - self._first_completed_at
                 if (
                     len(self._completed) >= settings.commit_every
                     or age >= interval
@@ -270,11 +289,13 @@ class AgentRunner:
                     self._commit_task = asyncio.create_task(self._commit())
                     self._commit_task.add_done_callback(self._wake_up)
                 else:
-                    wait = interval - age
+                    wait = max(interval - age, 0.001)  # a virtual clock never outruns 1e-18
             if self._breaker is not None and self._breaker.state == "open":
                 wait = min(wait, max(self._breaker.wait_s(), 0.001))
-            if self._poll_task is None and self._poll_hold_until > time.monotonic():
-                wait = min(wait, self._poll_hold_until - time.monotonic() + 0.001)
+            if self._poll_task is None and self._poll_hold_until > self._now():
+                wait = min(wait, self._poll_hold_until - self._now() + 0.001)
+            if self._limit_until and self._ready:  # a rate limit holds the next handler
+                wait = min(wait, max(self._limit_until - self._now(), 0.0) + 0.001)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -286,7 +307,7 @@ class AgentRunner:
         """Tell the member about pauses and seeks, then start the next poll if there is room
         (or every partition is paused: the poll then only serves the group's callbacks), unless
         a failed commit's backoff holds reading."""
-        if time.monotonic() < self._poll_hold_until:
+        if self._now() < self._poll_hold_until:
             return
         self._apply_controls(member)
         room = max(0, self.settings.max_buffered - self._buffered())
@@ -384,7 +405,7 @@ class AgentRunner:
     def _drop_queued(self, gone: set[TopicPartition]) -> None:
         """Drop queued and parked records of ``gone`` partitions, and free the keys whose
         turn-holder was dropped (ordered agents), so later records of those keys still run."""
-        self._ready = deque(i for i in self._ready if i.tp not in gone)
+        self._ready.drop(lambda i: i.tp in gone)
         if not self.spec.ordered:
             return
         holding = {i.key for i in self._ready} | self._running_keys
@@ -393,7 +414,7 @@ class AgentRunner:
             if key in holding:
                 self._parked[key] = queue
             elif queue:
-                self._ready.append(queue.popleft())
+                self._queue(queue.popleft())
                 self._parked[key] = queue
             else:
                 del self._parked[key]
@@ -451,7 +472,7 @@ class AgentRunner:
                     parked.append(item)
                     continue
                 self._parked[item.key] = deque()
-            self._ready.append(item)
+            self._queue(item)
         window = self.settings.max_offset_window
         for tp in touched - self._paused:  # bounds the finished offsets the metadata must name
             if progress[tp].span() >= window:
@@ -481,14 +502,24 @@ class AgentRunner:
             # Open: nothing starts until the cool-down is over; then one record at a time
             # goes to take the trial call (records already running wait for it in _permit).
             cap = 1 if breaker.wait_s() == 0 and not self._running else 0
-        ready, epochs = self._ready, self._epoch
+        ready, epochs, limiter = self._ready, self._epoch, self._limiter
         loop = asyncio.get_running_loop()
         started = 0
+        now = self._now()
         while ready and self._running < cap:
-            item = ready.popleft()
+            if limiter is not None:
+                wait = limiter.wait_s(now)
+                self._limit_until = now + wait if wait > 0 else 0.0
+                if wait > 0:
+                    break
+            item, decision = ready.pop(now)
+            item.decision = decision
             if epochs.get(item.tp) != item.epoch:
+                self._done_with(item, None)
                 self._release_key(item)
                 continue
+            if limiter is not None:
+                limiter.started(now)
             self._running += 1
             if self.spec.ordered:
                 self._running_keys.add(item.key)
@@ -496,6 +527,30 @@ class AgentRunner:
             self._tasks.add(loop.create_task(self._execute(item)))
             started += 1
         return started
+
+    def _queue(self, item: _Item) -> None:
+        """Put an admitted record in the policy's ready queue."""
+        art = item.artifact
+        assert art is not None
+        env = art.envelope
+        completes = False
+        if self._join_probe and isinstance(item.key, str):
+            assert self.spec.collector is not None
+            completes = completes_join(
+                self.spec.collector.wanted,
+                self._state.get(item.record.partition, {}),
+                item.key,
+                env.type,
+            )
+        item.info = Admission(
+            self.spec.name, env.correlation_id, env.tenant, env.type, art.payload, completes
+        )
+        self._ready.push(item, item.info, self._now())
+
+    def _done_with(self, item: _Item, service_s: float | None) -> None:
+        """Tell the policy a record it released is done (its service time, if it ran)."""
+        if item.info is not None and item.decision is not None:
+            self._ready.finished(item.info, item.decision, service_s)
 
     def _release_key(self, item: _Item) -> None:
         if self.spec.ordered:
@@ -506,7 +561,7 @@ class AgentRunner:
         self._running_keys.discard(key)
         parked = self._parked.get(key)
         if parked:
-            self._ready.append(parked.popleft())
+            self._queue(parked.popleft())
         else:
             self._parked.pop(key, None)
 
@@ -522,6 +577,7 @@ class AgentRunner:
         prior = item.replay.attempts if item.replay is not None else 0
         first_failure = item.replay.first_failure_ts if item.replay is not None else None
         outcome: _Outcome | None = None
+        service = 0.0
         try:
             while outcome is None:
                 if not await self._permit(item):
@@ -536,12 +592,18 @@ class AgentRunner:
                 )
                 limit = asyncio.timeout(policy.timeout_s)
                 span = tracing.process(self, rec, art.envelope, attempt, item.polled_at)
+                called = self._now()
                 try:
-                    async with limit:
-                        if spec.collector is None:
-                            result = await spec.handler(art.payload, ctx)
-                        else:
-                            result = await self._collect(spec.collector, art, rec, ctx)
+                    try:
+                        async with limit:
+                            if spec.collector is None:
+                                result = await spec.handler(art.payload, ctx)
+                            else:
+                                result = await self._collect(spec.collector, art, rec, ctx)
+                    finally:
+                        service += self._now() - called
+                        if self._limiter is not None:
+                            self._limiter.used_tokens(self._now(), ctx.tokens)
                     if result is not None:
                         for out in (result,) if isinstance(result, BaseModel) else result:
                             ctx.publish(out)
@@ -596,6 +658,7 @@ class AgentRunner:
             raise
         finally:
             self._running -= 1
+            self._done_with(item, service if outcome is not None else None)
             if item.replay is not None:
                 self._settle_replay(item, outcome)
             if outcome is not None:
@@ -620,7 +683,7 @@ class AgentRunner:
     def _fire_due(self, collector: Collector) -> None:
         """Start a timer task for every join or batch whose time is up (a key that is busy
         with a record waits for the next check)."""
-        checked = time.monotonic()
+        checked = self._now()
         if checked < self._next_timer_check:
             return
         self._next_timer_check = checked + TIMER_CHECK_S
@@ -777,7 +840,7 @@ class AgentRunner:
 
     def _finish(self, outcome: _Outcome) -> None:
         if not self._completed:
-            self._first_completed_at = time.monotonic()
+            self._first_completed_at = self._now()
         self._completed.append(outcome)
 
     def _dead_letter(
@@ -870,7 +933,7 @@ class AgentRunner:
         self.stats.rewinds += 1
         # Back off before reading (and running handlers) again: a store that refuses every
         # commit (Redis out of memory, Kafka unavailable) must not make handlers spin.
-        self._poll_hold_until = time.monotonic() + self._commit_backoff
+        self._poll_hold_until = self._now() + self._commit_backoff
         self._commit_backoff = min(self._commit_backoff * 2, MAX_COMMIT_BACKOFF_S)
         owned = member.assignment()
         self._forget([tp for tp in partitions if tp not in owned])
@@ -943,7 +1006,7 @@ class AgentRunner:
         buffered = self._buffered()
         limit = self.settings.max_buffered
         if buffered >= limit:
-            now = time.monotonic()
+            now = self._now()
             if self._full_since is None:
                 self._full_since = now
             elif now - self._full_since >= self.settings.idle_poll_s:

@@ -22,6 +22,8 @@ from agents.runner import AgentRunner, RunnerSettings
 from blackboard.blackboard import Blackboard
 from blackboard.errors import AppLoadError, ConfigError
 from blackboard.logs import get_logger
+from scheduler.ledger import Ledger
+from scheduler.policies import PolicyLike, as_spec
 
 log = get_logger("worker")
 
@@ -71,6 +73,8 @@ class Worker:
             price is cyclic garbage of up to that many objects. None leaves it alone.
         clock: the wall clock of join timeouts and batch windows (tests pass a
             :class:`agents.clock.ManualClock`).
+        policy: the scheduling policy of agents that name none (default ``fifo``); the
+            runners share one :class:`scheduler.Ledger` of service statistics.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class Worker:
         slot: str = "0",
         gc_gen0_threshold: int | None = 100_000,
         clock: Clock = SYSTEM_CLOCK,
+        policy: PolicyLike | None = None,
     ) -> None:
         names = list(agents) if agents else list(app.agents)
         unknown = [n for n in names if n not in app.agents]
@@ -96,8 +101,19 @@ class Worker:
             board.registry.merge(app.registry)
         self.app = app
         self.board = board
+        self.ledger = Ledger()
+        default = as_spec(policy)
         self.runners = [
-            AgentRunner(board, app.agents[n], settings, slot=slot, clock=clock) for n in names
+            AgentRunner(
+                board,
+                app.agents[n],
+                settings,
+                slot=slot,
+                clock=clock,
+                policy=default,
+                ledger=self.ledger,
+            )
+            for n in names
         ]
         self._gc_gen0 = gc_gen0_threshold
 

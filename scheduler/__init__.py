@@ -1,1 +1,32 @@
-"""Admission control, rate limits and backpressure (see the admission issue)."""
+"""Admission control: which admitted record runs next (ready-queue policies), rate limits, and
+a simulator to compare policies under a virtual clock (see the admission issue).
+
+- :func:`make_queue` builds a runner's ready queue from a policy name or :class:`PolicySpec`:
+  ``fifo``, ``srpt``, ``plas``, ``join_aware``, ``drr`` / ``drr+<policy>``.
+- :class:`Ledger` holds the service statistics the policies of one worker share.
+- :class:`RateLimit` holds token buckets (requests/s, tokens/s) checked before a handler starts.
+"""
+
+from __future__ import annotations
+
+from scheduler.base import Admission, Decision, ReadyQueue
+from scheduler.ledger import Estimator, Ledger, mean_estimator
+from scheduler.policies import BASE_POLICIES, PolicyLike, PolicySpec, as_spec, make_queue
+from scheduler.ratelimit import RateLimit, RateLimiter, TokenBucket
+
+__all__ = [
+    "BASE_POLICIES",
+    "Admission",
+    "Decision",
+    "Estimator",
+    "Ledger",
+    "PolicyLike",
+    "PolicySpec",
+    "RateLimit",
+    "RateLimiter",
+    "ReadyQueue",
+    "TokenBucket",
+    "as_spec",
+    "make_queue",
+    "mean_estimator",
+]
