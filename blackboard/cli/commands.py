@@ -23,6 +23,7 @@ from blackboard.records import Record
 from blackboard.status import read_status
 from blackboard.store import LagRow
 from blackboard.wire import decode_envelope
+from scheduler.experiment import cmd_experiment
 
 
 def _registry(app_ref: str | None) -> TypeRegistry:
@@ -272,6 +273,7 @@ def record_doc(record: Record) -> dict[str, Any]:
 __all__ = [
     "cmd_demo",
     "cmd_dlq",
+    "cmd_experiment",
     "cmd_lag",
     "cmd_publish",
     "cmd_tail",

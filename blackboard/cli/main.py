@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dlq_parser(sub, _store_args)
     add_traces_parser(sub)
+    from scheduler.experiment import add_experiment_parser
+
+    add_experiment_parser(sub)
     from blackboard.dashboard.cli import add_dashboard_parser
 
     add_dashboard_parser(sub, _store_args)
