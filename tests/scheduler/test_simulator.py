@@ -94,3 +94,14 @@ def test_experiment_command_prints_a_table_and_json(
     doc = orjson.loads(capsys.readouterr().out)
     assert doc["summaries"][0]["policy"] == "fifo" and doc["summaries"][0]["load"] == 0.5
     assert main(["experiment", str(spec), "--policies", "nope"]) == 2
+
+
+def test_experiment_with_traces_writes_a_run_per_policy_and_seed(tmp_path: Path) -> None:
+    from observability.segments import list_runs
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\njobs: 30\nsteps: 2\nconcurrency: 2\n")
+    traces = tmp_path / "traces"
+    argv = ["experiment", str(spec), "--policies", "fifo,srpt", "--seeds", "2", "--json"]
+    assert main([*argv, "--traces", str(traces)]) == 0
+    assert len(list_runs(traces)) == 4
