@@ -10,6 +10,7 @@ from blackboard.artifacts import Envelope, TypeRegistry, make_envelope, output_i
 from blackboard.errors import AgentError, UndeclaredOutputError
 from blackboard.logs import get_logger
 from blackboard.records import Record
+from observability import tracing
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -134,6 +135,7 @@ class Context:
             partition_key=partition_key if partition_key is not None else env.partition_key,
             tenant=tenant or env.tenant,
             produced_by=self.spec.name,
+            traceparent=tracing.child_traceparent(),  # its send span's, when tracing is on
         )
         self.outputs.append(Output(out, payload))
         return out

@@ -173,14 +173,18 @@ class Tracer:
 
     # -- spans made in one go ---------------------------------------------------------------
     def output(self, runner: AgentRunner, env: Envelope) -> Envelope:
-        """The send span of an agent's output (a child of the current process span); returns
-        the envelope with the span's ``traceparent``."""
+        """The send span of an agent's output (a child of the current process span), under
+        the ids :func:`child_traceparent` gave its envelope; an envelope made without them
+        gets new ones (returned in a copy)."""
         parent = current_span.get()
-        if parent is not None:
-            trace_id, parent_id = parent.trace_id, parent.span_id
+        parent_id = parent.span_id if parent is not None else None
+        ids = parse_traceparent(env.traceparent)
+        if ids is not None:
+            trace_id, span_id = ids
         else:
-            trace_id, parent_id = self.trace_id(), None
-        span_id = self.span_id()
+            trace_id = parent.trace_id if parent is not None else self.trace_id()
+            span_id = self.span_id()
+            env = with_traceparent(env, format_traceparent(trace_id, span_id))
         about = self.about(runner)
         topic = about.topic(env.type)
         now = time.time_ns()
@@ -193,7 +197,7 @@ class Tracer:
                 env.tenant, about.agent, "ok", None, None, None, None,
             )
         )  # fmt: skip
-        return with_traceparent(env, format_traceparent(trace_id, span_id))
+        return env
 
     def rejected(
         self, runner: AgentRunner, record: Record, stage: str, error: BaseException
@@ -466,8 +470,20 @@ def process(
     return ProcessSpan(tracer, runner, record, envelope, attempt, polled_at)
 
 
+def child_traceparent() -> str | None:
+    """The ``traceparent`` for an output made now: a new span id under the current process
+    span's trace (None when tracing is off). :func:`outgoing` records the span."""
+    tracer = _active
+    if tracer is None:
+        return None
+    parent = current_span.get()
+    trace_id = parent.trace_id if parent is not None else tracer.trace_id()
+    return format_traceparent(trace_id, tracer.span_id())
+
+
 def outgoing(runner: AgentRunner, envelope: Envelope) -> Envelope:
-    """The envelope of an agent's output, with the ``traceparent`` of its send span."""
+    """Record the send span of an agent's output; the envelope to send (with its
+    ``traceparent``)."""
     tracer = _active
     if tracer is None:
         return envelope
