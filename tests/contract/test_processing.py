@@ -166,18 +166,18 @@ async def test_two_workers_split_the_partitions_and_hand_over_on_stop(board: Bla
 
 
 async def test_stop_lets_in_flight_handlers_finish_and_commits_them(board: Blackboard) -> None:
-    started = asyncio.Event()
+    started: set[int] = set()
 
     async def slow(task: Task, ctx: Context) -> Result:
-        started.set()
-        await asyncio.sleep(0.2)
+        started.add(task.n)
+        await asyncio.sleep(0.5)
         return Result(n=task.n)
 
     worker = Worker(_app(slow), board, FAST)
     running = await _start(worker)
     board.publish_many([Task(n=i) for i in range(10)])
-    await started.wait()
-    worker.stop()
+    await eventually(lambda: len(started) == 10, what="all 10 handlers running")
+    worker.stop()  # every handler is mid-sleep: all 10 are in flight
     await running
     await eventually(lambda: len(_results(board)) >= 10, what="in-flight results committed")
     assert sorted(r.n for r in _results(board)) == list(range(10))
