@@ -131,6 +131,7 @@ async def _run(
     settings: RunnerSettings | None = None,
 ) -> RunResult:
     loop = asyncio.get_running_loop()
+    t0 = loop.time()  # 0.0 on the virtual loop; arrivals count from here on a real one
     tenants = {j.index: j.tenant for j in jobs}
     obs = Observations(expected=len(jobs))
     app, options = build_app(spec, tenants, obs)
@@ -151,7 +152,7 @@ async def _run(
     running = asyncio.create_task(worker.run())
     await worker.started()
     for job in jobs:
-        delay = job.arrival - loop.time()
+        delay = t0 + job.arrival - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         now = loop.time()
@@ -171,7 +172,7 @@ async def _run(
         worker.stop()
         await running
         board.close()
-    return _result(spec, policy, seed, load, jobs, obs, loop.time())
+    return _result(spec, policy, seed, load, jobs, obs, loop.time() - t0, t0)
 
 
 def _result(
@@ -182,10 +183,11 @@ def _result(
     jobs: list[Job],
     obs: Observations,
     end: float,
+    t0: float,
 ) -> RunResult:
     ordered = sorted(jobs, key=lambda j: j.index)
-    makespans = tuple(obs.done[j.index] - j.arrival for j in ordered)
-    window = 0.9 * max((j.arrival for j in jobs), default=0.0)
+    makespans = tuple(obs.done[j.index] - t0 - j.arrival for j in ordered)
+    window = t0 + 0.9 * max((j.arrival for j in jobs), default=0.0)
     given: dict[str, float] = {t: 0.0 for t in spec.tenants}
     for tenant, start, stop in obs.service:
         given[tenant] = given.get(tenant, 0.0) + max(0.0, min(stop, window) - start)
