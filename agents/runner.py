@@ -127,6 +127,8 @@ class RunnerStats:
     commits: int = 0
     rewinds: int = 0
     retries: int = 0
+    deferred: int = 0
+    """Records the scheduling policy started after later ones (see scheduler.Decision)."""
 
 
 class AgentRunner:
@@ -514,6 +516,8 @@ class AgentRunner:
                     break
             item, decision = ready.pop(now)
             item.decision = decision
+            if decision.overtaken:
+                self.stats.deferred += 1
             if epochs.get(item.tp) != item.epoch:
                 self._done_with(item, None)
                 self._release_key(item)

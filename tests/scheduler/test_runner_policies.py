@@ -52,6 +52,7 @@ async def test_srpt_agent_runs_a_backlog_shortest_first_exactly_once() -> None:
         assert sorted(a.payload.n for a in tb.artifacts(Done)) == list(range(len(works)))
         assert tb.lag() == 0
     assert order == sorted(range(len(works)), key=lambda n: works[n])
+    assert tb.worker.runners[0].stats.deferred > 0  # records overtaken by shorter ones
 
 
 async def test_worker_default_policy_and_drr_across_tenants() -> None:
