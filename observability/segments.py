@@ -103,6 +103,11 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _spans_of(meta_path: Path) -> Path:
+    """The Arrow stream of the segment whose sidecar is ``meta_path``."""
+    return meta_path.with_name(meta_path.name[: -len(META_SUFFIX)] + SPANS_SUFFIX)
+
+
 def _alive(host: str, pid: int) -> bool:
     """Whether the process that wrote a segment still runs (on this host)."""
     if host != socket.gethostname():
@@ -165,10 +170,7 @@ def _fresh(target: Path, metas: list[Path]) -> Merged | None:
     """The merged file if it is newer than every segment and none was open."""
     if not target.exists():
         return None
-    newest = max(
-        max(_mtime(m), _mtime(m.with_name(m.name[: -len(META_SUFFIX)] + SPANS_SUFFIX)))
-        for m in metas
-    )
+    newest = max(max(_mtime(m), _mtime(_spans_of(m))) for m in metas)
     if _mtime(target) < newest:
         return None
     with duckdb.connect(str(target), read_only=True) as con:
@@ -225,7 +227,7 @@ def _load_segment(con: duckdb.DuckDBPyConnection, run_id: str, meta_path: Path) 
         state = "closed"
     else:
         state = "open" if _alive(meta["host"], int(meta["pid"])) else "died"
-    spans = meta_path.with_name(meta_path.name[: -len(META_SUFFIX)] + SPANS_SUFFIX)
+    spans = _spans_of(meta_path)
     batches, truncated = read_batches(spans)
     loaded = 0
     for batch in batches:  # one INSERT … SELECT per Arrow batch

@@ -383,3 +383,14 @@ def test_otlp_export_when_the_standard_variables_are_set(
     assert "process bb.obs.Question" in names and "send bb.obs.Answer" in names
     assert attributes["messaging.destination.partition.id"].string_value.isdigit()
     assert attributes["bb.policy.decision"].string_value == "admitted"
+
+
+def test_the_runtime_imports_no_tracing_library_until_tracing_starts() -> None:
+    code = (
+        "import sys, agents, blackboard, blackboard.cli.main\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('duckdb', 'pyarrow')"
+        " or m.startswith('opentelemetry.sdk')]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
