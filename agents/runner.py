@@ -595,7 +595,14 @@ class AgentRunner:
                     _state_base=self._state.get(rec.partition) if spec.ordered else None,
                 )
                 limit = asyncio.timeout(policy.timeout_s)
-                span = tracing.process(self, rec, art.envelope, attempt, item.polled_at)
+                span = tracing.process(
+                    self,
+                    rec,
+                    art.envelope,
+                    attempt,
+                    item.polled_at,
+                    str(item.decision) if item.decision is not None else tracing.ADMITTED,
+                )
                 called = self._now()
                 try:
                     try:

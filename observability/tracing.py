@@ -282,6 +282,7 @@ class ProcessSpan(Span):
     __slots__ = (
         "_about",
         "_attempt",
+        "_decision",
         "_envelope",
         "_links",
         "_otel_token",
@@ -305,8 +306,10 @@ class ProcessSpan(Span):
         envelope: Envelope,
         attempt: int,
         polled_at: float | None,
+        decision: str = ADMITTED,
     ) -> None:
         self._tracer = tracer
+        self._decision = decision
         self._parent_id: str | None
         self._links: tuple[tuple[str, str], ...] | None
         tp = envelope.traceparent  # parse_traceparent, inlined: this runs for every record
@@ -358,8 +361,8 @@ class ProcessSpan(Span):
                 self.trace_id, self.span_id, self._parent_id, f"process {rec.topic}", "CONSUMER",
                 self._start_ns, end_ns, status, message, "process", about.system, rec.topic,
                 rec.partition, rec.offset, about.group, env.correlation_id, env.id, env.type,
-                self._attempt, ADMITTED, self._queue_wait_ms, env.tenant, about.agent, outcome,
-                stage if error is not None else None, error_type, None, self._links,
+                self._attempt, self._decision, self._queue_wait_ms, env.tenant, about.agent,
+                outcome, stage if error is not None else None, error_type, None, self._links,
             )
         )  # fmt: skip
 
@@ -460,14 +463,20 @@ def enabled() -> bool:
 
 
 def process(
-    runner: AgentRunner, record: Record, envelope: Envelope, attempt: int, polled_at: float | None
+    runner: AgentRunner,
+    record: Record,
+    envelope: Envelope,
+    attempt: int,
+    polled_at: float | None,
+    decision: str = ADMITTED,
 ) -> Span:
     """Start the process span of one handler attempt (:data:`NO_SPAN` when tracing is off).
-    ``polled_at`` is the ``time.monotonic()`` at which the poll returned the record."""
+    ``polled_at`` is the ``time.monotonic()`` at which the poll returned the record;
+    ``decision`` is the scheduling policy's account of when it ran (``bb.policy.decision``)."""
     tracer = _active
     if tracer is None:
         return NO_SPAN
-    return ProcessSpan(tracer, runner, record, envelope, attempt, polled_at)
+    return ProcessSpan(tracer, runner, record, envelope, attempt, polled_at, decision)
 
 
 def child_traceparent() -> str | None:
