@@ -4,9 +4,9 @@
 [--skip-kafka] [--json]`` measures, in one process:
 
 1. **exporter**: N process-span rows (the widest kind, with a link) pushed through
-   :class:`observability.exporter.SpanBatcher` into a DuckDB segment as fast as one thread can
-   make them; spans/s = N / (first span made → last span written), and spans/s of making rows
-   alone (the part the processing loop pays);
+   :class:`observability.exporter.SpanBatcher` into a segment as fast as one thread can make
+   them; spans/s = N / (first span made → last span written), spans/s of making the rows, and
+   spans/s of merging the segment into DuckDB (:func:`observability.segments.merge_run`);
 2. **embedded pipeline**: :func:`bench.pipeline.run_pipeline` (A → B → C on ``memory://``,
    handlers that do nothing: the worst case, every microsecond of tracing shows), rounds
    alternating off, on, on, off, ...;
@@ -235,7 +235,8 @@ def main() -> None:
     ex = doc["exporter"]
     print(
         f"exporter: {ex['spans_per_s']:,} spans/s written ({ex['spans']:,} process spans, "
-        f"batches of {TraceSettings().batch_size}); rows made {ex['rows_made_per_s']:,}/s"
+        f"batches of {TraceSettings().batch_size}); rows made {ex['rows_made_per_s']:,}/s; "
+        f"merged into DuckDB at {ex['merged_spans_per_s']:,} spans/s"
     )
     for name in ("memory", "kafka"):
         if name not in doc:
