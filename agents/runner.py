@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +50,9 @@ from blackboard.store import MAX_RECORD_BYTES, GroupMember
 from blackboard.wire import decode
 from observability import tracing
 from scheduler.base import Admission, Decision, ReadyQueue
+from scheduler.fifo import PlainFifoQueue
 from scheduler.joins import completes_join
-from scheduler.ledger import Ledger
+from scheduler.ledger import Ledger, NullLedger
 from scheduler.policies import PolicyLike, as_spec, make_queue
 
 log = get_logger("runner")
@@ -100,6 +101,7 @@ class _Item:
     key: OrderKey = None
     """What ordered agents serialise on: the record key, or a join or batch key."""
     polled_at: float | None = None  # time.monotonic() when its poll returned (queue wait)
+    task: asyncio.Task[None] | None = None  # the task running it (removed from the set when done)
     info: Admission | None = None  # what the scheduling policy knows of it
     decision: Decision | None = None  # why it ran when it did (set when it leaves the queue)
 
@@ -175,7 +177,10 @@ class AgentRunner:
         # The scheduling policy's ready queue; intervals are read on the event loop's clock
         # (time.monotonic() on a real loop; virtual time in the simulator).
         self.policy = as_spec(spec.policy if spec.policy is not None else policy)
-        self._ready: ReadyQueue[_Item] = make_queue(self.policy, spec.name, ledger or Ledger())
+        if ledger is None:  # a runner of its own: statistics only if its policy reads them
+            ledger = NullLedger() if self.policy.parts == (False, "fifo") else Ledger()
+        self._ready: ReadyQueue[_Item] = make_queue(self.policy, spec.name, ledger)
+        self._plain_queue = isinstance(self._ready, PlainFifoQueue)
         self._join_probe = spec.collector is not None and spec.collector.kind == "join"
         self._limiter = spec.rate_limit.limiter() if spec.rate_limit is not None else None
         self._limit_until = 0.0
@@ -528,12 +533,16 @@ class AgentRunner:
             if self.spec.ordered:
                 self._running_keys.add(item.key)
             # A finished handler removes its own task from the set (no done callback to run).
-            self._tasks.add(loop.create_task(self._execute(item)))
+            task = item.task = loop.create_task(self._execute(item))
+            self._tasks.add(task)
             started += 1
         return started
 
     def _queue(self, item: _Item) -> None:
         """Put an admitted record in the policy's ready queue."""
+        if self._plain_queue:  # nothing to tell a plain fifo queue
+            self._ready.push(item, None, 0.0)  # type: ignore[arg-type]
+            return
         art = item.artifact
         assert art is not None
         env = art.envelope
@@ -584,7 +593,11 @@ class AgentRunner:
         service = 0.0
         try:
             while outcome is None:
-                if not await self._permit(item):
+                breaker = self._breaker
+                if (
+                    (breaker is not None and breaker.state != "closed")
+                    or self._epoch.get(item.tp) != item.epoch
+                ) and not await self._permit(item):
                     return  # stopping, or the partition moved: unfinished, read again later
                 ctx = Context(
                     spec,
@@ -594,23 +607,24 @@ class AgentRunner:
                     attempt=attempt,
                     _state_base=self._state.get(rec.partition) if spec.ordered else None,
                 )
-                limit = asyncio.timeout(policy.timeout_s)
+                # No Timeout object (nor its current_task() lookup) per call unless one is set.
+                limit = asyncio.timeout(policy.timeout_s) if policy.timeout_s else None
                 span = tracing.process(
                     self,
                     rec,
                     art.envelope,
                     attempt,
                     item.polled_at,
-                    str(item.decision) if item.decision is not None else tracing.ADMITTED,
+                    item.decision if item.decision is not None else tracing.ADMITTED,
                 )
                 called = self._now()
                 try:
                     try:
-                        async with limit:
-                            if spec.collector is None:
-                                result = await spec.handler(art.payload, ctx)
-                            else:
-                                result = await self._collect(spec.collector, art, rec, ctx)
+                        if limit is None:
+                            result = await self._call(art, rec, ctx)
+                        else:
+                            async with limit:
+                                result = await self._call(art, rec, ctx)
                     finally:
                         service += self._now() - called
                         if self._limiter is not None:
@@ -632,7 +646,8 @@ class AgentRunner:
                     if self._breaker is not None:
                         self._breaker.failed()
                     first_failure = first_failure or time.time()
-                    stage: Stage = "timeout" if limit.expired() else "process"
+                    expired = limit is not None and limit.expired()
+                    stage: Stage = "timeout" if expired else "process"
                     retry = (
                         attempt < policy.max_attempts
                         and policy.retryable(exc)
@@ -676,7 +691,8 @@ class AgentRunner:
                 self._finish(outcome)
             self._release_key(item)
             self._wake.set()
-            self._tasks.discard(asyncio.current_task())
+            if item.task is not None:
+                self._tasks.discard(item.task)
 
     def _settle_replay(self, item: _Item, outcome: _Outcome | None) -> None:
         """A replayed record finished (processed or dead-lettered again): note its artifact in
@@ -784,6 +800,15 @@ class AgentRunner:
             outcome.dead_letters = [
                 self._dead_letter(p.record, "process", exc) for p in fired.parts
             ]
+
+    def _call(
+        self, art: Artifact[BaseModel], rec: Record, ctx: Context
+    ) -> Awaitable[HandlerResult]:
+        """The handler call of one attempt (through the join or batch for collectors)."""
+        collector = self.spec.collector
+        if collector is None:
+            return self.spec.handler(art.payload, ctx)
+        return self._collect(collector, art, rec, ctx)
 
     async def _collect(
         self, collector: Collector, art: Artifact[BaseModel], rec: Record, ctx: Context

@@ -22,7 +22,7 @@ from agents.runner import AgentRunner, RunnerSettings
 from blackboard.blackboard import Blackboard
 from blackboard.errors import AppLoadError, ConfigError
 from blackboard.logs import get_logger
-from scheduler.ledger import Ledger
+from scheduler.ledger import Ledger, NullLedger
 from scheduler.policies import PolicyLike, as_spec
 
 log = get_logger("worker")
@@ -101,8 +101,10 @@ class Worker:
             board.registry.merge(app.registry)
         self.app = app
         self.board = board
-        self.ledger = Ledger()
         default = as_spec(policy)
+        specs = [as_spec(app.agents[n].policy or default) for n in names]
+        # Service statistics feed the other policies; an all-fifo worker does without them.
+        self.ledger = Ledger() if any(s.parts != (False, "fifo") for s in specs) else NullLedger()
         self.runners = [
             AgentRunner(
                 board,

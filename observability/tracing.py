@@ -306,10 +306,10 @@ class ProcessSpan(Span):
         envelope: Envelope,
         attempt: int,
         polled_at: float | None,
-        decision: str = ADMITTED,
+        decision: object = ADMITTED,
     ) -> None:
         self._tracer = tracer
-        self._decision = decision
+        self._decision = str(decision)
         self._parent_id: str | None
         self._links: tuple[tuple[str, str], ...] | None
         tp = envelope.traceparent  # parse_traceparent, inlined: this runs for every record
@@ -468,11 +468,12 @@ def process(
     envelope: Envelope,
     attempt: int,
     polled_at: float | None,
-    decision: str = ADMITTED,
+    decision: object = ADMITTED,
 ) -> Span:
     """Start the process span of one handler attempt (:data:`NO_SPAN` when tracing is off).
     ``polled_at`` is the ``time.monotonic()`` at which the poll returned the record;
-    ``decision`` is the scheduling policy's account of when it ran (``bb.policy.decision``)."""
+    ``decision`` is the scheduling policy's account of when it ran (``bb.policy.decision``:
+    its ``str()``, made only when tracing is on)."""
     tracer = _active
     if tracer is None:
         return NO_SPAN

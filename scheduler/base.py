@@ -62,7 +62,9 @@ class Decision:
     estimate_s: float | None = None
 
     def __str__(self) -> str:
-        text = f"{self.verdict} {self.policy} why={self.why} pos={self.position}"
+        text = f"{self.verdict} {self.policy} why={self.why}"
+        if self.position >= 0:  # -1: the queue keeps no positions (plain fifo)
+            text += f" pos={self.position}"
         if self.overtaken:
             text += f" overtaken={self.overtaken}"
         if self.estimate_s is not None:

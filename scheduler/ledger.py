@@ -93,3 +93,17 @@ class Ledger:
 def mean_estimator(info: Admission, ledger: Ledger) -> float:
     """The default estimator: the agent's running mean of service time."""
     return ledger.mean_service(info.agent)
+
+
+class NullLedger(Ledger):
+    """A ledger that records nothing: for a worker whose agents all run ``fifo`` (no policy
+    reads the statistics, so keeping them would only cost time per record)."""
+
+    def queued(self, info: Admission, work_s: float | None = None) -> None:
+        """Nothing to note."""
+
+    def dequeued(self, info: Admission, work_s: float | None = None) -> None:
+        """Nothing to note."""
+
+    def observe(self, info: Admission, service_s: float) -> None:
+        """Nothing to note."""

@@ -11,9 +11,9 @@ from typing import Any, TypeAlias, TypeVar
 from blackboard.errors import ConfigError
 from scheduler.base import ReadyQueue
 from scheduler.drr import DrrQueue
-from scheduler.fifo import FifoQueue
+from scheduler.fifo import FifoQueue, PlainFifoQueue
 from scheduler.join_aware import JoinAwareQueue
-from scheduler.ledger import Estimator, Ledger
+from scheduler.ledger import Estimator, Ledger, NullLedger
 from scheduler.plas import PlasQueue
 from scheduler.srpt import SrptQueue
 
@@ -97,6 +97,8 @@ def make_queue(policy: PolicyLike | None, agent: str, ledger: Ledger) -> ReadyQu
     """
     spec = as_spec(policy)
     fair, base = spec.parts
+    if not fair and base == "fifo" and isinstance(ledger, NullLedger):
+        return PlainFifoQueue(agent, ledger)
     if not fair:
         return _base(base, spec, agent, ledger)
     return DrrQueue(agent, ledger, lambda: _base(base, spec, agent, ledger), spec.weights, base)

@@ -104,7 +104,7 @@ async def test_a_pipeline_s_spans_carry_the_attributes_and_each_correlation_is_o
         assert span["consumer_group"] == "bb.answerer" and span["agent"] == "answerer"
         assert span["artifact_type"] == "obs.Question" and span["tenant"] == "default"
         assert span["attempt"] == 1
-        assert span["policy_decision"].startswith("admitted fifo why=arrival pos=")
+        assert span["policy_decision"].startswith("admitted fifo why=arrival")
         assert span["status"] == "OK" and span["outcome"] == "ok"
         assert 0 <= span["partition_id"] < 4 and span["record_offset"] >= 0
         assert span["queue_wait_ms"] >= 0 and span["duration_ms"] >= 0
