@@ -629,10 +629,7 @@ class AgentRunner:
                         service += self._now() - called
                         if self._limiter is not None:
                             self._limiter.used_tokens(self._now(), ctx.tokens)
-                    if result is not None:
-                        for out in (result,) if isinstance(result, BaseModel) else result:
-                            ctx.publish(out)
-                    outcome = _Outcome(item, outputs=self._encode(ctx))
+                    outcome = _Outcome(item, outputs=self._outputs(ctx, result))
                     self._apply_state(ctx._state, rec.partition, outcome)
                     span.end()
                     if self._breaker is not None:
@@ -788,10 +785,7 @@ class AgentRunner:
         try:
             async with asyncio.timeout(self.spec.retry.timeout_s):
                 result = await handler(collector.view(fired), ctx)
-            if result is not None:
-                for out in (result,) if isinstance(result, BaseModel) else result:
-                    ctx.publish(out)
-            outcome.outputs = self._encode(ctx)
+            outcome.outputs = self._outputs(ctx, result)
         except Exception as exc:
             self._log.warning(
                 "timer handler failed", key=fired.key, error=f"{type(exc).__name__}: {exc}"
@@ -859,6 +853,14 @@ class AgentRunner:
                 async with asyncio.timeout(seconds):
                     await self._stop_requested.wait()
         return self._current(item)
+
+    def _outputs(self, ctx: Context, result: HandlerResult) -> list[OutgoingRecord]:
+        """Publish what a handler returned (an output, a list, or None) after what it
+        published itself, and encode them all."""
+        if result is not None:
+            for out in (result,) if isinstance(result, BaseModel) else result:
+                ctx.publish(out)
+        return self._encode(ctx)
 
     def _encode(self, ctx: Context) -> list[OutgoingRecord]:
         limit = self.settings.max_record_bytes

@@ -6,11 +6,10 @@ them back and look at lag; workers use it to find their topics.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from blackboard.artifacts import (
     DEFAULT_TENANT,
@@ -21,7 +20,8 @@ from blackboard.artifacts import (
     default_registry,
     make_envelope,
 )
-from blackboard.errors import ArtifactError, ConfigError
+from blackboard.envsettings import settings_from_env
+from blackboard.errors import ArtifactError
 from blackboard.records import OutgoingRecord, Record, TopicPartition
 from blackboard.store import LagRow, Store
 from blackboard.stores import DEFAULT_URL, open_store
@@ -47,22 +47,12 @@ class BlackboardSettings(BaseModel):
         Raises:
             ConfigError: a value is invalid (one line naming it).
         """
-        values: dict[str, Any] = {}
-        for field, var in (
-            ("url", "BLACKBOARD_URL"),
-            ("prefix", "BLACKBOARD_PREFIX"),
-            ("partitions", "BLACKBOARD_PARTITIONS"),
-        ):
-            if os.environ.get(var):
-                values[field] = os.environ[var]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(
-                f"invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}"
-            ) from None
+        env = {
+            "url": "BLACKBOARD_URL",
+            "prefix": "BLACKBOARD_PREFIX",
+            "partitions": "BLACKBOARD_PARTITIONS",
+        }
+        return settings_from_env(cls, env, overrides)
 
 
 class Blackboard:

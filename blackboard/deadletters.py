@@ -209,6 +209,27 @@ class DeadLetters:
         found.sort(key=lambda e: (e.failed_at, e.entry_id))
         return found
 
+    def named(
+        self, selection: DeadLetterFilter, *, everything: bool, verb: str, all_word: str
+    ) -> list[DeadLetter]:
+        """The open dead letters an action (``verb``) applies to: those ``selection`` picks,
+        which must name something (ids or a filter) unless ``everything`` is asked.
+
+        Raises:
+            ConfigError: nothing named, or an id that is not an open dead letter.
+        """
+        chosen = selection
+        narrowed = bool(chosen.ids or chosen.type or chosen.agent or chosen.stage or chosen.since)
+        if not narrowed and not everything:
+            raise ConfigError(f"name what to {verb}: entry ids, a filter, or {all_word}")
+        entries = self.entries(selection)
+        if selection.ids:
+            found = {e.entry_id for e in entries} | {e.artifact_id for e in entries}
+            missing = sorted(selection.ids - found)
+            if missing:
+                raise ConfigError(f"no open dead letter with id {', '.join(missing)}")
+        return entries
+
     def get(self, ident: str) -> list[DeadLetter]:
         """The dead letters with entry id or artifact id ``ident`` (replayed ones included)."""
         return self.entries(DeadLetterFilter(ids=frozenset({ident}), include_settled=True))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from blackboard.errors import ConfigError
+from blackboard.envsettings import settings_from_env
 
 
 class TraceSettings(BaseModel):
@@ -35,19 +34,9 @@ class TraceSettings(BaseModel):
         Raises:
             ConfigError: a value is invalid (one line naming it).
         """
-        values: dict[str, Any] = {}
-        for name, var in (
-            ("max_queue", "BLACKBOARD_TRACES_QUEUE"),
-            ("batch_size", "BLACKBOARD_TRACES_BATCH"),
-            ("flush_interval_s", "BLACKBOARD_TRACES_FLUSH_S"),
-        ):
-            if os.environ.get(var):
-                values[name] = os.environ[var]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(
-                f"invalid trace setting {'.'.join(map(str, err['loc']))}: {err['msg']}"
-            ) from None
+        env = {
+            "max_queue": "BLACKBOARD_TRACES_QUEUE",
+            "batch_size": "BLACKBOARD_TRACES_BATCH",
+            "flush_interval_s": "BLACKBOARD_TRACES_FLUSH_S",
+        }
+        return settings_from_env(cls, env, overrides, "trace setting")

@@ -95,17 +95,7 @@ def _filter(args: argparse.Namespace, *, include_settled: bool = False) -> DeadL
 
 
 def _selected(dlq: DeadLetters, args: argparse.Namespace, verb: str) -> list[DeadLetter]:
-    selection = _filter(args)
-    narrowed = bool(selection.ids or args.type or args.agent or args.stage or args.since)
-    if not narrowed and not args.all:
-        raise ConfigError(f"name what to {verb}: entry ids, a filter, or --all")
-    entries = dlq.entries(selection)
-    if selection.ids:
-        found = {e.entry_id for e in entries} | {e.artifact_id for e in entries}
-        missing = sorted(selection.ids - found)
-        if missing:
-            raise ConfigError(f"no open dead letter with id {', '.join(missing)}")
-    return entries
+    return dlq.named(_filter(args), everything=args.all, verb=verb, all_word="--all")
 
 
 def _list(dlq: DeadLetters, args: argparse.Namespace) -> int:

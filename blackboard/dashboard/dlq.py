@@ -62,17 +62,9 @@ def selected(board: Blackboard, body: Mapping[str, Any], verb: str) -> list[Dead
     Raises:
         ConfigError: nothing named (no ids, no filter, no ``all``), or an id not open.
     """
-    chosen = selection(body)
-    narrowed = bool(chosen.ids or chosen.type or chosen.agent or chosen.stage or chosen.since)
-    if not narrowed and body.get("all") is not True:
-        raise ConfigError(f"name what to {verb}: entry ids, a filter, or all")
-    entries = DeadLetters(board).entries(chosen)
-    if chosen.ids:
-        found = {e.entry_id for e in entries} | {e.artifact_id for e in entries}
-        missing = sorted(chosen.ids - found)
-        if missing:
-            raise ConfigError(f"no open dead letter with id {', '.join(missing)}")
-    return entries
+    return DeadLetters(board).named(
+        selection(body), everything=body.get("all") is True, verb=verb, all_word="all"
+    )
 
 
 def replay(board: Blackboard, body: Mapping[str, Any]) -> dict[str, Any]:
