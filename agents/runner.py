@@ -21,7 +21,7 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,12 +110,19 @@ class _Item:
 class _Outcome:
     item: _Item | None
     """The record that finished; None for a timer (a join timeout or a batch window)."""
-    outputs: list[OutgoingRecord] = field(default_factory=list)
+    outputs: Sequence[OutgoingRecord] = ()
     dead_letter: OutgoingRecord | None = None
-    state: list[StateUpdate] = field(default_factory=list)
-    dead_letters: list[OutgoingRecord] = field(default_factory=list)
-    epochs: dict[TopicPartition, int] = field(default_factory=dict)
+    state: list[StateUpdate] | None = None
+    dead_letters: Sequence[OutgoingRecord] = ()
+    epochs: dict[TopicPartition, int] | None = None
     """A timer's partitions and their epochs when it fired (dropped if one changed)."""
+
+    def add_state(self, update: StateUpdate) -> None:
+        """Commit ``update`` with this outcome (no list is made for the many without one)."""
+        if self.state is None:
+            self.state = [update]
+        else:
+            self.state.append(update)
 
 
 @dataclass(slots=True)
@@ -700,7 +707,7 @@ class AgentRunner:
         if outcome is None:
             return  # left unfinished: read (and admitted) again later
         partition = item.record.partition
-        outcome.state.append(StateUpdate(partition, key, b"1"))
+        outcome.add_state(StateUpdate(partition, key, b"1"))
         self._state.setdefault(partition, {})[key] = b"1"
 
     # -- join timeouts and batch windows ---------------------------------------------------
@@ -821,7 +828,7 @@ class AgentRunner:
             return
         base = self._state.setdefault(partition, {})
         for key, value in state.writes.items():
-            outcome.state.append(StateUpdate(partition, key, value))
+            outcome.add_state(StateUpdate(partition, key, value))
             if value is None:
                 base.pop(key, None)
             else:
@@ -918,12 +925,14 @@ class AgentRunner:
         epochs, progress = self._epoch, self._progress
         for oc in done:
             if oc.item is None:  # a timer: no record, but its partitions' offsets fence it
-                if any(epochs.get(tp) != e for tp, e in oc.epochs.items()):
+                fired = oc.epochs or {}
+                if any(epochs.get(tp) != e for tp, e in fired.items()):
                     continue
-                touched.update(oc.epochs)
+                touched.update(fired)
                 commit.outputs.extend(oc.outputs)
                 commit.dead_letters.extend(oc.dead_letters)
-                commit.state.extend(oc.state)
+                if oc.state:
+                    commit.state.extend(oc.state)
                 dead += len(oc.dead_letters)
                 continue
             tp = oc.item.tp
@@ -936,7 +945,8 @@ class AgentRunner:
                 dead += 1
             else:
                 commit.outputs.extend(oc.outputs)
-                commit.state.extend(oc.state)
+                if oc.state:
+                    commit.state.extend(oc.state)
                 processed += 1
         for tp in touched:
             commit.offsets[tp] = progress[tp].position()

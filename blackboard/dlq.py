@@ -85,24 +85,22 @@ def replay_info(record: Record) -> ReplayInfo | None:
     Replay headers are never envelope fields, so the raw headers hold them on every store (and
     reading those does not render an in-process record's envelope).
     """
-    found: dict[str, bytes] = {}
-    for name, value in record.raw_headers:
-        if name.startswith(_REPLAY_PREFIX) and value is not None:
-            found[name] = value
-    if H_REPLAY_OF not in found:
+    raw = record.raw_headers
+    if not raw:
+        return None
+    found = dict(raw)  # one C-level pass (most records were never replayed)
+    if found.get(H_REPLAY_OF) is None:
         return None
     try:
-        attempts = int(found.get(H_REPLAY_ATTEMPTS, b"0"))
+        attempts = int(found.get(H_REPLAY_ATTEMPTS) or b"0")
         first = found.get(H_REPLAY_FIRST_FAILURE)
         first_ts = float(first) if first else None
     except ValueError:
         attempts, first_ts = 0, None
     return ReplayInfo(
         of=found[H_REPLAY_OF].decode(errors="replace"),
-        agent=found.get(H_REPLAY_AGENT, b"").decode(errors="replace"),
+        agent=(found.get(H_REPLAY_AGENT) or b"").decode(errors="replace"),
         attempts=attempts,
         first_failure_ts=first_ts,
     )
 
-
-_REPLAY_PREFIX = "bb.replay."

@@ -5,10 +5,18 @@ that a plain producer writes with these headers is accepted."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from blackboard.artifacts import Artifact, ArtifactType, Envelope, TypeRegistry
+from blackboard.artifacts import (
+    DEFAULT_TENANT,
+    EXTERNAL_PRODUCER,
+    Artifact,
+    ArtifactType,
+    Envelope,
+    TypeRegistry,
+)
 from blackboard.errors import DecodeError, InvalidArtifactError, UnknownTypeError
 from blackboard.records import Headers, Record
 
@@ -22,6 +30,8 @@ H_PRODUCED_BY = "bb.produced_by"
 H_CREATED_AT = "bb.created_at"
 H_TRACEPARENT = "traceparent"
 
+_K = TypeVar("_K", str, int)
+
 
 def encode_payload(payload: BaseModel) -> bytes:
     """The payload as compact JSON bytes (pydantic-core's serializer: same JSON as orjson
@@ -31,62 +41,94 @@ def encode_payload(payload: BaseModel) -> bytes:
 
 def encode_headers(env: Envelope) -> Headers:
     """The envelope as ``bb.*`` string headers (and ``traceparent`` when set)."""
-    headers: list[tuple[str, bytes]] = [
+    type_h = _TYPE_HEADERS.get(env.type) or _remember(_TYPE_HEADERS, H_TYPE, env.type)
+    version_h = _VERSION_HEADERS.get(env.schema_version) or _remember(
+        _VERSION_HEADERS, H_SCHEMA_VERSION, env.schema_version
+    )
+    tenant_h = _TENANT_HEADERS.get(env.tenant) or _remember(_TENANT_HEADERS, H_TENANT, env.tenant)
+    producer_h = _PRODUCER_HEADERS.get(env.produced_by) or _remember(
+        _PRODUCER_HEADERS, H_PRODUCED_BY, env.produced_by
+    )
+    headers = (
         (H_ID, env.id.encode()),
-        (H_TYPE, env.type.encode()),
-        (H_SCHEMA_VERSION, str(env.schema_version).encode()),
+        type_h,
+        version_h,
         (H_CORRELATION_ID, env.correlation_id.encode()),
         (H_CAUSATION_IDS, ",".join(env.causation_ids).encode()),
-        (H_TENANT, env.tenant.encode()),
-        (H_PRODUCED_BY, env.produced_by.encode()),
+        tenant_h,
+        producer_h,
         (H_CREATED_AT, env.created_at.isoformat().encode()),
-    ]
+    )
     if env.traceparent:
-        headers.append((H_TRACEPARENT, env.traceparent.encode()))
-    return tuple(headers)
+        return (*headers, (H_TRACEPARENT, env.traceparent.encode()))
+    return headers
+
+
+# The headers that repeat (type, schema version, tenant, producer), built once each: the same
+# few values are on every record an agent or publisher writes.
+_TYPE_HEADERS: dict[str, tuple[str, bytes]] = {}
+_VERSION_HEADERS: dict[int, tuple[str, bytes]] = {}
+_TENANT_HEADERS: dict[str, tuple[str, bytes]] = {}
+_PRODUCER_HEADERS: dict[str, tuple[str, bytes]] = {}
+_MAX_REMEMBERED = 4096
+
+
+def _remember(
+    cache: dict[_K, tuple[str, bytes]], name: str, value: _K
+) -> tuple[str, bytes]:
+    if len(cache) >= _MAX_REMEMBERED:  # e.g. tenants without end: stay bounded
+        cache.clear()
+    header = cache[value] = (name, str(value).encode())
+    return header
 
 
 def decode_envelope(record: Record) -> Envelope:
-    """Read the envelope from a record's headers.
+    """Read the envelope from a record's headers (the last value of a repeated header wins).
 
     Raises:
         DecodeError: a required header is missing or malformed.
     """
-    found: dict[str, str] = {}
+    found = dict(record.headers)  # one C-level pass; only the envelope's headers are decoded
     try:
-        for name, value in record.headers:
-            found[name] = value.decode()
-    except UnicodeDecodeError as exc:
-        raise DecodeError(
-            f"header is not UTF-8 in {record.topic}[{record.partition}]@{record.offset}"
-        ) from exc
-    try:
-        art_id = found[H_ID]
-        type_name = found[H_TYPE]
+        art_id = found[H_ID].decode()
+        type_name = found[H_TYPE].decode()
     except KeyError as exc:
         raise DecodeError(
             f"record {record.topic}[{record.partition}]@{record.offset} has no {exc.args[0]} header"
         ) from exc
+    except (UnicodeDecodeError, AttributeError) as exc:
+        raise _not_utf8(record) from exc
     try:
-        version = int(found.get(H_SCHEMA_VERSION) or 1)
+        version_raw = found.get(H_SCHEMA_VERSION)
+        version = int(version_raw) if version_raw else 1
         created_raw = found.get(H_CREATED_AT)
-        created = datetime.fromisoformat(created_raw) if created_raw else _record_time(record)
+        created = (
+            datetime.fromisoformat(created_raw.decode()) if created_raw else _record_time(record)
+        )
+        corr_raw = found.get(H_CORRELATION_ID)
+        causes_raw = found.get(H_CAUSATION_IDS)
+        tenant_raw = found.get(H_TENANT)
+        producer_raw = found.get(H_PRODUCED_BY)
+        parent_raw = found.get(H_TRACEPARENT)
+        corr = corr_raw.decode() if corr_raw else art_id
+        causes = tuple(causes_raw.decode().split(",")) if causes_raw else ()
+        tenant = tenant_raw.decode() if tenant_raw else DEFAULT_TENANT
+        producer = producer_raw.decode() if producer_raw else EXTERNAL_PRODUCER
+        parent = parent_raw.decode() if parent_raw is not None else None
+    except (UnicodeDecodeError, AttributeError) as exc:
+        raise _not_utf8(record) from exc
     except ValueError as exc:
         raise DecodeError(f"malformed envelope header on {art_id}: {exc}") from exc
-    corr = found.get(H_CORRELATION_ID) or art_id
-    causes = found.get(H_CAUSATION_IDS, "")
     key = record.key.decode(errors="replace") if record.key is not None else corr
     return Envelope(
-        id=art_id,
-        type=type_name,
-        schema_version=version,
-        correlation_id=corr,
-        causation_ids=tuple(causes.split(",")) if causes else (),
-        partition_key=key,
-        tenant=found.get(H_TENANT) or "default",
-        produced_by=found.get(H_PRODUCED_BY) or "external",
-        created_at=created,
-        traceparent=found.get(H_TRACEPARENT),
+        art_id, type_name, version, corr, causes, key, tenant, producer, created, parent
+    )
+
+
+def _not_utf8(record: Record) -> DecodeError:
+    return DecodeError(
+        "an envelope header is empty or not UTF-8 in "
+        f"{record.topic}[{record.partition}]@{record.offset}"
     )
 
 

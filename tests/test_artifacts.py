@@ -93,3 +93,28 @@ def test_ids_are_standard_uuids() -> None:
     assert output_id("agent", ["b", "a"], 3) == str(uuid.uuid5(OUTPUT_ID_NAMESPACE, key))
     fresh = uuid.UUID(new_id())
     assert fresh.version == 4 and fresh.variant == uuid.RFC_4122
+
+
+def test_envelope_headers_round_trip_and_bad_ones_are_decode_errors() -> None:
+    env = make_envelope(
+        reg.of(Note), correlation_id="c", tenant="acme", produced_by="writer", traceparent="00-x"
+    )
+    value = encode_payload(Note(text="hi"))
+    # Another header, even one that is not text, is the producer's business.
+    headers = (*encode_headers(env), ("app.blob", b"\xff\x00"))
+    got = decode(_record(value, headers), reg).envelope
+    assert (got.id, got.type, got.schema_version, got.tenant, got.produced_by) == (
+        env.id,
+        "w.Note",
+        2,
+        "acme",
+        "writer",
+    )
+    assert (got.created_at, got.traceparent, got.correlation_id) == (env.created_at, "00-x", "c")
+    for name, bad in (("bb.tenant", b"\xff"), ("bb.type", None)):
+        broken = tuple((k, bad if k == name else v) for k, v in encode_headers(env))
+        with pytest.raises(DecodeError, match="empty or not UTF-8"):
+            decode(_record(value, broken), reg)  # type: ignore[arg-type]
+    bad_version = (("bb.id", b"1"), ("bb.type", b"w.Note"), ("bb.schema_version", b"x"))
+    with pytest.raises(DecodeError, match="malformed envelope header"):
+        decode(_record(value, bad_version), reg)
