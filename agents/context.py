@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agents.agent import AgentSpec
-from blackboard.artifacts import Envelope, TypeRegistry, make_envelope, output_id
+from blackboard.artifacts import Envelope, TypeRegistry, output_id
 from blackboard.errors import AgentError, UndeclaredOutputError
 from blackboard.logs import get_logger
 from blackboard.records import Record
@@ -125,17 +126,19 @@ class Context:
             raise UndeclaredOutputError(
                 f"agent {self.spec.name!r} published {art_type.name}, but declares {declared}"
             )
-        env = self.envelope
+        env, agent = self.envelope, self.spec.name
         causes = tuple(e.id for e in self.inputs) if self.inputs else (env.id,)
-        out = make_envelope(
-            art_type,
-            artifact_id=output_id(self.spec.name, causes, len(self.outputs)),
-            correlation_id=env.correlation_id,
-            causation_ids=causes,
-            partition_key=partition_key if partition_key is not None else env.partition_key,
-            tenant=tenant or env.tenant,
-            produced_by=self.spec.name,
-            traceparent=tracing.child_traceparent(),  # its send span's, when tracing is on
+        out = Envelope(
+            output_id(agent, causes, len(self.outputs)),
+            art_type.name,
+            art_type.version,
+            env.correlation_id,
+            causes,
+            partition_key if partition_key is not None else env.partition_key,
+            tenant or env.tenant,
+            agent,
+            datetime.now(UTC),
+            tracing.child_traceparent(),  # its send span's, when tracing is on
         )
         self.outputs.append(Output(out, payload))
         return out

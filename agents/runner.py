@@ -436,23 +436,30 @@ class AgentRunner:
     # -- admission and dispatch -----------------------------------------------------------
     def _admit(self, records: list[Record]) -> None:
         progress, epochs, registry = self._progress, self._epoch, self.board.registry
+        topics, collector, ordered = self._topics, self.spec.collector, self.spec.ordered
+        plain = self._plain_queue
         touched: set[TopicPartition] = set()
         polled = time.monotonic()
+        tp = TopicPartition("", -1)
+        prog: PartitionProgress | None = None
         for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            prog = progress.get(tp)
+            if rec.partition != tp.partition or rec.topic != tp.topic:  # runs share a partition
+                tp = TopicPartition(rec.topic, rec.partition)
+                prog = progress.get(tp)
+                if prog is not None:
+                    touched.add(tp)
             if prog is None:
                 continue
             if not prog.start(rec.offset):
                 self.stats.skipped += 1
                 continue
-            item = _Item(rec, tp, epochs[tp], polled_at=polled)
+            item = _Item(rec, tp, epochs[tp], None, None, rec.key, polled)
             try:
                 art = decode(rec, registry)
-                if art.envelope.type != self._topics[rec.topic]:
+                if art.envelope.type != topics[rec.topic]:
                     raise DecodeError(
                         f"record {rec.topic}[{rec.partition}]@{rec.offset} says it is a "
-                        f"{art.envelope.type}, but the topic holds {self._topics[rec.topic]}"
+                        f"{art.envelope.type}, but the topic holds {topics[rec.topic]}"
                     )
             except DecodeError as exc:
                 self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "deserialize", exc)))
@@ -461,8 +468,6 @@ class AgentRunner:
                 self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "validate", exc)))
                 continue
             item.artifact = art
-            item.key = rec.key
-            collector = self.spec.collector
             if collector is not None:
                 try:
                     item.key = collector.order_key(art)
@@ -475,18 +480,21 @@ class AgentRunner:
                         _Outcome(item, dead_letter=self._dead_letter(rec, "process", exc))
                     )
                     continue
-            replay = replay_info(rec)
-            if replay is not None and not self._admit_replay(item, replay):
-                self._finish(_Outcome(item))  # another agent's replay, or one settled before
-                continue
-            touched.add(tp)
-            if self.spec.ordered:
+            if rec.raw_headers:  # a replayed record has bb.replay.* headers
+                replay = replay_info(rec)
+                if replay is not None and not self._admit_replay(item, replay):
+                    self._finish(_Outcome(item))  # another agent's replay, or one settled before
+                    continue
+            if ordered:
                 parked = self._parked.get(item.key)
                 if parked is not None:
                     parked.append(item)
                     continue
                 self._parked[item.key] = deque()
-            self._queue(item)
+            if plain:
+                self._ready.push(item, None, 0.0)  # type: ignore[arg-type]
+            else:
+                self._queue(item)
         window = self.settings.max_offset_window
         for tp in touched - self._paused:  # bounds the finished offsets the metadata must name
             if progress[tp].span() >= window:
@@ -592,7 +600,7 @@ class AgentRunner:
         art = item.artifact
         assert art is not None
         rec = item.record
-        spec, policy = self.spec, self.spec.retry
+        spec, policy, registry = self.spec, self.spec.retry, self.board.registry
         attempt = self._member.attempt(rec) if self._member is not None else 1
         prior = item.replay.attempts if item.replay is not None else 0
         first_failure = item.replay.first_failure_ts if item.replay is not None else None
@@ -606,14 +614,9 @@ class AgentRunner:
                     or self._epoch.get(item.tp) != item.epoch
                 ) and not await self._permit(item):
                     return  # stopping, or the partition moved: unfinished, read again later
-                ctx = Context(
-                    spec,
-                    self.board.registry,
-                    art.envelope,
-                    rec,
-                    attempt=attempt,
-                    _state_base=self._state.get(rec.partition) if spec.ordered else None,
-                )
+                ctx = Context(spec, registry, art.envelope, rec, attempt, [])
+                if spec.ordered:
+                    ctx._state_base = self._state.get(rec.partition)
                 # No Timeout object (nor its current_task() lookup) per call unless one is set.
                 limit = asyncio.timeout(policy.timeout_s) if policy.timeout_s else None
                 span = tracing.process(
@@ -636,8 +639,9 @@ class AgentRunner:
                         service += self._now() - called
                         if self._limiter is not None:
                             self._limiter.used_tokens(self._now(), ctx.tokens)
-                    outcome = _Outcome(item, outputs=self._outputs(ctx, result))
-                    self._apply_state(ctx._state, rec.partition, outcome)
+                    outcome = _Outcome(item, self._outputs(ctx, result))
+                    if ctx._state is not None:
+                        self._apply_state(ctx._state, rec.partition, outcome)
                     span.end()
                     if self._breaker is not None:
                         self._breaker.succeeded()
@@ -688,12 +692,16 @@ class AgentRunner:
             raise
         finally:
             self._running -= 1
-            self._done_with(item, service if outcome is not None else None)
+            if item.info is not None:
+                self._done_with(item, service if outcome is not None else None)
             if item.replay is not None:
                 self._settle_replay(item, outcome)
             if outcome is not None:
-                self._finish(outcome)
-            self._release_key(item)
+                if not self._completed:
+                    self._first_completed_at = self._now()
+                self._completed.append(outcome)
+            if spec.ordered:
+                self._release(item.key)
             self._wake.set()
             if item.task is not None:
                 self._tasks.discard(item.task)
@@ -865,15 +873,19 @@ class AgentRunner:
         """Publish what a handler returned (an output, a list, or None) after what it
         published itself, and encode them all."""
         if result is not None:
-            for out in (result,) if isinstance(result, BaseModel) else result:
-                ctx.publish(out)
+            if isinstance(result, BaseModel):
+                ctx.publish(result)
+            else:
+                for out in result:
+                    ctx.publish(out)
         return self._encode(ctx)
 
     def _encode(self, ctx: Context) -> list[OutgoingRecord]:
         limit = self.settings.max_record_bytes
+        record_for, outgoing = self.board.record_for, tracing.outgoing
         records = []
         for out in ctx.outputs:
-            record = self.board.record_for(tracing.outgoing(self, out.envelope), out.payload)
+            record = record_for(outgoing(self, out.envelope), out.payload)
             if record.value is not None and len(record.value) > limit:
                 raise RecordTooLargeError(
                     f"output {out.envelope.type} {out.envelope.id} is {len(record.value)} bytes, "
