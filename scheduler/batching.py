@@ -36,7 +36,9 @@ from blackboard.errors import AgentError, ConfigError
 #: The environment variable holding batch overrides (``Order=50:200ms,Refund=10:1s``).
 BATCH_ENV = "BLACKBOARD_BATCH"
 _FORM = "[AGENT/]TYPE=SIZE:WINDOW, e.g. Order=50:200ms"
-_ENTRY = re.compile(r"^(?:(?P<agent>[^/=\s]+)/)?(?P<type>[^/=\s]+)=(?P<size>[^:]*)(?::(?P<win>.*))?$")
+_ENTRY = re.compile(
+    r"^(?:(?P<agent>[^/=\s]+)/)?(?P<type>[^/=\s]+)=(?P<size>[^:]*)(?::(?P<win>.*))?$"
+)
 _WINDOW = re.compile(r"^(?P<n>[0-9]*\.?[0-9]+)\s*(?P<unit>ms|s|m)?$")
 _UNIT_MS = {"ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
@@ -171,7 +173,8 @@ class BatchSettings(BaseModel):
             try:
                 return parse_overrides(value)
             except ConfigError as exc:
-                raise PydanticCustomError("batch_override", "{reason}", {"reason": str(exc)})
+                reason = {"reason": str(exc)}
+                raise PydanticCustomError("batch_override", "{reason}", reason) from None
         return value
 
     @classmethod
