@@ -110,7 +110,8 @@ class Worker:
             board.registry.merge(app.registry)
         self.app = app
         self.board = board
-        agent_specs = _with_batch_overrides(app, batch or BatchSettings.from_env())
+        batch = batch if batch is not None else BatchSettings.from_env()
+        agent_specs = _with_batch_overrides(app, batch)
         default = as_spec(policy)
         specs = [as_spec(app.agents[n].policy or default) for n in names]
         # Service statistics feed the other policies; an all-fifo worker does without them.
