@@ -29,6 +29,7 @@ from agents.collect import Collector, Extras, KeyFn, build_wanted, correlation_k
 from agents.retry import DEFAULT_RETRY, RetryPolicy
 from blackboard.artifacts import ArtifactType, Envelope, TypeRegistry, default_registry
 from blackboard.errors import AgentError
+from scheduler.batching import BatchControl
 from scheduler.policies import PolicyLike, as_spec
 from scheduler.ratelimit import RateLimit
 
@@ -221,7 +222,7 @@ class App:
     def batch(
         self,
         *,
-        consumes: type[BaseModel],
+        consumes: type[BaseModel] | Mapping[type[BaseModel], BatchControl],
         publishes: type[BaseModel] | Sequence[type[BaseModel]] = (),
         name: str | None = None,
         max_records: int = 100,
@@ -234,18 +235,37 @@ class App:
         """Decorator adding a batch agent: the handler gets a :class:`agents.collect.Batch`
         of at most ``max_records`` records, or of what arrived within ``max_wait_ms`` of the
         first, whichever comes first; ``key(payload, envelope)`` keeps one batch per key
-        (default: one per partition)."""
+        (default: one per partition).
+
+        ``consumes`` is one type (batched with ``max_records`` and ``max_wait_ms``) or maps
+        each type to its own :class:`scheduler.batching.BatchControl`, e.g.
+        ``{Order: BatchControl(50, 200), Refund: BatchControl(10, 1000)}``: each type is
+        batched apart with its size and window (a batch holds one type, ``batch.type`` names
+        it). Operators may override sizes and windows per worker (``--batch``,
+        ``BLACKBOARD_BATCH``; :mod:`scheduler.batching`).
+
+        Raises:
+            AgentError: a size < 1 or a window <= 0, or no consumed type.
+        """
 
         def add(handler: Handler) -> Handler:
-            if max_records < 1 or max_wait_ms <= 0:
-                raise AgentError("a batch needs max_records >= 1 and max_wait_ms > 0")
-            types, wanted = build_wanted({consumes: max_records}, self.registry)
-            collector = Collector(
-                "batch",
-                wanted,
+            if isinstance(consumes, Mapping):
+                if not consumes:
+                    raise AgentError("a batch agent needs at least one consumed type")
+                controls = dict(consumes)
+            else:
+                controls = {consumes: BatchControl(max_records, max_wait_ms)}
+            for model, control in controls.items():
+                if not isinstance(control, BatchControl):
+                    raise AgentError(
+                        f"batch controls must be BatchControl(max_records, max_wait_ms), got "
+                        f"{control!r} for {getattr(model, '__name__', model)}"
+                    )
+            types = [self.registry.of(m) for m in controls]
+            collector = Collector.batching(
+                {t.name: c for t, c in zip(types, controls.values(), strict=True)},
                 key or _one_batch,
-                max_wait_ms / 1000.0,
-                registry=self.registry,
+                self.registry,
             )
             self._add_spec(
                 handler, types, publishes, name, concurrency, retry, breaker, collector

@@ -3,9 +3,9 @@
 A *join* holds the parts that arrived for a join key (default: the correlation id) until it has
 the count of each type its spec asks for, then hands them to the handler as a :class:`JoinSet`;
 a partial set older than ``timeout_s`` goes to ``on_timeout`` or to the dead-letter topic. A
-*batch* holds records of one type (per key, default: one batch per partition) until it has
-``max_records`` of them or the first is ``max_wait_ms`` old, then hands them over as a
-:class:`Batch`.
+*batch* holds records of one type (per type and key, default: one batch per type and
+partition) until it has that type's ``max_records`` of them or the first is its ``max_wait_ms``
+old (:class:`scheduler.batching.BatchControl`), then hands them over as a :class:`Batch`.
 
 Everything held lives in the agent's keyed state, written in the same atomic commit as the
 offsets of the records that changed it, so a worker killed mid-join or mid-batch loses nothing
@@ -15,14 +15,16 @@ dead-lettered exactly as it was read. State keys (all under ``bb.``):
 
 - ``bb.join:<key>`` → ``{"since": t, "parts": [part, ...]}``; ``bb.joined:<key>`` → when it
   fired (later parts of that key are extras), forgotten after ``done_ttl_s``;
-- ``bb.batch:<key>`` → ``{"since": t, "parts": [part, ...]}``.
+- ``bb.batch:<key>`` → ``{"since": t, "parts": [part, ...]}`` for an agent batching one type;
+  ``bb.batch/<type>/<key>`` for one batching several (type names hold no ``/``), so each type's
+  batch has its own parts and window.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import orjson
@@ -32,6 +34,7 @@ from blackboard.artifacts import Artifact, ArtifactType, Envelope, TypeRegistry
 from blackboard.errors import AgentError, JoinError
 from blackboard.records import Record, partition_for
 from blackboard.wire import decode
+from scheduler.batching import BatchControl, BatchOverride, Release
 
 if TYPE_CHECKING:
     from agents.context import KeyedState
@@ -43,6 +46,7 @@ Extras = Literal["drop", "dead_letter"]
 _JOIN = "bb.join:"
 _JOINED = "bb.joined:"
 _BATCH = "bb.batch:"
+_TYPED_BATCH = "bb.batch/"
 
 
 def correlation_key(payload: BaseModel, envelope: Envelope) -> str:
@@ -114,7 +118,16 @@ class JoinSet(_Parts):
 
 
 class Batch(_Parts, Generic[M]):
-    """Records of one type (and key), given to a batch handler together."""
+    """Records of one type (and key), given to a batch handler together.
+
+    Attributes:
+        key: the batch key.
+        type: the registered name of the records' artifact type (``shop.Order``).
+    """
+
+    def __init__(self, key: str, parts: Sequence[Part], type: str = "") -> None:
+        super().__init__(key, parts)
+        self.type = type
 
     @property
     def payloads(self) -> list[M]:
@@ -127,11 +140,16 @@ class Batch(_Parts, Generic[M]):
 
 @dataclass(frozen=True, slots=True)
 class Fired:
-    """What a collector hands to the handler: ``why`` is complete, timeout or batch."""
+    """What a collector hands to the handler: ``why`` is complete, timeout or batch; a batch
+    says its ``type`` and whether it was ``full`` or its window closed; ``since`` is when its
+    first part was held (on the collector's clock)."""
 
     why: Literal["complete", "timeout", "batch"]
     key: str
     parts: list[Part]
+    type: str | None = None
+    since: float | None = None
+    full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +159,14 @@ class Collector:
 
     Attributes:
         kind: "join" or "batch".
-        wanted: join: type name → parts wanted; batch: the one type → ``max_records``.
+        wanted: join: type name → parts wanted; batch: type name → its ``max_records``.
         key: the join or batch key of an artifact.
-        timeout_s: join: how long a partial set waits; batch: ``max_wait_ms`` in seconds.
+        timeout_s: join: how long a partial set waits; batch: the longest window, in seconds.
         extras: join: what to do with a part beyond its type's count.
         on_timeout: join: handler of a timed-out partial set (None: dead-letter its parts).
         done_ttl_s: join: how long a fired key counts later parts as extras.
         co_partitioned: join keys must map to the record's partition.
+        controls: batch: type name → its size and window.
     """
 
     kind: Literal["join", "batch"]
@@ -159,6 +178,34 @@ class Collector:
     done_ttl_s: float = 3600.0
     co_partitioned: bool = True
     registry: TypeRegistry | None = field(default=None, compare=False)
+    controls: Mapping[str, BatchControl] = field(default_factory=dict)
+
+    @classmethod
+    def batching(
+        cls, controls: Mapping[str, BatchControl], key: KeyFn, registry: TypeRegistry
+    ) -> Collector:
+        """A batch collector: type name → its size and window."""
+        return cls(
+            "batch",
+            {t: c.max_records for t, c in controls.items()},
+            key,
+            max(c.window_s for c in controls.values()),
+            registry=registry,
+            controls=dict(controls),
+        )
+
+    def overridden(self, overrides: Mapping[str, BatchOverride]) -> Collector:
+        """This batch collector with an operator's overrides (type name → override) applied;
+        held state is kept as it is (state keys do not depend on the controls)."""
+        controls = dict(self.controls)
+        for name, override in overrides.items():
+            controls[name] = override.apply(controls[name])
+        return replace(
+            self,
+            wanted={t: c.max_records for t, c in controls.items()},
+            timeout_s=max(c.window_s for c in controls.values()),
+            controls=controls,
+        )
 
     def order_key(self, art: Artifact[BaseModel]) -> str:
         """The key records are serialised on (one join or batch at a time)."""
@@ -191,16 +238,17 @@ class Collector:
         """
         key = self.order_key(art)
         if self.kind == "batch":
-            held = _load(state.get(_BATCH + key))
+            state_key = self._batch_key(art.type, key)
+            held = _load(state.get(state_key))
             docs = held.setdefault("parts", [])
-            held.setdefault("since", now)
+            since = held.setdefault("since", now)
             if any(d["id"] == art.envelope.id for d in docs):
                 return None  # already held (a replay or a redelivery)
             docs.append(_part_doc(art, record))
             if len(docs) >= self.wanted[art.type]:
-                state.delete(_BATCH + key)
-                return Fired("batch", key, self._parts(docs))
-            state.set(_BATCH + key, orjson.dumps(held))
+                state.delete(state_key)
+                return Fired("batch", key, self._parts(docs), art.type, since, full=True)
+            state.set(state_key, orjson.dumps(held))
             return None
         if state.get(_JOINED + key) is not None:
             self._extra(art, key, "the join already fired")
@@ -237,17 +285,22 @@ class Collector:
             if name.startswith(_JOINED):
                 if orjson.loads(raw)["at"] + self.done_ttl_s <= now:
                     out.append(name)
-            elif (
-                (name.startswith(_JOIN) or name.startswith(_BATCH))
-                and self.timeout_s
-                and orjson.loads(raw)["since"] + self.timeout_s <= now
-            ):
-                out.append(name)
+            elif name.startswith(_JOIN):
+                if self.timeout_s and orjson.loads(raw)["since"] + self.timeout_s <= now:
+                    out.append(name)
+            elif name.startswith((_BATCH, _TYPED_BATCH)):
+                held = orjson.loads(raw)
+                control = self.controls.get(self._batch_type(name, held))
+                # A type the agent no longer batches (held before a code change): release now.
+                if control is None or held["since"] + control.window_s <= now:
+                    out.append(name)
         return out
 
     @staticmethod
     def order_key_of(state_key: str) -> str:
         """The order key a state key of :meth:`due` belongs to."""
+        if state_key.startswith(_TYPED_BATCH):
+            return state_key[len(_TYPED_BATCH) :].split("/", 1)[1]
         return state_key.split(":", 1)[1]
 
     def take(self, state_key: str, state: KeyedState, now: float) -> Fired | None:
@@ -259,18 +312,45 @@ class Collector:
         state.delete(state_key)
         if state_key.startswith(_JOINED):
             return None
-        docs = orjson.loads(raw)["parts"]
+        held = orjson.loads(raw)
+        docs = held["parts"]
         if state_key.startswith(_JOIN):
             state.set(_JOINED + key, orjson.dumps({"at": now}))
-            return Fired("timeout", key, self._parts(docs))
-        return Fired("batch", key, self._parts(docs))
+            return Fired("timeout", key, self._parts(docs), since=held["since"])
+        art_type = self._batch_type(state_key, held)
+        return Fired("batch", key, self._parts(docs), art_type, held["since"])
 
     def view(self, fired: Fired) -> JoinSet | Batch[BaseModel]:
         """The handler's view of what fired: a :class:`JoinSet` or a :class:`Batch`."""
         if self.kind == "join":
             assert self.registry is not None
             return JoinSet(fired.key, fired.parts, self.wanted, self.registry)
-        return Batch(fired.key, fired.parts)
+        return Batch(fired.key, fired.parts, fired.type or "")
+
+    @staticmethod
+    def release(fired: Fired, now: float) -> Release | None:
+        """The admission decision of a batch or timed-out join (None for a complete join,
+        whose record keeps the scheduling policy's decision)."""
+        wait_ms = (now - fired.since) * 1000.0 if fired.since is not None else 0.0
+        if fired.why == "batch":
+            why: Literal["full", "window"] = "full" if fired.full else "window"
+            return Release("batch", fired.type, len(fired.parts), why, wait_ms)
+        if fired.why == "timeout":
+            return Release("join", None, len(fired.parts), "timeout", wait_ms)
+        return None
+
+    def _batch_key(self, art_type: str, key: str) -> str:
+        if len(self.wanted) == 1:  # the single-type form keeps its original state key
+            return _BATCH + key
+        return f"{_TYPED_BATCH}{art_type}/{key}"
+
+    def _batch_type(self, state_key: str, held: Mapping[str, Any]) -> str:
+        if state_key.startswith(_TYPED_BATCH):
+            return state_key[len(_TYPED_BATCH) :].split("/", 1)[0]
+        if len(self.wanted) == 1:
+            return next(iter(self.wanted))
+        parts = held.get("parts") or [{}]
+        return str(parts[0].get("type", ""))
 
     def _parts(self, docs: list[dict[str, Any]]) -> list[Part]:
         assert self.registry is not None

@@ -822,8 +822,14 @@ class AgentRunner:
         state: KeyedState,
         outcome: _Outcome,
     ) -> None:
-        """Run a timer's handler once; its outputs, or every part dead-lettered if it fails."""
+        """Run a timer's handler once, in a process span saying why it was released; its
+        outputs, or every part dead-lettered if it fails."""
         first = fired.parts[0]
+        release = collector.release(fired, self._clock.time())
+        assert release is not None
+        span = tracing.released(
+            self, first.record, first.artifact.envelope, release, release.queue_wait_ms
+        )
         ctx = Context(
             self.spec,
             self.board.registry,
@@ -837,7 +843,9 @@ class AgentRunner:
             async with asyncio.timeout(self.spec.retry.timeout_s):
                 result = await handler(collector.view(fired), ctx)
             outcome.outputs = self._outputs(ctx, result)
+            span.end()
         except Exception as exc:
+            span.end(exc, stage="process")
             self._log.warning(
                 "timer handler failed", key=fired.key, error=f"{type(exc).__name__}: {exc}"
             )
@@ -859,9 +867,13 @@ class AgentRunner:
         self, collector: Collector, art: Artifact[BaseModel], rec: Record, ctx: Context
     ) -> HandlerResult:
         """Hold ``art`` in its join or batch; run the handler if that completes it."""
-        fired = collector.add(art, rec, ctx.state, self._clock.time())
+        now = self._clock.time()
+        fired = collector.add(art, rec, ctx.state, now)
         if fired is None:
             return None
+        release = collector.release(fired, now)  # a full batch: why, on this record's span
+        if release is not None:
+            tracing.redecide(release, release.queue_wait_ms)
         ctx.inputs = tuple(p.artifact.envelope for p in fired.parts)
         return await self.spec.handler(collector.view(fired), ctx)
 

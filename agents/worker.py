@@ -8,6 +8,7 @@ grace period, commits what finished and leaves the groups.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import importlib
 import signal
@@ -16,12 +17,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agents.agent import App
+from agents.agent import AgentSpec, App
 from agents.clock import SYSTEM_CLOCK, Clock
 from agents.runner import AgentRunner, RunnerSettings
 from blackboard.blackboard import Blackboard
 from blackboard.errors import AppLoadError, ConfigError
 from blackboard.logs import get_logger
+from scheduler.batching import BatchSettings, resolve
 from scheduler.ledger import Ledger, NullLedger
 from scheduler.policies import PolicyLike, as_spec
 
@@ -75,6 +77,12 @@ class Worker:
             :class:`agents.clock.ManualClock`).
         policy: the scheduling policy of agents that name none (default ``fifo``); the
             runners share one :class:`scheduler.Ledger` of service statistics.
+        batch: operators' overrides of batch sizes and windows per type
+            (:class:`scheduler.batching.BatchSettings`; None: from ``BLACKBOARD_BATCH``).
+
+    Raises:
+        ConfigError: an unknown agent, or a batch override that is malformed or names a type
+            no batch agent of the app consumes.
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class Worker:
         gc_gen0_threshold: int | None = 100_000,
         clock: Clock = SYSTEM_CLOCK,
         policy: PolicyLike | None = None,
+        batch: BatchSettings | None = None,
     ) -> None:
         names = list(agents) if agents else list(app.agents)
         unknown = [n for n in names if n not in app.agents]
@@ -101,6 +110,8 @@ class Worker:
             board.registry.merge(app.registry)
         self.app = app
         self.board = board
+        batch = batch if batch is not None else BatchSettings.from_env()
+        agent_specs = _with_batch_overrides(app, batch)
         default = as_spec(policy)
         specs = [as_spec(app.agents[n].policy or default) for n in names]
         # Service statistics feed the other policies; an all-fifo worker does without them.
@@ -108,7 +119,7 @@ class Worker:
         self.runners = [
             AgentRunner(
                 board,
-                app.agents[n],
+                agent_specs[n],
                 settings,
                 slot=slot,
                 clock=clock,
@@ -175,3 +186,30 @@ class Worker:
     def idle(self) -> bool:
         """No runner holds read-but-uncommitted work."""
         return all(r.idle for r in self.runners)
+
+
+def _with_batch_overrides(app: App, settings: BatchSettings) -> dict[str, AgentSpec]:
+    """The app's agents, batch agents with the operator's sizes and windows.
+
+    Raises:
+        ConfigError: an override names a type (or agent) no batch agent of the app has.
+    """
+    specs = dict(app.agents)
+    if not settings.batch:
+        return specs
+    batched = {
+        name: {t.name: t.model.__name__ for t in spec.consumes}
+        for name, spec in specs.items()
+        if spec.collector is not None and spec.collector.kind == "batch"
+    }
+    for name, overrides in resolve(settings.batch, batched).items():
+        spec = specs[name]
+        assert spec.collector is not None
+        collector = spec.collector.overridden(overrides)
+        specs[name] = dataclasses.replace(spec, collector=collector)
+        log.info(
+            "batch controls overridden",
+            agent=name,
+            controls={t: str(collector.controls[t]) for t in overrides},
+        )
+    return specs

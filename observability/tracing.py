@@ -480,6 +480,34 @@ def process(
     return ProcessSpan(tracer, runner, record, envelope, attempt, polled_at, decision)
 
 
+def released(
+    runner: AgentRunner, record: Record, envelope: Envelope, decision: object, queue_wait_ms: float
+) -> Span:
+    """Start the process span of a timer's handler: a batch whose window closed or a timed-out
+    join, run for the held records (``record`` and ``envelope``: the oldest). ``decision`` is
+    why it was released (:class:`scheduler.batching.Release`), ``queue_wait_ms`` how long
+    its oldest record was held. :data:`NO_SPAN` when tracing is off."""
+    tracer = _active
+    if tracer is None:
+        return NO_SPAN
+    span = ProcessSpan(tracer, runner, record, envelope, 1, None, decision)
+    span._queue_wait_ms = queue_wait_ms
+    return span
+
+
+def redecide(decision: object, queue_wait_ms: float) -> None:
+    """A batch filled up inside the current process span (the record that completed it):
+    the span records the batch's release (``bb.policy.decision``) and the queue wait of its
+    oldest record instead of the record's own. Nothing when tracing is off or no span is
+    current."""
+    if _active is None:
+        return
+    span = current_span.get()
+    if isinstance(span, ProcessSpan):
+        span._decision = str(decision)
+        span._queue_wait_ms = queue_wait_ms
+
+
 def child_traceparent() -> str | None:
     """The ``traceparent`` for an output made now: a new span id under the current process
     span's trace (None when tracing is off). :func:`outgoing` records the span."""

@@ -5,11 +5,14 @@ a simulator to compare policies under a virtual clock (see the admission issue).
   ``fifo``, ``srpt``, ``plas``, ``join_aware``, ``drr`` / ``drr+<policy>``.
 - :class:`Ledger` holds the service statistics the policies of one worker share.
 - :class:`RateLimit` holds token buckets (requests/s, tokens/s) checked before a handler starts.
+- :class:`BatchControl` is one type's batch size and window; :class:`BatchSettings` holds
+  operators' overrides of them (:mod:`scheduler.batching`).
 """
 
 from __future__ import annotations
 
 from scheduler.base import Admission, Decision, ReadyQueue
+from scheduler.batching import BatchControl, BatchSettings, Release
 from scheduler.ledger import Estimator, Ledger, mean_estimator
 from scheduler.policies import BASE_POLICIES, PolicyLike, PolicySpec, as_spec, make_queue
 from scheduler.ratelimit import RateLimit, RateLimiter, TokenBucket
@@ -17,6 +20,8 @@ from scheduler.ratelimit import RateLimit, RateLimiter, TokenBucket
 __all__ = [
     "BASE_POLICIES",
     "Admission",
+    "BatchControl",
+    "BatchSettings",
     "Decision",
     "Estimator",
     "Ledger",
@@ -25,6 +30,7 @@ __all__ = [
     "RateLimit",
     "RateLimiter",
     "ReadyQueue",
+    "Release",
     "TokenBucket",
     "as_spec",
     "make_queue",

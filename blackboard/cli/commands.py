@@ -106,16 +106,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run agents until SIGTERM/SIGINT; exit 0 after a clean stop."""
     from agents.runner import RunnerSettings
     from agents.worker import Worker, load_app
+    from scheduler.batching import BatchSettings
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <pid>: dump stacks
+    batch = BatchSettings.from_env(batch=args.batch)  # a malformed override: before connecting
     app = load_app(args.app_ref)
     board = _board(args, app.registry)
     agents = [a.strip() for a in args.agents.split(",") if a.strip()] if args.agents else None
-    config = {"agents": agents, "slot": args.slot, "grace_s": args.grace}
+    config = {
+        "agents": agents,
+        "slot": args.slot,
+        "grace_s": args.grace,
+        "batch": [o.text for o in batch.batch],
+    }
     tracing = start_command_tracing(args, scenario=app.name, store=board.store.url, config=config)
     try:
         worker = Worker(
-            app, board, RunnerSettings(shutdown_grace_s=args.grace), agents=agents, slot=args.slot
+            app,
+            board,
+            RunnerSettings(shutdown_grace_s=args.grace),
+            agents=agents,
+            slot=args.slot,
+            batch=batch,
         )
         asyncio.run(worker.run(handle_signals=True))
     finally:

@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace", type=float, default=30.0, help="seconds in-flight handlers get at shutdown"
     )
+    p.add_argument(
+        "--batch",
+        action="append",
+        metavar="[AGENT/]TYPE=SIZE:WINDOW",
+        help="override a batch agent's size and window for a type, e.g. Order=50:200ms "
+        "(comma-separated or repeated; replaces $BLACKBOARD_BATCH)",
+    )
     add_tracing_options(p)
 
     p = sub.add_parser("publish", help="publish artifacts (JSON argument, or JSON lines on stdin)")

@@ -12,6 +12,7 @@ from agents.collect import Batch, JoinSet
 from agents.context import Context
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard
+from scheduler.batching import BatchControl
 from tests.contract.helpers import eventually
 from tests.contract.test_processing import FAST, _crash, _start
 from tests.contract.types import Doc, Result, Tally, Task, Vote, registry
@@ -204,6 +205,56 @@ async def test_crash_mid_join_and_mid_batch_fires_exactly_once(board: Blackboard
     assert sorted(t.n for t in _tallies(board)) == list(range(10))
     assert all(t.voters == ["alice", "bob"] for t in _tallies(board))
     assert sorted(r.by for r in _results(board)) == ["0,1,2,3", "4,5,6,7"]
+
+
+def _two_type_batch_app(fired: list[str]) -> App:
+    """``summer`` batches Tasks by 3 within 1 s and Docs by 2 within 5 s; each batch it gets
+    is noted in ``fired`` as ``<type>:<ns>`` and published as a Result with the same ``by``."""
+    app = App("test", registry=registry)
+
+    @app.batch(
+        consumes={Task: BatchControl(max_records=3, max_wait_ms=1000), Doc: BatchControl(2, 5000)},
+        publishes=Result,
+    )
+    async def summer(batch: Batch[Task | Doc], ctx: Context) -> Result:
+        assert {p.artifact.type for p in batch.parts} == {batch.type}  # one type per batch
+        by = f"{batch.type}:{','.join(str(x.n) for x in batch)}"
+        fired.append(by)
+        return Result(n=sum(x.n for x in batch), by=by)
+
+    return app
+
+
+async def test_two_types_batch_apart_with_their_own_sizes_and_windows(board: Blackboard) -> None:
+    clock = ManualClock()
+    fired: list[str] = []
+    app = _two_type_batch_app(fired)
+    worker = Worker(app, board, FAST, clock=clock)
+    running = await _start(worker)
+    for i in range(7):  # interleaved on one partition (one batch key): each type apart
+        board.publish(Task(n=i), partition_key="one")
+        if i < 3:
+            board.publish(Doc(n=10 + i), partition_key="one")
+    full = {"test.Task:0,1,2", "test.Task:3,4,5", "test.Doc:10,11"}
+    await eventually(lambda: {r.by for r in _results(board)} == full, what="the full batches")
+    await eventually(lambda: _idle(board), what="Task 6 and Doc 12 held")
+    await _crash(running)  # the held parts of both types survive in the committed state
+    restarted = Worker(app, board, FAST, clock=clock)
+    running = await _start(restarted)
+    clock.advance(0.9)
+    await asyncio.sleep(0.2)  # several timer checks: no window closed yet
+    assert len(_results(board)) == 3
+    clock.advance(0.2)  # Task's 1 s window closed, Doc's 5 s one has not
+    await eventually(lambda: len(_results(board)) == 4, what="Task's window")
+    await asyncio.sleep(0.2)
+    assert {r.by for r in _results(board)} == full | {"test.Task:6"}
+    clock.advance(4)
+    await eventually(lambda: len(_results(board)) == 5, what="Doc's window")
+    await eventually(lambda: _idle(board), what="all committed")
+    restarted.stop()
+    await running
+    assert sorted(r.by for r in _results(board)) == sorted(full | {"test.Task:6", "test.Doc:12"})
+    assert fired.count("test.Task:6") == fired.count("test.Doc:12") == 1
 
 
 async def test_a_part_published_off_its_join_keys_partition_is_refused(
