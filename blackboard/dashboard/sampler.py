@@ -177,7 +177,13 @@ class Sampler:
             "dlq_depth": depth,
             "agents": agents,
             "backpressure": {
-                "open_circuits": [a for a in agents if a["breaker"] != "closed"],
+                "open_circuits": [a for a in agents if a["breaker"] in ("open", "half_open")],
+                "throttled": [
+                    {"agent": a["agent"], "slot": a["slot"], "topic": t, **figures}
+                    for a in agents
+                    for t, figures in a.get("throttle", {}).items()
+                    if figures.get("bb.throttle.state") != "normal"
+                ],
                 "groups_behind": [
                     g["group"] for g in groups if g["status"] != "OK" or g["desired_workers"] > 1
                 ],
