@@ -267,7 +267,7 @@ class Backpressure:
     def sample(self, now: float | None = None) -> None:
         """Read lag now and update every throttle (tests call it directly)."""
         now = self.clock() if now is None else now
-        rows = self.store.lag()
+        rows = self._lag()
         with self._lock:
             self._apply(rows, now)
             self._next_sample = now + self.settings.sample_interval_s
@@ -298,9 +298,18 @@ class Backpressure:
                 threading.Thread(target=self._fetch, name="bb-backpressure", daemon=True).start()
         return fetched is not None
 
+    def _lag(self) -> list[LagRow]:
+        """Lag of the groups that count (asking for them by name: on a shared cluster every
+        group's lag would cost a call per group)."""
+        groups = [
+            g for g in self.store.list_groups()
+            if g.startswith(self._prefix) and g not in self._exclude
+        ]  # fmt: skip
+        return self.store.lag(groups)
+
     def _read(self) -> list[LagRow] | None:
         try:
-            return self.store.lag()
+            return self._lag()
         except Exception as exc:  # no sample this interval; the throttle keeps its rate
             log.warning("could not read lag", error=str(exc), error_type=type(exc).__name__)
             return None

@@ -485,3 +485,70 @@ def test_durations() -> None:
     assert parse_duration("2m") == 120.0 and parse_duration("3") == 3.0
     with pytest.raises(ConfigError):
         parse_duration("ten")
+
+
+# -- on a broker --------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+async def test_on_kafka_an_agent_pauses_while_its_consumer_is_stuck_and_resumes(
+    kafka_bootstrap: str,
+) -> None:
+    """The runner reads lag on a thread on Kafka (a network call); the same story as on the
+    embedded store: stuck consumer -> paused producer agent, released -> normal, all once."""
+    import uuid
+
+    from agents.worker import Worker
+    from blackboard.testing import FAST_SETTINGS
+
+    url = f"kafka://{kafka_bootstrap}"
+    prefix = f"bp{uuid.uuid4().hex[:10]}"
+    settings = BlackboardSettings(
+        url=url,
+        prefix=prefix,
+        partitions=2,
+        backpressure=SETTINGS.model_copy(
+            update={"target_wait_s": 0.5, "sample_interval_s": 0.2, "max_rate": 100.0,
+                    "min_rate": 5.0, "increase": 100.0, "burst_s": 0.05}
+        ),
+    )  # fmt: skip
+    board = Blackboard(url, registry=registry, settings=settings)
+    app = App("bp", registry=registry)
+    release = asyncio.Event()
+
+    async def fast(job: Job, ctx: Context) -> Result:
+        return Result(n=job.n)
+
+    async def slow(result: Result, ctx: Context) -> None:
+        if result.n >= 10:
+            await release.wait()
+
+    app.add(fast, consumes=Job, publishes=Result, concurrency=8)
+    app.add(slow, consumes=Result, concurrency=1)
+    worker = Worker(app, board, FAST_SETTINGS)
+    running = asyncio.create_task(worker.run())
+    try:
+        await worker.started()
+        runner = next(r for r in worker.runners if r.spec.name == "fast")
+        assert runner.throttle is not None and runner.throttle.backpressure._background
+        throttle = runner.throttle.backpressure.throttle(f"{prefix}.bp.Result")
+        board.publish_many([Job(n=i) for i in range(300)])
+        deadline = time.monotonic() + 60
+        while throttle.state != "paused":
+            assert time.monotonic() < deadline, (throttle.state, throttle.rate, throttle.lag)
+            await asyncio.sleep(0.05)
+        release.set()
+        while throttle.state != "normal":
+            assert time.monotonic() < deadline, (throttle.state, throttle.rate, throttle.lag)
+            await asyncio.sleep(0.05)
+
+        def results() -> list[int]:
+            return sorted(a.payload.n for a in board.read(Result))  # type: ignore[attr-defined]
+
+        while results() != list(range(300)):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+    finally:
+        worker.stop()
+        await running
+        board.close()

@@ -82,9 +82,9 @@ def sample_lag(
         for n in range(samples):
             if n:
                 sleep(interval)
-            rows = board.lag(groups)
-            if groups is None:  # other blackboards' groups on a shared cluster are not ours
-                rows = [r for r in rows if r.group.startswith(head)]
+            # Other blackboards' groups on a shared cluster are not ours: not even asked about.
+            names = groups or [g for g in board.store.list_groups() if g.startswith(head)]
+            rows = board.lag(names)
             windows.add(rows, clock())
             if progress is not None:
                 progress(n + 1, samples)
