@@ -215,6 +215,7 @@ class LagWindows:
         if size < 1:
             raise ConfigError(f"a lag window holds at least 1 sample, got {size}")
         self.size = size
+        self.samples = 0  # samples added so far
         self.partitions: dict[Key, deque[Sample]] = {}
         # Sum of committed offsets per group and per (group, topic), for drain rates.
         self._done: dict[str, deque[tuple[float, int]]] = {}
@@ -222,6 +223,7 @@ class LagWindows:
 
     def add(self, rows: Iterable[LagRow], now: float) -> None:
         """Append one sample taken at ``now`` (one ``Store.lag()`` call's rows)."""
+        self.samples += 1
         done: dict[str, int] = {}
         topic_done: dict[tuple[str, str], int] = {}
         for r in rows:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -230,8 +231,6 @@ async def test_a_publisher_pauses_while_nothing_drains_and_close_or_ctrl_c_ends_
 
 def test_ctrl_c_stops_a_paused_publisher_promptly(tmp_path: Path) -> None:
     """``blackboard publish`` paused by a consumer that never drains: SIGINT ends it at once."""
-    import signal
-
     store = f"memory:///{tmp_path}/bb.mem"
     seed = Blackboard(store, registry=_research())
     seed.ensure_topics(seed.registry.types())
@@ -369,6 +368,33 @@ async def test_send_spans_carry_the_throttle_state(tmp_path: Path) -> None:
     board.close()
 
 
+async def test_an_agent_s_output_spans_carry_its_throttle_state(tmp_path: Path) -> None:
+    app = App("bp", registry=registry)
+
+    async def fast(job: Job, ctx: Context) -> Result:
+        return Result(n=job.n)
+
+    app.add(fast, consumes=Job, publishes=Result)
+    trace = tracing.start_tracing(tmp_path, RunInfo.create(scenario="bp-agent"))
+    try:
+        async with TestBoard(app, backpressure=SETTINGS) as tb:
+            tb.board.publish_many([Job(n=i) for i in range(5)])
+            await tb.run_until_idle()
+    finally:
+        trace.stop()
+    from observability import segments
+
+    con = segments.open_runs(tmp_path, [trace.run.run_id])
+    rows = con.sql(
+        "SELECT attributes FROM spans WHERE operation = 'send' AND agent = 'fast'"
+    ).fetchall()
+    con.close()
+    assert len(rows) == 5
+    for (attributes,) in rows:
+        attrs = orjson.loads(attributes)
+        assert attrs["bb.throttle.state"] == "normal" and attrs["bb.throttle.rate"] == 100.0
+
+
 # -- blackboard lag -----------------------------------------------------------------------------
 
 
@@ -464,6 +490,25 @@ def test_blackboard_lag_json_over_a_window_is_one_document(tmp_path: Path) -> No
     wanted = min(8, math.ceil(lag / 7))
     assert f"group bb.idle: STOP, lag {lag}, desired workers {wanted}" in text.stdout
     assert "topic bb.bp.Job: expected wait never (nothing drains)" in text.stdout
+    # Ctrl-C while sampling: what was sampled is printed, as one document; exit 130.
+    proc = subprocess.Popen(
+        [*CLI, "lag", "--store", store, "--window", "60s", "--samples", "3", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        assert "sample 1/3" in proc.stderr.readline()  # the first sample is taken
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - started < 3.0
+    assert proc.returncode == 130 and "interrupted after 1 samples" in stderr
+    partial = json.loads(stdout)
+    assert partial["samples"] == 1 and partial["groups"][0]["status"] == "OK"  # too few
     bad = subprocess.run(
         [*CLI, "lag", "--store", store, "--window", "soon"], capture_output=True, text=True,
         timeout=60, env=env,

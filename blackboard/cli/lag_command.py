@@ -156,7 +156,7 @@ def lag_document(
     healths = [windows.health(g, lag_threshold) for g in windows.groups()]
     return {
         "window_s": window_s,
-        "samples": max((h.samples for h in healths), default=0),
+        "samples": min(windows.samples, windows.size),
         "lag_threshold": lag_threshold,
         "groups": [group_doc(h) for h in healths],
         "topics": topic_waits(healths),
