@@ -54,6 +54,7 @@ from scheduler.fifo import PlainFifoQueue
 from scheduler.joins import completes_join
 from scheduler.ledger import Ledger, NullLedger
 from scheduler.policies import PolicyLike, as_spec, make_queue
+from scheduler.throttle import agent_limiter
 
 log = get_logger("runner")
 OrderKey = bytes | str | None
@@ -193,6 +194,11 @@ class AgentRunner:
         self._plain_queue = isinstance(self._ready, PlainFifoQueue)
         self._join_probe = spec.collector is not None and spec.collector.kind == "join"
         self._limiter = spec.rate_limit.limiter() if spec.rate_limit is not None else None
+        # Backpressure on the types it publishes (scheduler/throttle.py): None while off.
+        self.throttle = agent_limiter(
+            board, self.group, [t.name for t in spec.publishes], self._limiter, self._report_status
+        )
+        self._limiter = self.throttle or self._limiter
         self._limit_until = 0.0
         self._now = time.monotonic
         self._parked: dict[OrderKey, deque[_Item]] = {}
@@ -1073,19 +1079,20 @@ class AgentRunner:
             self._report_status()
 
     def _report_status(self) -> None:
-        """Publish this runner's status (breaker state) for ``blackboard lag`` and the
-        dashboard, from a thread: store calls may block."""
-        breaker = self._breaker
-        if breaker is None:
+        """Publish this runner's status (breaker and backpressure state) for ``blackboard lag``
+        and the dashboard, from a thread: store calls may block."""
+        breaker, throttle = self._breaker, self.throttle
+        if breaker is None and throttle is None:
             return
         status = AgentStatus(
             agent=self.spec.name,
             slot=self.slot,
             group=self.group,
-            breaker=breaker.state,
-            consecutive_failures=breaker.consecutive_failures,
-            cooldown_s=breaker.cooldown_s,
-            opens=breaker.opens,
+            breaker=breaker.state if breaker is not None else "",
+            consecutive_failures=breaker.consecutive_failures if breaker is not None else 0,
+            cooldown_s=breaker.cooldown_s if breaker is not None else 0.0,
+            opens=breaker.opens if breaker is not None else 0,
+            throttle=throttle.backpressure.report() if throttle is not None else {},
         )
         task = asyncio.get_running_loop().create_task(
             asyncio.to_thread(publish_status, self.board, status)

@@ -6,6 +6,7 @@ them back and look at lag; workers use it to find their topics.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,21 +29,25 @@ from blackboard.stores import DEFAULT_URL, open_store
 from blackboard.topics import TopicNames
 from blackboard.wire import decode, encode_headers, encode_payload
 from observability import tracing
+from scheduler.throttle import Backpressure, BackpressureSettings
 
 
 class BlackboardSettings(BaseModel):
-    """Where the blackboard lives and how its topics are laid out."""
+    """Where the blackboard lives, how its topics are laid out, and how its publishers throttle
+    on lag (``backpressure``, off by default: :mod:`scheduler.throttle`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str = DEFAULT_URL
     prefix: str = Field(default="bb", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(default=8, ge=1, le=10_000)
+    backpressure: BackpressureSettings = BackpressureSettings()
 
     @classmethod
     def from_env(cls, **overrides: Any) -> BlackboardSettings:
-        """Settings from ``BLACKBOARD_URL``, ``BLACKBOARD_PREFIX`` and ``BLACKBOARD_PARTITIONS``,
-        with explicit non-None ``overrides`` winning.
+        """Settings from ``BLACKBOARD_URL``, ``BLACKBOARD_PREFIX``, ``BLACKBOARD_PARTITIONS``
+        and the ``BLACKBOARD_BACKPRESSURE*`` variables (:class:`BackpressureSettings`), with
+        explicit non-None ``overrides`` winning.
 
         Raises:
             ConfigError: a value is invalid (one line naming it).
@@ -52,6 +57,8 @@ class BlackboardSettings(BaseModel):
             "prefix": "BLACKBOARD_PREFIX",
             "partitions": "BLACKBOARD_PARTITIONS",
         }
+        if overrides.get("backpressure") is None:
+            overrides = {**overrides, "backpressure": BackpressureSettings.from_env()}
         return settings_from_env(cls, env, overrides)
 
 
@@ -82,6 +89,13 @@ class Blackboard:
         self.registry = registry or default_registry
         self.topics = TopicNames(self.settings.prefix)
         self._ready: set[str] = set()
+        bp = self.settings.backpressure
+        #: External publishes' throttles (None while backpressure is off).
+        self.backpressure = (
+            Backpressure(self.store, bp, group_prefix=self.topics.prefix + ".")
+            if bp.enabled
+            else None
+        )
 
     # -- topics ---------------------------------------------------------------------------
     def topic(self, art_type: ArtifactType | type[BaseModel] | str) -> str:
@@ -139,7 +153,14 @@ class Blackboard:
         causation_ids: Sequence[str] = (),
         artifact_ids: Sequence[str] | None = None,
     ) -> list[Envelope]:
-        """Publish several artifacts in one call (each its own correlation id unless given)."""
+        """Publish several artifacts in one call (each its own correlation id unless given).
+
+        With backpressure on, waits while the consumers of the target types are behind
+        (Ctrl-C interrupts the wait).
+
+        Raises:
+            StoreClosedError: the blackboard was closed while the publish was throttled.
+        """
         envelopes: list[Envelope] = []
         records: list[OutgoingRecord] = []
         types: list[ArtifactType] = []
@@ -159,7 +180,9 @@ class Blackboard:
             types.append(art_type)
             records.append(self.record_for(env, payload))
         self.ensure_topics(types)
-        with sends.publishing(self, envelopes):
+        bp = self.backpressure
+        throttles = bp.acquire(Counter(r.topic for r in records)) if bp is not None else None
+        with sends.publishing(self, envelopes, throttles):
             self.store.publish(records)
         return envelopes
 
@@ -220,7 +243,9 @@ class Blackboard:
         return self.store.lag(groups)
 
     def close(self) -> None:
-        """Close the store."""
+        """Close the store (a publish waiting on backpressure fails)."""
+        if self.backpressure is not None:
+            self.backpressure.close()
         self.store.close()
 
     def __enter__(self) -> Blackboard:

@@ -28,6 +28,7 @@ def settings_from_env(
         return model(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(
-            f"invalid {what} {'.'.join(map(str, err['loc']))}: {err['msg']}"
-        ) from None
+        name = ".".join(map(str, err["loc"]))
+        msg = str(err["msg"]).removeprefix("Value error, ")  # a model validator's own text
+        line = f"invalid {what} {name}: {msg}" if name else f"invalid {what}s: {msg}"
+        raise ConfigError(line) from None

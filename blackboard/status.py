@@ -1,12 +1,13 @@
-"""Runner status the operator tools read: each runner publishes its circuit breaker's state to
-the compacted topic ``<prefix>._status`` (key ``<agent>/<slot>``) when it changes, so
-``blackboard lag`` and the dashboard show it whatever process they run in."""
+"""Runner status the operator tools read: each runner publishes its circuit breaker's state and
+its backpressure state per published topic to the compacted topic ``<prefix>._status`` (key
+``<agent>/<slot>``) when they change, so ``blackboard lag`` and the dashboard show them
+whatever process they run in."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -18,7 +19,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class AgentStatus:
-    """One runner's last reported status."""
+    """One runner's last reported status.
+
+    Attributes:
+        breaker: the circuit's state (``closed`` / ``open`` / ``half_open``; empty: the agent
+            has no breaker).
+        throttle: per published topic, the backpressure figures (``bb.throttle.state``
+            normal / throttled / paused, ``.rate``, ``.lag``, ``.expected_wait_s``); empty
+            while backpressure is off.
+    """
 
     agent: str
     slot: str
@@ -28,6 +37,7 @@ class AgentStatus:
     cooldown_s: float = 0.0
     opens: int = 0
     updated: float = field(default_factory=time.time)
+    throttle: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def publish_status(board: Blackboard, status: AgentStatus) -> None:

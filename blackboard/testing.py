@@ -26,6 +26,7 @@ from agents.worker import Worker
 from blackboard.artifacts import Artifact, Envelope
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.records import Record, TopicPartition
+from scheduler.throttle import BackpressureSettings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,6 +42,7 @@ class TestBoard:
         url: the store (default: a new embedded store).
         partitions: partitions per topic.
         settings: runner settings (default :data:`FAST_SETTINGS`).
+        backpressure: publish throttles on lag (default off; :mod:`scheduler.throttle`).
     """
 
     __test__ = False  # not a pytest test class
@@ -52,10 +54,12 @@ class TestBoard:
         url: str = "memory://",
         partitions: int = 4,
         settings: RunnerSettings | None = None,
+        backpressure: BackpressureSettings | None = None,
     ) -> None:
-        self.board = Blackboard(
-            url, registry=app.registry, settings=BlackboardSettings(url=url, partitions=partitions)
+        board_settings = BlackboardSettings(
+            url=url, partitions=partitions, backpressure=backpressure or BackpressureSettings()
         )
+        self.board = Blackboard(url, registry=app.registry, settings=board_settings)
         self.worker = Worker(app, self.board, settings or FAST_SETTINGS)
         self._task: asyncio.Task[None] | None = None
 

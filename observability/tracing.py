@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from observability.exporter import SpanBatcher, SpanCounts
     from observability.runs import RunInfo
     from observability.settings import TraceSettings
+    from scheduler.throttle import TopicThrottle
 
 #: The policy decision every admitted record gets until the scheduler decides otherwise.
 ADMITTED: Final = "admitted"
@@ -187,6 +188,12 @@ class Tracer:
             env = with_traceparent(env, format_traceparent(trace_id, span_id))
         about = self.about(runner)
         topic = about.topic(env.type)
+        throttle = runner.throttle  # the agent's backpressure, if on
+        extra = (
+            orjson.dumps(throttle.backpressure.throttle(topic).attributes()).decode()
+            if throttle is not None
+            else None
+        )
         now = time.time_ns()
         self.emit(
             (
@@ -194,7 +201,7 @@ class Tracer:
                 None, "send", about.system, topic,
                 partition_for(env.partition_key.encode(), about.partitions), None,
                 about.group, env.correlation_id, env.id, env.type, None, None, None,
-                env.tenant, about.agent, "ok", None, None, None, None,
+                env.tenant, about.agent, "ok", None, None, extra, None,
             )
         )  # fmt: skip
         return env
@@ -377,9 +384,15 @@ class Sends:
         """The ``traceparent`` of the next artifact's send span (None when tracing is off)."""
         return None
 
-    def publishing(self, board: Blackboard, envelopes: Sequence[Envelope]) -> Sends:
+    def publishing(
+        self,
+        board: Blackboard,
+        envelopes: Sequence[Envelope],
+        throttles: Mapping[str, TopicThrottle] | None = None,
+    ) -> Sends:
         """Use as ``with sends.publishing(board, envelopes): store.publish(...)``: the spans
-        cover the store call and carry its error, if any."""
+        cover the store call and carry its error, if any, and each target topic's
+        backpressure state (``bb.throttle.*``) when ``throttles`` are given."""
         return self
 
     def __enter__(self) -> None:
@@ -398,7 +411,16 @@ NO_SENDS: Final = Sends()
 
 
 class _ActiveSends(Sends):
-    __slots__ = ("_board", "_envelopes", "_ids", "_parent_id", "_start_ns", "_trace_id", "_tracer")
+    __slots__ = (
+        "_board",
+        "_envelopes",
+        "_ids",
+        "_parent_id",
+        "_start_ns",
+        "_throttles",
+        "_trace_id",
+        "_tracer",
+    )
 
     def __init__(self, tracer: Tracer, shared_trace: bool) -> None:
         self._tracer = tracer
@@ -412,6 +434,7 @@ class _ActiveSends(Sends):
         self._ids: list[tuple[str, str]] = []
         self._board: Blackboard | None = None
         self._envelopes: Sequence[Envelope] = ()
+        self._throttles: Mapping[str, TopicThrottle] | None = None
         self._start_ns = time.time_ns()
 
     def traceparent(self) -> str | None:
@@ -420,8 +443,13 @@ class _ActiveSends(Sends):
         self._ids.append(ids)
         return format_traceparent(*ids)
 
-    def publishing(self, board: Blackboard, envelopes: Sequence[Envelope]) -> Sends:
-        self._board, self._envelopes = board, envelopes
+    def publishing(
+        self,
+        board: Blackboard,
+        envelopes: Sequence[Envelope],
+        throttles: Mapping[str, TopicThrottle] | None = None,
+    ) -> Sends:
+        self._board, self._envelopes, self._throttles = board, envelopes, throttles
         return self
 
     def __exit__(
@@ -441,6 +469,7 @@ class _ActiveSends(Sends):
         error_type = None if exc is None else _error_type(exc)
         outcome = "ok" if exc is None else "failed"
         start, parent_id, emit = self._start_ns, self._parent_id, self._tracer.emit
+        extras = _throttle_attributes(self._throttles)
         for (trace_id, span_id), env in zip(self._ids, self._envelopes, strict=False):
             topic = for_type(env.type)
             emit(
@@ -449,9 +478,16 @@ class _ActiveSends(Sends):
                     status, message, "send", system, topic,
                     partition_for(env.partition_key.encode(), partitions), None, None,
                     env.correlation_id, env.id, env.type, None, None, None, env.tenant,
-                    env.produced_by, outcome, None, error_type, None, None,
+                    env.produced_by, outcome, None, error_type, extras.get(topic), None,
                 )
             )  # fmt: skip
+
+
+def _throttle_attributes(throttles: Mapping[str, TopicThrottle] | None) -> dict[str, str]:
+    """Per topic, the ``attributes`` JSON of a send span: the backpressure state."""
+    if not throttles:
+        return {}
+    return {t: orjson.dumps(th.attributes()).decode() for t, th in throttles.items()}
 
 
 # -- the hooks --------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ import pytest
 from starlette.requests import Request
 
 from blackboard.dashboard.auth import change_refusal, may_read
-from blackboard.dashboard.health import (
+from blackboard.dashboard.settings import DashboardSettings, is_loopback
+from blackboard.errors import ConfigError
+from scheduler.backpressure import (
     Sample,
     desired_workers,
     moved,
@@ -14,8 +16,6 @@ from blackboard.dashboard.health import (
     rate,
     worst,
 )
-from blackboard.dashboard.settings import DashboardSettings, is_loopback
-from blackboard.errors import ConfigError
 from tests.test_cli import run
 
 
@@ -54,7 +54,7 @@ def test_group_status_is_the_worst_partition_and_rates_come_from_deltas() -> Non
 
 @pytest.mark.parametrize(
     ("lag", "threshold", "partitions", "wanted"),
-    [(0, 100, 8, 1), (250, 100, 8, 3), (10_000, 100, 8, 8), (5, 100, 0, 0)],
+    [(0, 100, 8, 0), (1, 100, 8, 1), (250, 100, 8, 3), (10_000, 100, 8, 8), (5, 100, 0, 0)],
 )
 def test_desired_workers_is_lag_over_threshold_capped_at_partitions(
     lag: int, threshold: int, partitions: int, wanted: int

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import faulthandler
 import signal
 import sys
@@ -20,10 +19,10 @@ from blackboard.cli.main import print_json
 from blackboard.cli.trace_commands import cmd_traces, start_command_tracing, tracing_dir
 from blackboard.errors import ArtifactError, ConfigError, DecodeError
 from blackboard.records import Record
-from blackboard.status import read_status
-from blackboard.store import LagRow
 from blackboard.wire import decode_envelope
 from scheduler.experiment import cmd_experiment
+
+PUBLISH_CHUNK = 100  # artifacts per publish call of `blackboard publish`
 
 
 def _registry(app_ref: str | None) -> TypeRegistry:
@@ -152,16 +151,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except orjson.JSONDecodeError as exc:
             raise ArtifactError(f"item {n} is not JSON: {exc}") from None
         payloads.append(art_type.validate_payload(data))
+    docs = []
     with _board(args, registry) as board:
-        envelopes = board.publish_many(
-            payloads, correlation_id=args.correlation_id, partition_key=args.key, tenant=args.tenant
-        )
-    docs = [_envelope_doc(env) for env in envelopes]
+        # In chunks, so that backpressure (if on) paces a long input; lines go out as published.
+        for start in range(0, len(payloads), PUBLISH_CHUNK):
+            envelopes = board.publish_many(
+                payloads[start : start + PUBLISH_CHUNK],
+                correlation_id=args.correlation_id,
+                partition_key=args.key,
+                tenant=args.tenant,
+            )
+            chunk = [_envelope_doc(env) for env in envelopes]
+            docs.extend(chunk)
+            if not args.json:
+                for doc in chunk:
+                    sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+                sys.stdout.flush()
     if args.json:
         print_json({"published": docs})
-    else:
-        for doc in docs:
-            sys.stdout.write(orjson.dumps(doc).decode() + "\n")
     return 0
 
 
@@ -201,52 +208,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    """Print per-group lag."""
+    """Print per-group lag, health and desired workers (``blackboard/cli/lag_command.py``)."""
+    from blackboard.cli import lag_command
+
     with _board(args) as board:
-        rows = board.lag(args.group)
-        statuses = [
-            s for s in read_status(board) if not args.group or s.group in set(args.group)
-        ]
-    if args.json:
-        print_json(
-            {
-                "agents": [dataclasses.asdict(s) for s in statuses],
-                "lag": [
-                    {
-                        "group": r.group,
-                        "topic": r.topic,
-                        "partition": r.partition,
-                        "end_offset": r.end_offset,
-                        "committed_offset": r.committed_offset,
-                        "lag": r.lag,
-                        **_lag_extras(r),
-                    }
-                    for r in rows
-                ]
-            }
-        )
-        return 0
-    header = f"{'GROUP':<24} {'TOPIC':<32} {'PART':>4} {'END':>10} {'COMMITTED':>10} {'LAG':>8}"
-    sys.stdout.write(header + "\n")
-    for r in rows:
-        committed = "-" if r.committed_offset is None else str(r.committed_offset)
-        sys.stdout.write(
-            f"{r.group:<24} {r.topic:<32} {r.partition:>4} {r.end_offset:>10}"
-            f" {committed:>10} {r.lag:>8}\n"
-        )
-    for st in statuses:
-        detail = ""
-        if st.breaker != "closed":
-            detail = f" ({st.consecutive_failures} failures in a row, cool-down {st.cooldown_s:g}s)"
-        sys.stdout.write(f"agent {st.agent} slot {st.slot}: circuit {st.breaker}{detail}\n")
-    return 0
-
-
-def _lag_extras(row: LagRow) -> dict[str, Any]:
-    """Figures a store adds to its lag rows (a LagRow subclass), e.g. Redis' delivered and
-    pending counts."""
-    base = {f.name for f in dataclasses.fields(LagRow)}
-    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.name not in base}
+        return lag_command.cmd_lag(args, board)
 
 
 def _envelope_doc(env: Any) -> dict[str, Any]:

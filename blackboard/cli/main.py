@@ -107,10 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--limit", type=int, default=None, help="the last N per partition")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new artifacts")
 
-    p = sub.add_parser("lag", help="per group, topic and partition: end, committed and lag")
+    p = sub.add_parser(
+        "lag", help="lag per group partition; Burrow health and desired workers over a window"
+    )
     _store_args(p)
-    p.add_argument("--group", action="append", help="only these groups (repeatable)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    from blackboard.cli.lag_command import add_lag_arguments
+
+    add_lag_arguments(p)
 
     from blackboard.cli.dlq_commands import add_dlq_parser
 

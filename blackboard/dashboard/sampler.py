@@ -15,21 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from blackboard.blackboard import Blackboard
-from blackboard.dashboard.health import (
-    Sample,
-    Status,
-    desired_workers,
-    moved,
-    partition_status,
-    rate,
-    worst,
-)
 from blackboard.dashboard.settings import DashboardSettings
 from blackboard.deadletters import DeadLetters
 from blackboard.logs import get_logger
 from blackboard.status import read_status
 from blackboard.store import LagRow
 from blackboard.topics import DLQ_SUFFIX
+from scheduler.backpressure import LagWindows, rate
 
 log = get_logger("dashboard")
 
@@ -56,10 +48,9 @@ class Sampler:
         self.board = board
         self.settings = settings
         self._lock = threading.Lock()
-        self._partitions: dict[Key, deque[Sample]] = {}
+        self._windows = LagWindows(settings.window)  # health: scheduler/backpressure.py
         self._extras: dict[Key, dict[str, Any]] = {}
         self._group_lag: dict[str, deque[tuple[float, int]]] = {}
-        self._group_done: dict[str, deque[tuple[float, int]]] = {}
         self._topic_end: dict[str, deque[tuple[float, int]]] = {}
         self._topic_parts: dict[str, int] = {}
         self._agents: list[dict[str, Any]] = []
@@ -90,19 +81,13 @@ class Sampler:
             self._dlq_at = now
         window = self.settings.window
         with self._lock:
+            self._windows.add(rows, now)
             lag: dict[str, int] = {}
-            done: dict[str, int] = {}
             for r in rows:
-                key = (r.group, r.topic, r.partition)
-                self._partitions.setdefault(key, deque(maxlen=window)).append(
-                    Sample(now, r.end_offset, r.committed_offset)
-                )
-                self._extras[key] = _extras(r)
+                self._extras[r.group, r.topic, r.partition] = _extras(r)
                 lag[r.group] = lag.get(r.group, 0) + r.lag
-                done[r.group] = done.get(r.group, 0) + (r.committed_offset or 0)
             for group, total in lag.items():
                 self._group_lag.setdefault(group, deque(maxlen=HISTORY)).append((now, total))
-                self._group_done.setdefault(group, deque(maxlen=window)).append((now, done[group]))
             sums: dict[str, int] = {}
             parts: dict[str, int] = {}
             for tp, end in ends.items():
@@ -151,51 +136,32 @@ class Sampler:
 
     # -- views ----------------------------------------------------------------------------
     def _group_rows(self, group: str) -> list[dict[str, Any]]:
-        windows = sorted((k, list(w)) for k, w in self._partitions.items() if k[0] == group)
-        active = any(moved(w) for _, w in windows)
-        out = []
-        for (g, topic, partition), window in windows:
-            last = window[-1]
-            out.append(
-                {
-                    "topic": topic,
-                    "partition": partition,
-                    "end_offset": last.end,
-                    "committed_offset": last.committed,
-                    "lag": last.lag,
-                    "status": partition_status(window, active),
-                    **self._extras.get((g, topic, partition), {}),
-                }
-            )
-        return out
+        return [
+            {**dataclasses.asdict(r), **self._extras.get((group, r.topic, r.partition), {})}
+            for r in self._windows.rows(group)
+        ]
 
     def _group_summary(self, group: str) -> dict[str, Any]:
-        rows = self._group_rows(group)
-        total = sum(int(r["lag"]) for r in rows)
-        per_topic: dict[str, int] = {}
-        for r in rows:
-            per_topic[r["topic"]] = per_topic.get(r["topic"], 0) + 1
-        partitions = max(per_topic.values(), default=0)
-        status: Status = worst(r["status"] for r in rows)
+        health = self._windows.health(group, self.settings.lag_threshold)
         return {
             "group": group,
-            "status": status,
-            "total_lag": total,
-            "partitions": partitions,
-            "throughput": rate(list(self._group_done.get(group, ()))),
-            "desired_workers": desired_workers(total, self.settings.lag_threshold, partitions),
-            "lag_threshold": self.settings.lag_threshold,
+            "status": health.status,
+            "total_lag": health.total_lag,
+            "partitions": health.partitions,
+            "throughput": health.throughput,
+            "desired_workers": health.desired_workers,
+            "lag_threshold": health.lag_threshold,
         }
 
     def groups(self) -> list[str]:
         """The groups seen so far."""
         with self._lock:
-            return sorted({g for g, _, _ in self._partitions})
+            return self._windows.groups()
 
     def overview(self) -> dict[str, Any]:
         """Every group's health and lag, total lag and throughput, DLQ depth, agent status."""
         with self._lock:
-            groups = [self._group_summary(g) for g in sorted({k[0] for k in self._partitions})]
+            groups = [self._group_summary(g) for g in self._windows.groups()]
             agents = list(self._agents)
             depth = self._dlq_depth
             last = self._last
@@ -211,7 +177,13 @@ class Sampler:
             "dlq_depth": depth,
             "agents": agents,
             "backpressure": {
-                "open_circuits": [a for a in agents if a["breaker"] != "closed"],
+                "open_circuits": [a for a in agents if a["breaker"] in ("open", "half_open")],
+                "throttled": [
+                    {"agent": a["agent"], "slot": a["slot"], "topic": t, **figures}
+                    for a in agents
+                    for t, figures in a.get("throttle", {}).items()
+                    if figures.get("bb.throttle.state") != "normal"
+                ],
                 "groups_behind": [
                     g["group"] for g in groups if g["status"] != "OK" or g["desired_workers"] > 1
                 ],
@@ -221,7 +193,7 @@ class Sampler:
     def group(self, group: str) -> dict[str, Any] | None:
         """One group: per-partition table, health, desired workers and its lag history."""
         with self._lock:
-            if not any(k[0] == group for k in self._partitions):
+            if group not in self._windows.groups():
                 return None
             return {
                 **self._group_summary(group),

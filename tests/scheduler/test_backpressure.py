@@ -7,9 +7,11 @@ import math
 from scheduler.backpressure import (
     AimdController,
     Sample,
-    burrow_health,
     desired_workers,
     expected_wait_s,
+    moved,
+    partition_status,
+    worst,
 )
 
 
@@ -34,16 +36,20 @@ def test_aimd_halves_over_the_target_and_climbs_back_linearly() -> None:
     assert c.rate == 100.0 and c.state == "normal"
 
 
-def test_burrow_rules() -> None:
-    def window(*points: tuple[int, int]) -> list[Sample]:
-        return [Sample(float(i), off, lag) for i, (off, lag) in enumerate(points)]
+def test_burrow_rules_on_sampled_offsets() -> None:
+    def window(*points: tuple[int, int]) -> list[Sample]:  # (committed, lag)
+        return [Sample(float(i), off + lag, off) for i, (off, lag) in enumerate(points)]
 
-    assert burrow_health(window((10, 5), (12, 0), (14, 3)), now=2.5) == "OK"
-    assert burrow_health(window((10, 5), (10, 6), (10, 8)), now=2.5) == "STALL"
-    assert burrow_health(window((10, 5), (12, 6), (14, 6)), now=2.5) == "WARN"
-    assert burrow_health(window((10, 9), (12, 6), (14, 4)), now=2.5) == "OK"
-    assert burrow_health(window((10, 5), (8, 6), (14, 6)), now=2.5) == "REWIND"
-    assert burrow_health(window((10, 5), (12, 6), (14, 4)), now=10.0) == "STOP"
+    def health(w: list[Sample], group_active: bool = True) -> str:
+        return partition_status(w, group_active or moved(w))
+
+    assert health(window((10, 5), (12, 0), (14, 3))) == "OK"
+    assert health(window((10, 5), (10, 6), (10, 8))) == "STALL"
+    assert health(window((10, 5), (10, 6), (10, 8)), group_active=False) == "STOP"
+    assert health(window((10, 5), (12, 6), (14, 6))) == "WARN"  # lag never falls
+    assert health(window((10, 9), (12, 6), (14, 4))) == "OK"
+    assert health(window((10, 5), (8, 6), (14, 6))) == "REWIND"
+    assert worst(["OK", "STALL", "WARN"]) == "STALL"
 
 
 def test_desired_workers_follow_keda() -> None:

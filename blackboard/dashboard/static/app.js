@@ -72,8 +72,10 @@ function renderOverview(o) {
   ], o.groups, "groups-table") : `<p class="muted">no consumer groups yet</p>`;
   document.getElementById("ov-agents").innerHTML = o.agents.length ? table([
     ["agent", a => esc(a.agent)], ["slot", a => esc(a.slot)], ["group", a => esc(a.group)],
-    ["circuit", a => badge(a.breaker)], ["failures in a row", a => num(a.consecutive_failures), "n"],
+    ["circuit", a => a.breaker ? badge(a.breaker) : "-"], ["failures in a row", a => num(a.consecutive_failures), "n"],
     ["cool-down s", a => num(a.cooldown_s, 1), "n"], ["opened", a => num(a.opens), "n"],
+    ["backpressure", a => Object.entries(a.throttle || {}).map(([t, f]) =>
+      `${esc(t)} ${badge(f["bb.throttle.state"])} ${num(f["bb.throttle.rate"], 1)}/s`).join("<br>") || "-"],
     ["updated", a => esc(new Date(a.updated * 1000).toLocaleTimeString())],
   ], o.agents, "agents-table") : `<p class="muted">no runner has reported a status</p>`;
 }
