@@ -182,7 +182,7 @@ class AgentRunner:
         self._ready: ReadyQueue[_Item] = make_queue(self.policy, spec.name, ledger)
         self._plain_queue = isinstance(self._ready, PlainFifoQueue)
         self._join_probe = spec.collector is not None and spec.collector.kind == "join"
-        self._limiter = spec.rate_limit.limiter() if spec.rate_limit is not None else None
+        self._limiter = spec.rate_limit.limiter(self.group) if spec.rate_limit else None
         self._limit_until = 0.0
         self._now = time.monotonic
         self._parked: dict[OrderKey, deque[_Item]] = {}
@@ -222,6 +222,8 @@ class AgentRunner:
                 [board.topics.state(spec.name)], board.settings.partitions, compacted=True
             )
         self._now = asyncio.get_running_loop().time
+        if self._limiter is not None:  # a shared limit reaches Redis first (or fails here)
+            await self._limiter.open()
         member = await board.store.join(
             self.group, sorted(self._topics), self, member_name=self.slot
         )
@@ -236,6 +238,8 @@ class AgentRunner:
             for task in self._tasks:
                 task.cancel()  # only left when run() itself was cancelled or failed
             await member.close()
+            if self._limiter is not None:
+                await self._limiter.close()
             self._log.info("agent stopped", **_stats(self.stats))
 
     async def started(self) -> None:
