@@ -8,6 +8,7 @@ grace period, commits what finished and leaves the groups.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import importlib
 import signal
@@ -16,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agents.agent import App
+from agents.agent import AgentSpec, App
 from agents.clock import SYSTEM_CLOCK, Clock
 from agents.runner import AgentRunner, RunnerSettings
 from blackboard.blackboard import Blackboard
@@ -24,6 +25,7 @@ from blackboard.errors import AppLoadError, ConfigError
 from blackboard.logs import get_logger
 from scheduler.ledger import Ledger, NullLedger
 from scheduler.policies import PolicyLike, as_spec
+from scheduler.retrybudget import RetryBudget
 
 log = get_logger("worker")
 
@@ -75,6 +77,7 @@ class Worker:
             :class:`agents.clock.ManualClock`).
         policy: the scheduling policy of agents that name none (default ``fifo``); the
             runners share one :class:`scheduler.Ledger` of service statistics.
+        retry_budget: the retry budget of agents that set none (default: none).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Worker:
         gc_gen0_threshold: int | None = 100_000,
         clock: Clock = SYSTEM_CLOCK,
         policy: PolicyLike | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         names = list(agents) if agents else list(app.agents)
         unknown = [n for n in names if n not in app.agents]
@@ -108,7 +112,7 @@ class Worker:
         self.runners = [
             AgentRunner(
                 board,
-                app.agents[n],
+                _with_budget(app.agents[n], retry_budget),
                 settings,
                 slot=slot,
                 clock=clock,
@@ -175,3 +179,10 @@ class Worker:
     def idle(self) -> bool:
         """No runner holds read-but-uncommitted work."""
         return all(r.idle for r in self.runners)
+
+
+def _with_budget(spec: AgentSpec, budget: RetryBudget | None) -> AgentSpec:
+    """``spec``, with the worker's retry budget if it sets none of its own."""
+    if budget is None or spec.retry_budget is not None:
+        return spec
+    return dataclasses.replace(spec, retry_budget=budget)

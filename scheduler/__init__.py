@@ -4,7 +4,10 @@ a simulator to compare policies under a virtual clock (see the admission issue).
 - :func:`make_queue` builds a runner's ready queue from a policy name or :class:`PolicySpec`:
   ``fifo``, ``srpt``, ``plas``, ``join_aware``, ``drr`` / ``drr+<policy>``.
 - :class:`Ledger` holds the service statistics the policies of one worker share.
-- :class:`RateLimit` holds token buckets (requests/s, tokens/s) checked before a handler starts.
+- :class:`RateLimit` holds token buckets (requests/s, tokens/s) checked before a handler starts,
+  per runner in memory or shared by an agent's workers in Redis.
+- :class:`RetryBudget` caps the share of calls that are retries per artifact type and tenant;
+  retries beyond it are deferred.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from scheduler.base import Admission, Decision, ReadyQueue
 from scheduler.ledger import Estimator, Ledger, mean_estimator
 from scheduler.policies import BASE_POLICIES, PolicyLike, PolicySpec, as_spec, make_queue
 from scheduler.ratelimit import RateLimit, RateLimiter, TokenBucket
+from scheduler.retrybudget import Deferral, RetryBudget, RetryBudgets
 
 __all__ = [
     "BASE_POLICIES",
     "Admission",
     "Decision",
+    "Deferral",
     "Estimator",
     "Ledger",
     "PolicyLike",
@@ -25,6 +30,8 @@ __all__ = [
     "RateLimit",
     "RateLimiter",
     "ReadyQueue",
+    "RetryBudget",
+    "RetryBudgets",
     "TokenBucket",
     "as_spec",
     "make_queue",
