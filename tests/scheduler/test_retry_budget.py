@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from agents.agent import App
 from agents.context import Context
 from agents.retry import RetryPolicy
+from agents.worker import Worker
 from blackboard.artifacts import Envelope, TypeRegistry, artifact
 from blackboard.errors import ConfigError
 from blackboard.testing import TestBoard
@@ -142,3 +143,27 @@ def test_tenant_always_failing_is_capped_while_others_run_and_deferred_retries_r
     shown_deferral = "deferred retry-budget type=rb.Job tenant=a ratio=0.2 waited="
     assert sum(d.startswith(shown_deferral) for d in deferred) == 17  # all but 3 were held
     assert all(d.startswith("admitted") for (n, _), d in decisions.items() if n >= 100)
+
+
+def test_worker_budget_applies_to_agents_without_one() -> None:
+    app = App(registry=reg)
+    own = RetryBudget(ratio=0.5)
+
+    @app.agent(consumes=Job, name="plain", breaker=None)
+    async def plain(job: Job, ctx: Context) -> None:
+        return None
+
+    @app.agent(consumes=Job, name="picky", breaker=None, retry_budget=own)
+    async def picky(job: Job, ctx: Context) -> None:
+        return None
+
+    tb = TestBoard(app)
+    assert {r.spec.name: r.spec.retry_budget for r in tb.worker.runners} == {
+        "plain": None,
+        "picky": own,
+    }
+    default = RetryBudget(ratio=0.1)
+    worker = Worker(app, tb.board, retry_budget=default)
+    budgets = {r.spec.name: r.spec.retry_budget for r in worker.runners}
+    assert budgets == {"plain": default, "picky": own}
+    tb.board.close()
