@@ -13,10 +13,11 @@ expensive does not get more than its weighted share of the handler time: a round
 ``weight * q`` seconds (``q``: the agent's mean service time from the ledger); a record is
 charged its tenant's mean service time when it starts (the agent's mean before the tenant's
 first record finished) and, when it finishes, the difference between its measured service
-time and that charge. A refund never lifts a deficit above one round's worth (the ledger's
-mean starts at a prior of 1 s, and a tenant refunded most of that would keep its turn for
-thousands of fast records). A debt outlives an empty queue (a tenant cannot escape it by
-pausing); credit still does not.
+time and that charge, if the tenant is still backlogged (a tenant whose queue emptied starts
+afresh, as in plain DRR: carrying the noise of past estimates over idle periods hurt the p99 of
+tenants that come and go). A refund never lifts a deficit above one round's worth (the
+ledger's mean starts at a prior of 1 s, and a tenant refunded most of that would keep its turn
+for thousands of fast records).
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ class DrrQueue(ReadyQueue[T]):
         self.charge = charge
         self._by_time = charge == "time"
         self._cost: dict[str, float] = {}  # tenant -> moving mean of its records' service time
-        self._debt: dict[str, float] = {}  # idle tenants' negative deficits (charge="time")
         # Records started and not finished: id(decision) -> (decision, tenant, charged).
         self._charged: dict[int, tuple[Decision, str, float]] = {}
         self._last: tuple[str, float] | None = None
@@ -88,7 +88,7 @@ class DrrQueue(ReadyQueue[T]):
             queue = self._queues[tenant] = self._make()
         if not queue:
             self._active.append(tenant)
-            self._deficit[tenant] = self._debt.pop(tenant, 0.0) if self._by_time else 0.0
+            self._deficit[tenant] = 0.0
         queue._push(ticket, now)
         self._len += 1
 
@@ -115,7 +115,7 @@ class DrrQueue(ReadyQueue[T]):
         ticket.why = f"tenant-share:{ticket.why}"
         if not queue:
             active.popleft()
-            self._idle(tenant)
+            deficit.pop(tenant, None)
         return ticket
 
     def _skip_rounds(self, quantum: float) -> None:
@@ -130,12 +130,6 @@ class DrrQueue(ReadyQueue[T]):
             for t in active:
                 deficit[t] += (rounds - 1) * self.weight(t) * quantum
 
-    def _idle(self, tenant: str) -> None:
-        """``tenant``'s queue emptied: it loses its turn and its credit, keeps its debt."""
-        left = self._deficit.pop(tenant, 0.0)
-        if self._by_time and left < 0:
-            self._debt[tenant] = left
-
     def pop(self, now: float) -> tuple[T, Decision]:
         """See :meth:`ReadyQueue.pop`; notes what the record was charged."""
         item, decision = super().pop(now)
@@ -146,9 +140,9 @@ class DrrQueue(ReadyQueue[T]):
         return item, decision
 
     def finished(self, info: Admission, decision: Decision, service_s: float | None) -> None:
-        """See :meth:`ReadyQueue.finished`; with ``charge="time"`` the tenant is charged the
-        difference between the record's measured service time and what it was charged (a
-        record that never ran is refunded)."""
+        """See :meth:`ReadyQueue.finished`; with ``charge="time"`` a backlogged tenant is
+        charged the difference between the record's measured service time and what it was
+        charged (a record that never ran is refunded)."""
         super().finished(info, decision, service_s)
         charged = self._charged.pop(id(decision), None)
         if charged is None:
@@ -163,12 +157,6 @@ class DrrQueue(ReadyQueue[T]):
         if tenant in self._deficit:
             most = self.weight(tenant) * self.ledger.mean_service(self.agent)
             self._deficit[tenant] = min(self._deficit[tenant] - (actual - cost), most)
-        else:
-            debt = min(0.0, self._debt.get(tenant, 0.0) - (actual - cost))
-            if debt < 0:
-                self._debt[tenant] = debt
-            else:
-                self._debt.pop(tenant, None)
 
     def _tickets(self) -> Iterator[Ticket[T]]:
         for queue in self._queues.values():
@@ -181,6 +169,6 @@ class DrrQueue(ReadyQueue[T]):
             gone.extend(queue._remove_if(pred))
             if had and not queue:
                 self._active.remove(tenant)
-                self._idle(tenant)
+                self._deficit.pop(tenant, None)
         self._len -= len(gone)
         return gone

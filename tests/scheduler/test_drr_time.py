@@ -76,26 +76,21 @@ def test_time_charge_follows_the_weights() -> None:
     assert all(0.9 <= s <= 1.1 for s in shares.values()), shares
 
 
-def test_time_charge_keeps_debt_across_an_empty_queue_and_refunds_records_that_never_ran() -> None:
-    ledger = Ledger()
-    q = make_queue(PolicySpec("drr", charge="time"), "agent", ledger)
-    q.push("h", Admission("agent", "h", "heavy"), 0.0)
-    # Its turn was worth the agent's mean (the ledger's prior: 1 s), it was charged as much ...
+def test_time_charge_corrects_by_the_measured_time_and_refunds_records_that_never_ran() -> None:
+    q = make_queue(PolicySpec("drr"), "agent", Ledger())  # charge="time" is the default
+    for item, tenant in (("h1", "heavy"), ("h2", "heavy"), ("l1", "light"), ("l2", "light")):
+        q.push(item, Admission("agent", item, tenant), 0.0)
+    # A round is worth the agent's mean (the ledger's prior: 1 s); h1 is charged as much ...
     item, decision = q.pop(0.0)
-    q.finished(Admission("agent", "h", "heavy"), decision, 9.0)  # ... and 8 s more when done
-    assert q._debt["heavy"] == pytest.approx(-8.0)  # type: ignore[attr-defined]
-    q.push("l", Admission("agent", "l", "light"), 0.0)
-    q.push("h2", Admission("agent", "h2", "heavy"), 0.0)
-    popped = [q.pop(0.0) for _ in range(2)]
-    assert [item for item, _ in popped] == ["l", "h2"]  # heavy pays its debt first
-    for (item, decision), tenant in zip(popped, ("light", "heavy"), strict=True):
-        q.finished(Admission("agent", item, tenant), decision, 1.0)
-    q.push("x", Admission("agent", "x", "other"), 0.0)
-    _, decision = q.pop(0.0)
-    before = dict(q._debt)  # type: ignore[attr-defined]
-    q.finished(Admission("agent", "x", "other"), decision, None)  # never ran: refunded
-    assert q._debt == before  # type: ignore[attr-defined]
+    assert item == "h1" and q._deficit == {"heavy": 0.0, "light": 1.0}  # type: ignore[attr-defined]
+    q.finished(Admission("agent", "h1", "heavy"), decision, 9.0)  # ... and 8 s more when done
+    assert q._deficit["heavy"] == pytest.approx(-8.0)  # type: ignore[attr-defined]
+    item, decision = q.pop(0.0)  # light's turn, charged the agent's mean (now 9 s)
+    assert item == "l1" and q._deficit["light"] == pytest.approx(-8.0)  # type: ignore[attr-defined]
+    q.finished(Admission("agent", "l1", "light"), decision, None)  # never ran: refunded
+    assert q._deficit["light"] == pytest.approx(1.0)  # type: ignore[attr-defined]
     assert not q._charged  # type: ignore[attr-defined]
+    assert [q.pop(0.0)[0] for _ in range(2)] == ["l2", "h2"]
 
 
 def test_unknown_charge_is_refused() -> None:
