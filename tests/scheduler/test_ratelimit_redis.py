@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,7 +19,8 @@ from blackboard.artifacts import TypeRegistry, artifact
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.errors import ConfigError, StoreUnavailableError
 from blackboard.testing import FAST_SETTINGS
-from scheduler import RateLimit
+from compose.redis_local import RedisLocal, RedisLocalError
+from scheduler import RateLimit, ratelimit_redis
 from scheduler.ratelimit import RateLimiter
 from scheduler.ratelimit_redis import RedisRateLimiter, bucket_key
 from tests.services import unique_name
@@ -155,6 +157,52 @@ async def test_unreachable_redis_stops_the_worker_with_a_clear_error() -> None:
     with pytest.raises(StoreUnavailableError, match="rate-limit Redis"):
         await asyncio.wait_for(worker.run(), 10)
     board.close()
+
+
+async def test_redis_lost_mid_run_stops_the_worker_and_lifts_no_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ratelimit_redis, "UNAVAILABLE_S", 0.5)
+    server = RedisLocal(data_dir=tmp_path / "redis", appendonly=False, die_with_parent=True)
+    try:
+        server.start()
+    except RedisLocalError as exc:
+        pytest.skip(f"no private redis-server: {exc}")
+    app = App(registry=reg)
+    starts: list[float] = []
+
+    @app.agent(
+        consumes=Call,
+        publishes=Answer,
+        concurrency=4,
+        rate_limit=RateLimit(requests_per_s=10.0, burst_s=0.2, shared=server.url),  # leases of 1
+        breaker=None,
+    )
+    async def caller(call: Call, ctx: Context) -> Answer:
+        starts.append(time.monotonic())
+        return Answer(n=call.n)
+
+    board = Blackboard("memory://", registry=reg)
+    board.ensure_topics(app.types())
+    worker = Worker(app, board, FAST_SETTINGS)
+    task = asyncio.create_task(worker.run())
+    try:
+        await worker.started()
+        for i in range(3):
+            board.publish(Call(n=i))
+        deadline = time.monotonic() + 10
+        while len(starts) < 3:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        server.stop()
+    before = len(starts)
+    for i in range(50):
+        board.publish(Call(n=100 + i))
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        await asyncio.wait_for(task, 10)
+    board.close()
+    assert len(starts) - before <= 1  # what the lease held; never an unlimited run
 
 
 def test_shared_url_must_be_redis_or_memory(monkeypatch: pytest.MonkeyPatch) -> None:
