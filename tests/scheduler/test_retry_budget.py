@@ -66,7 +66,7 @@ def test_budget_values_are_checked() -> None:
         {"min_retries_per_s": 0.0},
     ):
         with pytest.raises(ConfigError):
-            RetryBudget(**bad)  # type: ignore[arg-type]
+            RetryBudget(**bad)
 
 
 def test_tenant_always_failing_is_capped_while_others_run_and_deferred_retries_run_later(
