@@ -32,6 +32,7 @@ from blackboard.errors import AgentError
 from scheduler.batching import BatchControl
 from scheduler.policies import PolicyLike, as_spec
 from scheduler.ratelimit import RateLimit
+from scheduler.retrybudget import RetryBudget
 
 HandlerResult: TypeAlias = BaseModel | Sequence[BaseModel] | None
 Handler: TypeAlias = Callable[[Any, Any], Awaitable[HandlerResult]]
@@ -54,6 +55,8 @@ class AgentSpec:
         breaker: when consecutive failures pause the agent (None: never).
         policy: which ready record runs next (:mod:`scheduler`; None: the worker's default).
         rate_limit: requests/s and reported tokens/s (None: unlimited).
+        retry_budget: the share of calls that may be retries per artifact type and tenant;
+            retries beyond it are deferred (None: the worker's default, else unlimited).
     """
 
     name: str
@@ -68,6 +71,7 @@ class AgentSpec:
     """Set for join and batch agents: the handler gets a JoinSet or Batch when one fires."""
     policy: PolicyLike | None = None
     rate_limit: RateLimit | None = None
+    retry_budget: RetryBudget | None = None
 
     def may_publish(self, art_type: ArtifactType) -> bool:
         """Whether the agent declared ``art_type`` among its outputs."""
@@ -99,6 +103,7 @@ class App:
         breaker: BreakerPolicy | None = DEFAULT_BREAKER,
         policy: PolicyLike | None = None,
         rate_limit: RateLimit | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator adding an async handler as an agent.
 
@@ -106,7 +111,9 @@ class App:
         handler is retried before its record is dead-lettered; ``breaker`` (None: none) when
         consecutive failures pause the agent; ``policy`` (``"srpt"``, a
         :class:`scheduler.PolicySpec`, ...; None: the worker's default) which ready record
-        runs next; ``rate_limit`` caps handler calls and reported tokens per second.
+        runs next; ``rate_limit`` caps handler calls and reported tokens per second;
+        ``retry_budget`` caps the share of calls that are retries per artifact type and tenant
+        (retries beyond it wait).
 
         Raises:
             AgentError: a bad name, a duplicate name, no consumed type or a sync handler.
@@ -125,6 +132,7 @@ class App:
                 breaker=breaker,
                 policy=policy,
                 rate_limit=rate_limit,
+                retry_budget=retry_budget,
             )
             return handler
 
@@ -143,6 +151,7 @@ class App:
         breaker: BreakerPolicy | None = DEFAULT_BREAKER,
         policy: PolicyLike | None = None,
         rate_limit: RateLimit | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> AgentSpec:
         """Add an agent without the decorator; see :meth:`agent`.
 
@@ -165,6 +174,7 @@ class App:
             breaker,
             policy=None if policy is None else as_spec(policy),
             rate_limit=rate_limit,
+            retry_budget=retry_budget,
         )
         self.agents[agent_name] = spec
         return spec

@@ -54,6 +54,7 @@ from scheduler.fifo import PlainFifoQueue
 from scheduler.joins import completes_join
 from scheduler.ledger import Ledger, NullLedger
 from scheduler.policies import PolicyLike, as_spec, make_queue
+from scheduler.retrybudget import Deferral, RetryBudgets
 from scheduler.throttle import agent_limiter
 
 log = get_logger("runner")
@@ -142,6 +143,8 @@ class RunnerStats:
     retries: int = 0
     deferred: int = 0
     """Records the scheduling policy started after later ones (see scheduler.Decision)."""
+    retries_deferred: int = 0
+    """Retries the agent's retry budget held back (see scheduler.RetryBudget)."""
 
 
 class AgentRunner:
@@ -193,13 +196,14 @@ class AgentRunner:
         self._ready: ReadyQueue[_Item] = make_queue(self.policy, spec.name, ledger)
         self._plain_queue = isinstance(self._ready, PlainFifoQueue)
         self._join_probe = spec.collector is not None and spec.collector.kind == "join"
-        self._limiter = spec.rate_limit.limiter() if spec.rate_limit is not None else None
+        self._limiter = spec.rate_limit.limiter(self.group) if spec.rate_limit else None
         # Backpressure on the types it publishes (scheduler/throttle.py): None while off.
         self.throttle = agent_limiter(
             board, self.group, [t.name for t in spec.publishes], self._limiter, self._report_status
         )
         self._limiter = self.throttle or self._limiter
         self._limit_until = 0.0
+        self._retry_budget = spec.retry_budget.tracker() if spec.retry_budget else None
         self._now = time.monotonic
         self._parked: dict[OrderKey, deque[_Item]] = {}
         self._running_keys: set[OrderKey] = set()
@@ -238,6 +242,8 @@ class AgentRunner:
                 [board.topics.state(spec.name)], board.settings.partitions, compacted=True
             )
         self._now = asyncio.get_running_loop().time
+        if self._limiter is not None:  # a shared limit reaches Redis first (or fails here)
+            await self._limiter.open()
         member = await board.store.join(
             self.group, sorted(self._topics), self, member_name=self.slot
         )
@@ -252,6 +258,8 @@ class AgentRunner:
             for task in self._tasks:
                 task.cancel()  # only left when run() itself was cancelled or failed
             await member.close()
+            if self._limiter is not None:
+                await self._limiter.close()
             self._log.info("agent stopped", **_stats(self.stats))
 
     async def started(self) -> None:
@@ -269,8 +277,10 @@ class AgentRunner:
 
     @property
     def idle(self) -> bool:
-        """Nothing read is waiting, running or uncommitted."""
-        return not (self._ready or self._parked or self._running or self._completed)
+        """Nothing read is waiting, running (or holding a deferred retry) or uncommitted."""
+        return not (
+            self._ready or self._parked or self._running or self._tasks or self._completed
+        )
 
     async def _loop(self, member: GroupMember) -> None:
         """Poll, handlers and commits overlap: one poll runs in the background (the store's
@@ -650,6 +660,9 @@ class AgentRunner:
         first_failure = item.replay.first_failure_ts if item.replay is not None else None
         outcome: _Outcome | None = None
         service = 0.0
+        budget, note = self._retry_budget, None  # note: a deferred retry's span decision
+        if budget is not None:
+            budget.first_attempt(art.envelope, self._now())
         try:
             while outcome is None:
                 breaker = self._breaker
@@ -669,7 +682,7 @@ class AgentRunner:
                     art.envelope,
                     attempt,
                     item.polled_at,
-                    item.decision if item.decision is not None else tracing.ADMITTED,
+                    note or (item.decision if item.decision is not None else tracing.ADMITTED),
                 )
                 called = self._now()
                 try:
@@ -718,6 +731,11 @@ class AgentRunner:
                         self.stats.retries += 1
                         if not await self._pause_for(policy.backoff_s(attempt), item):
                             return
+                        note = None
+                        if budget is not None and not budget.allow(art.envelope, self._now()):
+                            note = await self._defer_retry(budget, item)
+                            if note is None:
+                                return
                         attempt += 1
                         continue
                     outcome = _Outcome(
@@ -914,6 +932,20 @@ class AgentRunner:
                 breaker.released()
             return False
         return True
+
+    async def _defer_retry(self, budget: RetryBudgets, item: _Item) -> Deferral | None:
+        """Hold a retry the budget refused until it allows it, without a handler slot
+        meanwhile; the deferral (for the span), or None if the record is left unfinished."""
+        assert item.artifact is not None
+        self.stats.retries_deferred += 1
+        self._running -= 1
+        self._wake.set()  # the slot is free for another record
+        try:
+            return await budget.defer(
+                item.artifact.envelope, self._now, lambda s: self._pause_for(s, item)
+            )
+        finally:
+            self._running += 1
 
     async def _pause_for(self, seconds: float, item: _Item) -> bool:
         """Sleep up to ``seconds``, waking early on stop; whether ``item`` is still current."""

@@ -26,6 +26,7 @@ from blackboard.logs import get_logger
 from scheduler.batching import BatchSettings, resolve
 from scheduler.ledger import Ledger, NullLedger
 from scheduler.policies import PolicyLike, as_spec
+from scheduler.retrybudget import RetryBudget
 
 log = get_logger("worker")
 
@@ -77,6 +78,7 @@ class Worker:
             :class:`agents.clock.ManualClock`).
         policy: the scheduling policy of agents that name none (default ``fifo``); the
             runners share one :class:`scheduler.Ledger` of service statistics.
+        retry_budget: the retry budget of agents that set none (default: none).
         batch: operators' overrides of batch sizes and windows per type
             (:class:`scheduler.batching.BatchSettings`; None: from ``BLACKBOARD_BATCH``).
 
@@ -97,6 +99,7 @@ class Worker:
         clock: Clock = SYSTEM_CLOCK,
         policy: PolicyLike | None = None,
         batch: BatchSettings | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         names = list(agents) if agents else list(app.agents)
         unknown = [n for n in names if n not in app.agents]
@@ -119,7 +122,7 @@ class Worker:
         self.runners = [
             AgentRunner(
                 board,
-                agent_specs[n],
+                _with_budget(agent_specs[n], retry_budget),
                 settings,
                 slot=slot,
                 clock=clock,
@@ -213,3 +216,10 @@ def _with_batch_overrides(app: App, settings: BatchSettings) -> dict[str, AgentS
             controls={t: str(collector.controls[t]) for t in overrides},
         )
     return specs
+
+
+def _with_budget(spec: AgentSpec, budget: RetryBudget | None) -> AgentSpec:
+    """``spec``, with the worker's retry budget if it sets none of its own."""
+    if budget is None or spec.retry_budget is not None:
+        return spec
+    return dataclasses.replace(spec, retry_budget=budget)

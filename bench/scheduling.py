@@ -8,11 +8,12 @@ issue, printed, not asserted.
 2. fan-out/fan-in (each job fans out into 4 parts joined again) at load 0.9: ``join_aware``
    against ``srpt`` and ``fifo`` on mean makespan;
 3. ``drr`` with weights 3:1, equal arrivals, under overload (load 2.0: each tenant alone would
-   fill the agent, so both stay backlogged): each tenant's share of service over its weighted
-   share;
+   fill the agent, so both stay backlogged): each tenant's share of service time over its
+   weighted share, for ``drr`` and ``drr+srpt`` charged by service time (the default) and by
+   records;
 4. burst isolation: three equal tenants at load 0.7, then one of them sends 10x its rate for a
    tenth of the run: the other tenants' p99 makespan with and without the burst, under
-   ``drr`` and ``fifo``.
+   ``drr`` (by time and by records) and ``fifo``.
 
 Every figure is a mean over seeds of one run per seed (95% interval across seeds).
 
@@ -88,10 +89,17 @@ def fair_share(seeds: int, jobs: int) -> dict[str, Any]:
         service=Service(dist="lognormal", mean=1.0, sigma=1.0),
         tenants={"gold": Tenant(weight=3.0), "free": Tenant(weight=1.0)},
     )
+    by_records = spec.model_copy(update={"drr_charge": "records"})
     out: dict[str, Any] = {}
-    for policy in ("fifo", "drr"):
-        runs = _runs(spec, policy, seeds, 2.0)
-        out[policy] = {
+    for label, policy, variant in (
+        ("fifo", "fifo", spec),
+        ("drr", "drr", spec),
+        ("drr records", "drr", by_records),
+        ("drr+srpt", "drr+srpt", spec),
+        ("drr+srpt records", "drr+srpt", by_records),
+    ):
+        runs = _runs(variant, policy, seeds, 2.0)
+        out[label] = {
             t: estimate([r.service_share[t] / (w / 4.0) for r in runs])
             for t, w in (("gold", 3.0), ("free", 1.0))
         }
@@ -113,13 +121,17 @@ def burst(seeds: int, jobs: int) -> dict[str, Any]:
         update={"bursts": (Burst(tenant="a", factor=10.0, start=0.3, length=0.1),)}
     )
     out: dict[str, Any] = {}
-    for policy in ("fifo", "drr"):
-        calm = _runs(base, policy, seeds, 0.7)
-        loud = _runs(noisy, policy, seeds, 0.7)
+    for label, policy, charge in (
+        ("fifo", "fifo", "time"),
+        ("drr", "drr", "time"),
+        ("drr records", "drr", "records"),
+    ):
+        calm = _runs(base.model_copy(update={"drr_charge": charge}), policy, seeds, 0.7)
+        loud = _runs(noisy.model_copy(update={"drr_charge": charge}), policy, seeds, 0.7)
         quiet = ("b", "c")
         before = estimate([statistics.fmean(tenant_p99(r, t) for t in quiet) for r in calm])
         after = estimate([statistics.fmean(tenant_p99(r, t) for t in quiet) for r in loud])
-        out[policy] = {"quiet_p99_calm": before, "quiet_p99_burst": after}
+        out[label] = {"quiet_p99_calm": before, "quiet_p99_burst": after}
     return out
 
 
@@ -207,14 +219,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"   join_aware vs srpt: mean {_change(fi['join_aware']['mean'], fi['srpt']['mean']):+.1f}%"
     )
     fs = figures["fair_share"]
-    print("3. drr weights gold 3 : free 1, load 2.0 (share of service / weighted share)")
-    for p in ("fifo", "drr"):
-        print(f"   {p:4} gold {fs[p]['gold']}  free {fs[p]['free']}")
+    print("3. drr weights gold 3 : free 1, load 2.0 (share of service time / weighted share)")
+    for p in fs:
+        print(f"   {p:16} gold {fs[p]['gold']}  free {fs[p]['free']}")
     bu = figures["burst"]
     print("4. 10x burst from tenant a (load 0.7): p99 makespan of tenants b, c")
-    for p in ("fifo", "drr"):
+    for p in bu:
         calm, loud = bu[p]["quiet_p99_calm"], bu[p]["quiet_p99_burst"]
-        print(f"   {p:4} calm {calm}  burst {loud}  change {_change(loud, calm):+.1f}%")
+        print(f"   {p:11} calm {calm}  burst {loud}  change {_change(loud, calm):+.1f}%")
     if "kafka" in figures:
         _print_kafka(figures["kafka"], args.kafka_jobs)
 

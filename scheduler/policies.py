@@ -10,7 +10,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from blackboard.errors import ConfigError
 from scheduler.base import ReadyQueue
-from scheduler.drr import DrrQueue
+from scheduler.drr import Charge, DrrQueue
 from scheduler.fifo import FifoQueue, PlainFifoQueue
 from scheduler.join_aware import JoinAwareQueue
 from scheduler.ledger import Estimator, Ledger, NullLedger
@@ -33,12 +33,16 @@ class PolicySpec:
             default: the agent's running mean of service time).
         aging: ``plas``: seconds of attained service one second of waiting is worth.
         weights: ``drr``: tenant → weight (1 for others).
+        charge: ``drr``: what a started record costs its tenant's share: ``time`` (the
+            default: its measured service time, so shares are shares of handler time) or
+            ``records`` (one per record: shares of records started).
     """
 
     name: str = "fifo"
     estimator: Estimator | None = field(default=None, compare=False)
     aging: float = 0.1
     weights: Mapping[str, float] = field(default_factory=dict, compare=False)
+    charge: Charge = "time"
 
     @property
     def parts(self) -> tuple[bool, str]:
@@ -54,7 +58,7 @@ class PolicySpec:
         """This spec, if it names a known policy.
 
         Raises:
-            ConfigError: an unknown policy name or a negative aging rate or weight.
+            ConfigError: an unknown policy name, a negative aging rate or weight, an unknown charge.
         """
         _, base = self.parts
         if base not in BASE_POLICIES:
@@ -64,6 +68,8 @@ class PolicySpec:
             )
         if self.aging < 0 or any(w <= 0 for w in self.weights.values()):
             raise ConfigError("aging must be >= 0 and tenant weights > 0")
+        if self.charge not in ("records", "time"):
+            raise ConfigError(f"drr charge must be 'records' or 'time', not {self.charge!r}")
         return self
 
 
@@ -101,4 +107,6 @@ def make_queue(policy: PolicyLike | None, agent: str, ledger: Ledger) -> ReadyQu
         return PlainFifoQueue(agent, ledger)
     if not fair:
         return _base(base, spec, agent, ledger)
-    return DrrQueue(agent, ledger, lambda: _base(base, spec, agent, ledger), spec.weights, base)
+    return DrrQueue(
+        agent, ledger, lambda: _base(base, spec, agent, ledger), spec.weights, base, spec.charge
+    )

@@ -1,16 +1,75 @@
 """Token-bucket rate limits of one agent: requests per second (one token per handler call)
 and, for LLM agents, tokens per second as handlers report them (``ctx.report_tokens(n)``).
 
-State is in memory, per runner; time is the event loop's clock (virtual in the simulator).
-A token bucket may go into debt (a call reports more tokens than are left): the next call
-waits until it is paid back.
+By default the state is in memory, per runner; time is the event loop's clock (virtual in the
+simulator). With ``RateLimit(shared="redis://host:port/db")`` (or ``BLACKBOARD_RATE_LIMIT_URL``
+in the worker's environment) the buckets live in Redis and every worker of the agent shares
+them (:mod:`scheduler.ratelimit_redis`). A token bucket may go into debt (a call reports more
+tokens than are left): the next call waits until it is paid back.
+
+The runner sees one synchronous interface whichever the backend (:class:`Limiter`):
+``wait_s(now)`` before it starts a handler, ``started(now)`` when it does, ``used_tokens(now,
+n)`` when a call reported tokens; ``open()`` and ``close()`` around its run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
+from pydantic import BaseModel, ConfigDict
+
+from blackboard.envsettings import settings_from_env
 from blackboard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from scheduler.ratelimit_redis import RedisRateLimiter
+
+
+class Limiter(Protocol):
+    """What the runner calls: the buckets of one agent as one runner sees them."""
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until the next call may start (0: now).
+
+        Raises:
+            StoreUnavailableError: a shared limit whose Redis stayed unreachable.
+        """
+        ...
+
+    def started(self, now: float) -> None:
+        """A call started: spend one request token."""
+        ...
+
+    def used_tokens(self, now: float, tokens: float) -> None:
+        """A call reported ``tokens`` (spent, possibly into debt)."""
+        ...
+
+    async def open(self) -> None:
+        """Connect (shared limits); called once before the first call."""
+        ...
+
+    async def close(self) -> None:
+        """Give back what is unused and disconnect; called once when the runner stops."""
+        ...
+
+
+class RateLimitSettings(BaseModel):
+    """The worker's default for where rate-limit state is shared (``BLACKBOARD_RATE_LIMIT_URL``:
+    a ``redis://`` URL; unset: each runner keeps its buckets in memory)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str | None = None
+
+    @classmethod
+    def from_env(cls) -> RateLimitSettings:
+        """Settings from ``BLACKBOARD_RATE_LIMIT_URL``.
+
+        Raises:
+            ConfigError: a value is invalid.
+        """
+        return settings_from_env(cls, {"url": "BLACKBOARD_RATE_LIMIT_URL"}, {}, "rate limit")
 
 
 @dataclass(slots=True)
@@ -60,25 +119,65 @@ class RateLimit:
         requests_per_s: handler calls per second (None: unlimited).
         tokens_per_s: reported tokens per second (None: unlimited).
         burst_s: how many seconds' worth of either may be spent at once.
+        shared: where the buckets live: ``redis://host:port/db`` (one pair of buckets per
+            agent in Redis, shared by every worker of the agent), ``memory://`` (per runner,
+            in memory), or None: ``BLACKBOARD_RATE_LIMIT_URL`` if the worker's environment
+            sets it, else in memory.
+        lease_s: shared limits: a runner takes request tokens from Redis in leases of this
+            many seconds' worth (at least one token), so it asks Redis about once per lease,
+            not once per call; smaller leases share more evenly, larger ones ask less often.
     """
 
     requests_per_s: float | None = None
     tokens_per_s: float | None = None
     burst_s: float = 1.0
+    shared: str | None = None
+    lease_s: float = 0.1
 
-    def limiter(self) -> RateLimiter:
-        """Fresh in-memory buckets for one runner."""
-        return RateLimiter(
-            self._bucket(self.requests_per_s), self._bucket(self.tokens_per_s)
-        )
+    def __post_init__(self) -> None:
+        if self.burst_s <= 0 or self.lease_s <= 0:
+            raise ConfigError("a rate limit needs burst_s > 0 and lease_s > 0")
+
+    def limiter(self, scope: str = "") -> Limiter:
+        """Fresh buckets for one runner of the agent ``scope`` names (the consumer group,
+        ``<prefix>.<agent>``: the runners of one agent share the buckets in Redis).
+
+        Raises:
+            ConfigError: a ``shared`` URL that is neither ``redis://`` nor ``memory://``.
+            MissingDependencyError: a shared limit without the ``redis`` package.
+        """
+        url = self.shared if self.shared is not None else RateLimitSettings.from_env().url
+        if url is None or url.startswith("memory:"):
+            return RateLimiter(self._bucket(self.requests_per_s), self._bucket(self.tokens_per_s))
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"a rate limit is shared through redis:// (or kept in memory://), not {url!r}"
+            )
+        return _redis_limiter(self, url, scope)
+
+    def burst(self, rate: float) -> float:
+        """The most tokens of a bucket of ``rate`` per second banked at once."""
+        return max(1.0, rate * self.burst_s)
 
     def _bucket(self, rate: float | None) -> TokenBucket | None:
-        return None if rate is None else TokenBucket(rate, max(1.0, rate * self.burst_s))
+        return None if rate is None else TokenBucket(rate, self.burst(rate))
+
+
+def _redis_limiter(limit: RateLimit, url: str, scope: str) -> RedisRateLimiter:
+    try:
+        from scheduler.ratelimit_redis import RedisRateLimiter
+    except ImportError as exc:  # the redis package is an optional extra
+        from blackboard.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "a rate limit shared in Redis needs the redis package: pip install redis"
+        ) from exc
+    return RedisRateLimiter(limit, url, scope)
 
 
 @dataclass(slots=True)
 class RateLimiter:
-    """The buckets of one runner (in memory)."""
+    """The buckets of one runner (in memory); a :class:`Limiter`."""
 
     requests: TokenBucket | None
     tokens: TokenBucket | None
@@ -101,3 +200,9 @@ class RateLimiter:
         """A call reported ``tokens`` (spent, possibly into debt)."""
         if self.tokens is not None and tokens > 0:
             self.tokens.take(now, tokens)
+
+    async def open(self) -> None:
+        """Nothing to connect."""
+
+    async def close(self) -> None:
+        """Nothing to give back."""

@@ -37,7 +37,7 @@ from blackboard.envsettings import settings_from_env
 from blackboard.errors import StoreClosedError
 from blackboard.logs import get_logger
 from scheduler.backpressure import AimdController, Throttle, expected_wait_s, rate
-from scheduler.ratelimit import RateLimiter, TokenBucket
+from scheduler.ratelimit import Limiter, TokenBucket
 
 if TYPE_CHECKING:
     from blackboard.blackboard import Blackboard
@@ -379,36 +379,51 @@ class Backpressure:
             return {t: self._throttles[t].attributes() for t in sorted(self._throttles)}
 
 
-class ThrottledLimiter(RateLimiter):
-    """An agent runner's rate limiter with its backpressure: a handler starts only when its
-    own limits allow it and every type it publishes may take one more record (an agent's
-    handler publishes about one output per type per record)."""
+class ThrottledLimiter:
+    """An agent runner's rate limiter with its backpressure (a :class:`Limiter`): a handler
+    starts only when its own limits (in memory or shared in Redis) allow it and every type it
+    publishes may take one more record (an agent's handler publishes about one output per type
+    per record)."""
 
     def __init__(
-        self, inner: RateLimiter | None, backpressure: Backpressure, topics: Iterable[str]
+        self, inner: Limiter | None, backpressure: Backpressure, topics: Iterable[str]
     ) -> None:
-        super().__init__(
-            inner.requests if inner is not None else None,
-            inner.tokens if inner is not None else None,
-        )
+        self.inner = inner
         self.backpressure = backpressure
         self._counts = dict.fromkeys(sorted(topics), 1)
 
     def wait_s(self, now: float) -> float:
         """Seconds until the next call may start: own limits and backpressure."""
-        return max(RateLimiter.wait_s(self, now), self.backpressure.wait_s(self._counts, now))
+        own = self.inner.wait_s(now) if self.inner is not None else 0.0
+        return max(own, self.backpressure.wait_s(self._counts, now))
 
     def started(self, now: float) -> None:
         """A call started: spend a request token and one record of every published type."""
-        RateLimiter.started(self, now)
+        if self.inner is not None:
+            self.inner.started(now)
         self.backpressure.take(self._counts, now)
+
+    def used_tokens(self, now: float, tokens: float) -> None:
+        """A call reported ``tokens``: the agent's own tokens/s limit counts them."""
+        if self.inner is not None:
+            self.inner.used_tokens(now, tokens)
+
+    async def open(self) -> None:
+        """Open the agent's own limiter (a shared one connects to Redis)."""
+        if self.inner is not None:
+            await self.inner.open()
+
+    async def close(self) -> None:
+        """Close the agent's own limiter."""
+        if self.inner is not None:
+            await self.inner.close()
 
 
 def agent_limiter(
     board: Blackboard,
     group: str,
     publishes: Iterable[str],
-    inner: RateLimiter | None,
+    inner: Limiter | None,
     on_change: Callable[[], None],
 ) -> ThrottledLimiter | None:
     """The rate limiter of an agent runner with backpressure on the topics of the types it

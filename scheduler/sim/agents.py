@@ -145,5 +145,10 @@ def build_app(
         app.join(consumes={SimPartDone: spec.steps}, concurrency=many, retry=_ONCE, breaker=None)(
             join
         )
-    options = PolicySpec(estimator=payload_estimator, aging=spec.aging, weights=spec.weights)
+    options = PolicySpec(
+        estimator=payload_estimator,
+        aging=spec.aging,
+        weights=spec.weights,
+        charge=spec.drr_charge,
+    )
     return app, options

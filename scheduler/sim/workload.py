@@ -111,6 +111,9 @@ class Experiment(BaseModel):
     loads: tuple[float, ...] = (0.9,)
     seeds: int = Field(default=5, ge=1)
     aging: float = Field(default=0.1, ge=0)
+    drr_charge: Literal["time", "records"] = Field(
+        default="time", description="what drr charges a tenant per record: time or one"
+    )
 
     @property
     def weights(self) -> dict[str, float]:
