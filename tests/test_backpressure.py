@@ -195,9 +195,7 @@ async def test_lag_is_read_once_per_sample_interval_not_per_publish() -> None:
     board.close()
 
 
-async def test_a_publisher_pauses_while_nothing_drains_and_close_or_ctrl_c_ends_the_wait() -> (
-    None
-):
+async def test_a_publisher_pauses_while_nothing_drains_and_close_or_ctrl_c_ends_the_wait() -> None:
     clock = FakeClock()
     board = _board()
     bp = Backpressure(board.store, SETTINGS, group_prefix="bb.", clock=clock)
@@ -438,7 +436,10 @@ async def test_lag_health_is_stall_for_a_stuck_group_and_ok_for_a_draining_one()
     assert groups["bb.drains"]["desired_workers"] == 0
     assert groups["bb.stuck"]["status"] == "STALL"
     assert {r["partition"]: r["status"] for r in groups["bb.stuck"]["rows"]} == {
-        0: "STALL", 1: "OK", 2: "OK", 3: "OK"
+        0: "STALL",
+        1: "OK",
+        2: "OK",
+        3: "OK",
     }
     assert groups["bb.stuck"]["total_lag"] == 35 + 3 * 31
     assert groups["bb.stuck"]["desired_workers"] == 4  # ceil(128 / 25) = 6, capped at 4
@@ -597,3 +598,45 @@ async def test_on_kafka_an_agent_pauses_while_its_consumer_is_stuck_and_resumes(
         worker.stop()
         await running
         board.close()
+
+
+async def test_an_agents_throttle_keeps_its_own_rate_limit_in_charge() -> None:
+    """The backpressure limiter wraps the agent's own limiter (which may live in Redis): the
+    own limit still gates starts and gets the reported tokens, open and close reach it."""
+    from scheduler.ratelimit import RateLimit
+    from scheduler.throttle import ThrottledLimiter
+
+    class Recording:
+        def __init__(self) -> None:
+            self.inner = RateLimit(requests_per_s=1.0, tokens_per_s=100.0, burst_s=1.0).limiter()
+            self.calls: list[str] = []
+
+        def wait_s(self, now: float) -> float:
+            return self.inner.wait_s(now)
+
+        def started(self, now: float) -> None:
+            self.calls.append("started")
+            self.inner.started(now)
+
+        def used_tokens(self, now: float, tokens: float) -> None:
+            self.calls.append(f"tokens {tokens:g}")
+            self.inner.used_tokens(now, tokens)
+
+        async def open(self) -> None:
+            self.calls.append("open")
+
+        async def close(self) -> None:
+            self.calls.append("close")
+
+    board = _board()
+    own = Recording()
+    limiter = ThrottledLimiter(own, Backpressure(board.store, SETTINGS, clock=FakeClock()), [TOPIC])
+    await limiter.open()
+    assert limiter.wait_s(1000.0) == 0.0
+    limiter.started(1000.0)
+    assert limiter.wait_s(1000.0) == pytest.approx(1.0)  # the own 1 request/s is spent
+    limiter.used_tokens(1000.0, 250.0)
+    assert limiter.wait_s(1001.0) == pytest.approx(0.5)  # and the tokens/s debt holds it
+    await limiter.close()
+    assert own.calls == ["open", "started", "tokens 250", "close"]
+    board.close()
