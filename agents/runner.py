@@ -21,7 +21,6 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents.agent import AgentSpec, HandlerResult
 from agents.breaker import BreakerState, CircuitBreaker
 from agents.clock import SYSTEM_CLOCK, Clock
-from agents.collect import Collector, Fired
+from agents.collect import Collector
 from agents.context import Context, KeyedState
+from agents.flow import FlowControl
+from agents.status_report import StatusReporter
+from agents.timers import CollectorTimers
+from agents.work import Item, OrderKey, Outcome, RunnerStats, plan_commit
 from blackboard.artifacts import Artifact
 from blackboard.blackboard import Blackboard
 from blackboard.dlq import REPLAYED_STATE_PREFIX, ReplayInfo, Stage, dead_letter, replay_info
@@ -44,12 +47,11 @@ from blackboard.errors import (
 )
 from blackboard.logs import get_logger
 from blackboard.offsets import PartitionProgress
-from blackboard.records import AtomicCommit, OutgoingRecord, Record, StateUpdate, TopicPartition
-from blackboard.status import AgentStatus, publish_status
+from blackboard.records import OutgoingRecord, Record, StateUpdate, TopicPartition
 from blackboard.store import MAX_RECORD_BYTES, GroupMember
 from blackboard.wire import decode
 from observability import tracing
-from scheduler.base import Admission, Decision, ReadyQueue
+from scheduler.base import Admission, ReadyQueue
 from scheduler.fifo import PlainFifoQueue
 from scheduler.joins import completes_join
 from scheduler.ledger import Ledger, NullLedger
@@ -58,9 +60,6 @@ from scheduler.retrybudget import Deferral, RetryBudgets
 from scheduler.throttle import agent_limiter
 
 log = get_logger("runner")
-OrderKey = bytes | str | None
-#: How often a runner with joins or batches looks for timed-out sets and due batches.
-TIMER_CHECK_S = 0.05
 #: Backoff before reading again after a failed commit, doubling while commits keep failing.
 FIRST_COMMIT_BACKOFF_S = 0.05
 MAX_COMMIT_BACKOFF_S = 5.0
@@ -97,56 +96,6 @@ class RunnerSettings(BaseModel):
     )
 
 
-@dataclass(slots=True)
-class _Item:
-    record: Record
-    tp: TopicPartition
-    epoch: int
-    artifact: Artifact[BaseModel] | None = None
-    replay: ReplayInfo | None = None
-    key: OrderKey = None
-    """What ordered agents serialise on: the record key, or a join or batch key."""
-    polled_at: float | None = None  # time.monotonic() when its poll returned (queue wait)
-    info: Admission | None = None  # what the scheduling policy knows of it
-    decision: Decision | None = None  # why it ran when it did (set when it leaves the queue)
-
-
-@dataclass(slots=True)
-class _Outcome:
-    item: _Item | None
-    """The record that finished; None for a timer (a join timeout or a batch window)."""
-    outputs: Sequence[OutgoingRecord] = ()
-    dead_letter: OutgoingRecord | None = None
-    state: list[StateUpdate] | None = None
-    dead_letters: Sequence[OutgoingRecord] = ()
-    epochs: dict[TopicPartition, int] | None = None
-    """A timer's partitions and their epochs when it fired (dropped if one changed)."""
-
-    def add_state(self, update: StateUpdate) -> None:
-        """Commit ``update`` with this outcome (no list is made for the many without one)."""
-        if self.state is None:
-            self.state = [update]
-        else:
-            self.state.append(update)
-
-
-@dataclass(slots=True)
-class RunnerStats:
-    """Counters of one runner."""
-
-    processed: int = 0
-    skipped: int = 0
-    dead_lettered: int = 0
-    outputs: int = 0
-    commits: int = 0
-    rewinds: int = 0
-    retries: int = 0
-    deferred: int = 0
-    """Records the scheduling policy started after later ones (see scheduler.Decision)."""
-    retries_deferred: int = 0
-    """Retries the agent's retry budget held back (see scheduler.RetryBudget)."""
-
-
 class AgentRunner:
     """Runs one agent as one member of its consumer group until :meth:`stop`.
 
@@ -174,7 +123,6 @@ class AgentRunner:
     ) -> None:
         self.board = board
         self._clock = clock
-        self._next_timer_check = 0.0
         self._poll_hold_until = 0.0
         self._commit_backoff = FIRST_COMMIT_BACKOFF_S
         self.spec = spec
@@ -193,7 +141,7 @@ class AgentRunner:
         self.policy = as_spec(spec.policy if spec.policy is not None else policy)
         if ledger is None:  # a runner of its own: statistics only if its policy reads them
             ledger = NullLedger() if self.policy.parts == (False, "fifo") else Ledger()
-        self._ready: ReadyQueue[_Item] = make_queue(self.policy, spec.name, ledger)
+        self._ready: ReadyQueue[Item] = make_queue(self.policy, spec.name, ledger)
         self._plain_queue = isinstance(self._ready, PlainFifoQueue)
         self._join_probe = spec.collector is not None and spec.collector.kind == "join"
         self._limiter = spec.rate_limit.limiter(self.group) if spec.rate_limit else None
@@ -205,28 +153,28 @@ class AgentRunner:
         self._limit_until = 0.0
         self._retry_budget = spec.retry_budget.tracker() if spec.retry_budget else None
         self._now = time.monotonic
-        self._parked: dict[OrderKey, deque[_Item]] = {}
+        self._parked: dict[OrderKey, deque[Item]] = {}
         self._running_keys: set[OrderKey] = set()
-        self._completed: list[_Outcome] = []
+        self._completed: list[Outcome] = []
         self._first_completed_at = 0.0
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        # Partitions the runner wants paused, and those the member has paused: the member is
-        # told (like seeks) only between polls, never while one runs on another thread.
-        self._paused: set[TopicPartition] = set()
-        self._member_paused: set[TopicPartition] = set()
-        self._pending_seeks: dict[TopicPartition, int] = {}
-        self._full_since: float | None = None
+        self._flow = FlowControl(
+            self.settings.max_buffered, self.settings.max_offset_window, self.settings.idle_poll_s
+        )
         self._poll_task: asyncio.Task[list[Record]] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._replaying: set[str] = set()
-        self._status_tasks: set[asyncio.Task[None]] = set()
+        self._status = StatusReporter(board, spec.name, slot, self.group, self._log)
         self._started = asyncio.Event()
         self._breaker = (
             CircuitBreaker(spec.breaker, self._on_breaker) if spec.breaker is not None else None
+        )
+        self._timers = (
+            CollectorTimers(self, spec.collector, clock) if spec.collector is not None else None
         )
         # Set whenever the loop has something to look at: a poll returned, a handler or a
         # commit finished, stop() was called.
@@ -294,7 +242,7 @@ class AgentRunner:
             if poll is not None and poll.done():
                 self._poll_task = None
                 try:
-                    records = self._fresh(poll.result())
+                    records = self._flow.fresh(poll.result())
                 except SupersededError as exc:
                     self._superseded(exc, list(self._progress))
                     break
@@ -304,11 +252,15 @@ class AgentRunner:
             if commit is not None and commit.done():
                 self._commit_task = None
                 commit.result()  # a failure other than a refused commit ends the runner
-            self._flow_control()
+            self._flow.update(
+                self._progress,
+                self._breaker is None or self._breaker.state == "closed",
+                self._now(),
+            )
             if self._poll_task is None:
                 self._start_poll(member)
-            if self.spec.collector is not None:
-                self._fire_due(self.spec.collector)
+            if self._timers is not None:
+                self._timers.fire_due()
             if self._dispatch():
                 await asyncio.sleep(0)  # let new handlers start; fast ones finish right here
             wait = settings.idle_poll_s
@@ -342,38 +294,18 @@ class AgentRunner:
         a failed commit's backoff holds reading."""
         if self._now() < self._poll_hold_until:
             return
-        self._apply_controls(member)
-        room = max(0, self.settings.max_buffered - self._buffered())
-        if room or self._paused.issuperset(self._progress):
+        self._flow.apply(member)
+        room = self._flow.room(self._progress)
+        if room or self._flow.all_paused(self._progress):
             batch = max(1, min(self.settings.poll_batch, room))
             self._poll_task = asyncio.create_task(member.poll(batch, self.settings.idle_poll_s))
             self._poll_task.add_done_callback(self._wake_up)
-
-    def _fresh(self, records: list[Record]) -> list[Record]:
-        """Drop records of partitions rewound while their poll ran (a seek is pending)."""
-        seeks = self._pending_seeks
-        if not seeks:
-            return records
-        return [r for r in records if TopicPartition(r.topic, r.partition) not in seeks]
-
-    def _apply_controls(self, member: GroupMember) -> None:
-        if self._pending_seeks:
-            for tp, offset in self._pending_seeks.items():
-                member.seek(tp, offset)
-            self._pending_seeks.clear()
-        pause = self._paused - self._member_paused
-        if pause:
-            member.pause(pause)
-        resume = self._member_paused - self._paused
-        if resume:
-            member.resume(resume)
-        self._member_paused = set(self._paused)
 
     async def _drain(self) -> None:
         """After stop: let running handlers finish within the grace period, commit, leave."""
         if self._poll_task is not None:  # stop() woke it: start what it read, if slots are free
             poll, self._poll_task = self._poll_task, None
-            records = self._fresh(await poll)
+            records = self._flow.fresh(await poll)
             if records:
                 self._admit(records)
                 self._dispatch()
@@ -427,9 +359,7 @@ class AgentRunner:
         for tp in gone:
             self._progress.pop(tp, None)
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
-            self._paused.discard(tp)
-            self._member_paused.discard(tp)
-            self._pending_seeks.pop(tp, None)
+            self._flow.forget(tp)
         self._drop_queued(gone)
         still = {tp.partition for tp in self._progress}
         for p in [p for p in self._state if p not in still]:
@@ -472,7 +402,7 @@ class AgentRunner:
             if not prog.start(rec.offset):
                 self.stats.skipped += 1
                 continue
-            item = _Item(rec, tp, epochs[tp], None, None, rec.key, polled)
+            item = Item(rec, tp, epochs[tp], None, None, rec.key, polled)
             try:
                 art = decode(rec, registry)
                 if art.envelope.type != topics[rec.topic]:
@@ -481,10 +411,10 @@ class AgentRunner:
                         f"{art.envelope.type}, but the topic holds {topics[rec.topic]}"
                     )
             except DecodeError as exc:
-                self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "deserialize", exc)))
+                self._finish(Outcome(item, dead_letter=self._dead_letter(rec, "deserialize", exc)))
                 continue
             except InvalidArtifactError as exc:
-                self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "validate", exc)))
+                self._finish(Outcome(item, dead_letter=self._dead_letter(rec, "validate", exc)))
                 continue
             item.artifact = art
             if collector is not None:
@@ -492,17 +422,17 @@ class AgentRunner:
                     item.key = collector.order_key(art)
                     collector.check_partition(item.key, rec, self.board.settings.partitions)
                 except JoinError as exc:
-                    self._finish(_Outcome(item, dead_letter=self._dead_letter(rec, "join", exc)))
+                    self._finish(Outcome(item, dead_letter=self._dead_letter(rec, "join", exc)))
                     continue
                 except Exception as exc:  # the agent's key function failed on this artifact
                     self._finish(
-                        _Outcome(item, dead_letter=self._dead_letter(rec, "process", exc))
+                        Outcome(item, dead_letter=self._dead_letter(rec, "process", exc))
                     )
                     continue
             if rec.raw_headers:  # a replayed record has bb.replay.* headers
                 replay = replay_info(rec)
                 if replay is not None and not self._admit_replay(item, replay):
-                    self._finish(_Outcome(item))  # another agent's replay, or one settled before
+                    self._finish(Outcome(item))  # another agent's replay, or one settled before
                     continue
             if ordered:
                 parked = self._parked.get(item.key)
@@ -514,12 +444,9 @@ class AgentRunner:
                 self._ready.push(item, None, 0.0)  # type: ignore[arg-type]
             else:
                 self._queue(item)
-        window = self.settings.max_offset_window
-        for tp in touched - self._paused:  # bounds the finished offsets the metadata must name
-            if progress[tp].span() >= window:
-                self._paused.add(tp)
+        self._flow.check_windows(touched, progress)
 
-    def _admit_replay(self, item: _Item, replay: ReplayInfo) -> bool:
+    def _admit_replay(self, item: Item, replay: ReplayInfo) -> bool:
         """Whether a record replayed from a DLQ is this agent's to run: it was dead-lettered
         by this agent (other agents reading the topic processed it already), and this agent
         has not settled the same artifact since (replays never duplicate)."""
@@ -549,7 +476,7 @@ class AgentRunner:
             self._tasks.add(task)
             started += 1
 
-    def _take(self) -> _Item | None:
+    def _take(self) -> Item | None:
         """The next ready record that may start now, counted as running; None if none may
         (nothing ready, every slot busy, a rate limit or an open circuit holds it)."""
         cap = self.spec.concurrency
@@ -582,7 +509,7 @@ class AgentRunner:
             return item
         return None
 
-    async def _slot(self, item: _Item) -> None:
+    async def _slot(self, item: Item) -> None:
         """Run ``item``, then the next ready record, and so on until none may start or a stop
         is asked: one task runs many records in a row (a task per record costs ~4 us, as much
         as the rest of the runner's work on it). The slot gives the event loop a turn every
@@ -607,7 +534,7 @@ class AgentRunner:
         finally:
             self._tasks.discard(asyncio.current_task())
 
-    def _queue(self, item: _Item) -> None:
+    def _queue(self, item: Item) -> None:
         """Put an admitted record in the policy's ready queue."""
         if self._plain_queue:  # nothing to tell a plain fifo queue
             self._ready.push(item, None, 0.0)  # type: ignore[arg-type]
@@ -629,12 +556,12 @@ class AgentRunner:
         )
         self._ready.push(item, item.info, self._now())
 
-    def _done_with(self, item: _Item, service_s: float | None) -> None:
+    def _done_with(self, item: Item, service_s: float | None) -> None:
         """Tell the policy a record it released is done (its service time, if it ran)."""
         if item.info is not None and item.decision is not None:
             self._ready.finished(item.info, item.decision, service_s)
 
-    def _release_key(self, item: _Item) -> None:
+    def _release_key(self, item: Item) -> None:
         if self.spec.ordered:
             self._release(item.key)
 
@@ -647,7 +574,7 @@ class AgentRunner:
         else:
             self._parked.pop(key, None)
 
-    async def _execute(self, item: _Item) -> None:
+    async def _execute(self, item: Item) -> None:
         """Run the handler for one record, retrying as the agent's policy says; finish the
         record with its outputs or its dead letter. A record whose retry is cut short (stop
         requested, partition gone) is left unfinished: it is read again later."""
@@ -658,7 +585,7 @@ class AgentRunner:
         attempt = self._member.attempt(rec) if self._member is not None else 1
         prior = item.replay.attempts if item.replay is not None else 0
         first_failure = item.replay.first_failure_ts if item.replay is not None else None
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         service = 0.0
         budget, note = self._retry_budget, None  # note: a deferred retry's span decision
         if budget is not None:
@@ -696,7 +623,7 @@ class AgentRunner:
                         service += self._now() - called
                         if self._limiter is not None:
                             self._limiter.used_tokens(self._now(), ctx.tokens)
-                    outcome = _Outcome(item, self._outputs(ctx, result))
+                    outcome = Outcome(item, self._outputs(ctx, result))
                     if ctx._state is not None:
                         self._apply_state(ctx._state, rec.partition, outcome)
                     span.end()
@@ -706,7 +633,7 @@ class AgentRunner:
                     if self._breaker is not None:
                         self._breaker.released()
                     span.end(exc, stage="produce")
-                    outcome = _Outcome(item, dead_letter=self._dead_letter(rec, "produce", exc))
+                    outcome = Outcome(item, dead_letter=self._dead_letter(rec, "produce", exc))
                 except Exception as exc:
                     if self._breaker is not None:
                         self._breaker.failed()
@@ -738,7 +665,7 @@ class AgentRunner:
                                 return
                         attempt += 1
                         continue
-                    outcome = _Outcome(
+                    outcome = Outcome(
                         item,
                         dead_letter=self._dead_letter(
                             rec,
@@ -766,7 +693,7 @@ class AgentRunner:
                 self._release(item.key)
             self._wake.set()
 
-    def _settle_replay(self, item: _Item, outcome: _Outcome | None) -> None:
+    def _settle_replay(self, item: Item, outcome: Outcome | None) -> None:
         """A replayed record finished (processed or dead-lettered again): note its artifact in
         the partition's state, committed with its offset, so another replay of it is skipped."""
         assert item.artifact is not None
@@ -778,105 +705,22 @@ class AgentRunner:
         outcome.add_state(StateUpdate(partition, key, b"1"))
         self._state.setdefault(partition, {})[key] = b"1"
 
-    # -- join timeouts and batch windows ---------------------------------------------------
-    def _fire_due(self, collector: Collector) -> None:
-        """Start a timer task for every join or batch whose time is up (a key that is busy
-        with a record waits for the next check)."""
-        checked = self._now()
-        if checked < self._next_timer_check:
-            return
-        self._next_timer_check = checked + TIMER_CHECK_S
-        now = self._clock.time()
-        loop = asyncio.get_running_loop()
-        for partition, state in list(self._state.items()):
-            tps = {tp: self._epoch[tp] for tp in self._progress if tp.partition == partition}
-            if not tps:
-                continue
-            for state_key in collector.due(state, now):
-                key = collector.order_key_of(state_key)
-                if key in self._running_keys or key in self._parked:
-                    continue
-                self._running_keys.add(key)
-                self._parked[key] = deque()
-                self._running += 1
-                self._tasks.add(
-                    loop.create_task(self._fire_timer(collector, partition, state_key, key, tps))
-                )
+    # -- join timeouts and batch windows (agents/timers.py) ---------------------------------
+    def _hold_key(self, key: OrderKey) -> bool:
+        """Take ``key``'s turn for a timer, as a running record would (False: it is busy)."""
+        if key in self._running_keys or key in self._parked:
+            return False
+        self._running_keys.add(key)
+        self._parked[key] = deque()
+        self._running += 1
+        return True
 
-    async def _fire_timer(
-        self,
-        collector: Collector,
-        partition: int,
-        state_key: str,
-        key: str,
-        epochs: dict[TopicPartition, int],
-    ) -> None:
-        """Hand a timed-out join to ``on_timeout`` (or dead-letter its parts), or a batch
-        whose window closed to the handler; commit that with the held state's removal."""
-        outcome = _Outcome(None, epochs=epochs)
-        state = KeyedState(self._state.setdefault(partition, {}))
-        try:
-            fired = collector.take(state_key, state, self._clock.time())
-            if fired is not None:
-                handler = self.spec.handler if fired.why == "batch" else collector.on_timeout
-                if handler is None:
-                    missing = collector.view(fired).missing  # type: ignore[union-attr]
-                    error = JoinError(
-                        f"join {key!r} timed out after {collector.timeout_s:g}s, "
-                        f"missing {missing}"
-                    )
-                    outcome.dead_letters = [
-                        self._dead_letter(p.record, "join", error) for p in fired.parts
-                    ]
-                else:
-                    await self._run_fired(handler, collector, fired, state, outcome)
-            self._apply_state(state, partition, outcome)
-            self._finish(outcome)
-        finally:
-            self._running -= 1
-            self._release(key)
-            self._wake.set()
-            self._tasks.discard(asyncio.current_task())
-
-    async def _run_fired(
-        self,
-        handler: Any,
-        collector: Collector,
-        fired: Fired,
-        state: KeyedState,
-        outcome: _Outcome,
-    ) -> None:
-        """Run a timer's handler once, in a process span saying why it was released; its
-        outputs, or every part dead-lettered if it fails."""
-        first = fired.parts[0]
-        release = collector.release(fired, self._clock.time())
-        assert release is not None
-        span = tracing.released(
-            self, first.record, first.artifact.envelope, release, release.queue_wait_ms
-        )
-        ctx = Context(
-            self.spec,
-            self.board.registry,
-            first.artifact.envelope,
-            first.record,
-            attempt=1,
-            inputs=tuple(p.artifact.envelope for p in fired.parts),
-        )
-        ctx._state = state
-        try:
-            async with asyncio.timeout(self.spec.retry.timeout_s):
-                result = await handler(collector.view(fired), ctx)
-            outcome.outputs = self._outputs(ctx, result)
-            span.end()
-        except Exception as exc:
-            span.end(exc, stage="process")
-            self._log.warning(
-                "timer handler failed", key=fired.key, error=f"{type(exc).__name__}: {exc}"
-            )
-            outcome.outputs = []
-            outcome.dead_letters = [
-                self._dead_letter(p.record, "process", exc) for p in fired.parts
-            ]
+    def _timer_done(self, key: OrderKey) -> None:
+        """A timer that held ``key`` finished (its outcome, if any, is queued for commit)."""
+        self._running -= 1
+        self._release(key)
+        self._wake.set()
+        self._tasks.discard(asyncio.current_task())
 
     def _call(
         self, art: Artifact[BaseModel], rec: Record, ctx: Context
@@ -901,7 +745,7 @@ class AgentRunner:
         ctx.inputs = tuple(p.artifact.envelope for p in fired.parts)
         return await self.spec.handler(collector.view(fired), ctx)
 
-    def _apply_state(self, state: KeyedState | None, partition: int, outcome: _Outcome) -> None:
+    def _apply_state(self, state: KeyedState | None, partition: int, outcome: Outcome) -> None:
         """Keep a successful handler's state writes: in the commit, and in the partition's
         view that later records of the partition read."""
         if state is None or not state.writes:
@@ -914,11 +758,11 @@ class AgentRunner:
             else:
                 base[key] = value
 
-    def _current(self, item: _Item) -> bool:
+    def _current(self, item: Item) -> bool:
         """Whether ``item``'s partition is still ours and not rewound, and no stop is asked."""
         return not self._stopping and self._epoch.get(item.tp) == item.epoch
 
-    async def _permit(self, item: _Item) -> bool:
+    async def _permit(self, item: Item) -> bool:
         """Wait until the circuit breaker lets a handler call start; False if the record should
         be left unfinished instead (its partition moved, or a stop came while it waited: a
         record already dispatched still gets its call when the stop finds it running)."""
@@ -933,7 +777,7 @@ class AgentRunner:
             return False
         return True
 
-    async def _defer_retry(self, budget: RetryBudgets, item: _Item) -> Deferral | None:
+    async def _defer_retry(self, budget: RetryBudgets, item: Item) -> Deferral | None:
         """Hold a retry the budget refused until it allows it, without a handler slot
         meanwhile; the deferral (for the span), or None if the record is left unfinished."""
         assert item.artifact is not None
@@ -947,7 +791,7 @@ class AgentRunner:
         finally:
             self._running += 1
 
-    async def _pause_for(self, seconds: float, item: _Item) -> bool:
+    async def _pause_for(self, seconds: float, item: Item) -> bool:
         """Sleep up to ``seconds``, waking early on stop; whether ``item`` is still current."""
         if seconds > 0:
             with contextlib.suppress(TimeoutError):
@@ -981,7 +825,7 @@ class AgentRunner:
             records.append(record)
         return records
 
-    def _finish(self, outcome: _Outcome) -> None:
+    def _finish(self, outcome: Outcome) -> None:
         if not self._completed:
             self._first_completed_at = self._now()
         self._completed.append(outcome)
@@ -1017,37 +861,8 @@ class AgentRunner:
         if member is None or not self._completed:
             return
         done, self._completed = self._completed, []
-        commit = AtomicCommit()
-        touched: set[TopicPartition] = set()
-        processed = dead = 0
-        epochs, progress = self._epoch, self._progress
-        for oc in done:
-            if oc.item is None:  # a timer: no record, but its partitions' offsets fence it
-                fired = oc.epochs or {}
-                if any(epochs.get(tp) != e for tp, e in fired.items()):
-                    continue
-                touched.update(fired)
-                commit.outputs.extend(oc.outputs)
-                commit.dead_letters.extend(oc.dead_letters)
-                if oc.state:
-                    commit.state.extend(oc.state)
-                dead += len(oc.dead_letters)
-                continue
-            tp = oc.item.tp
-            if epochs.get(tp) != oc.item.epoch:
-                continue  # the partition was lost or rewound while this ran
-            progress[tp].finish(oc.item.record.offset)
-            touched.add(tp)
-            if oc.dead_letter is not None:
-                commit.dead_letters.append(oc.dead_letter)
-                dead += 1
-            else:
-                commit.outputs.extend(oc.outputs)
-                if oc.state:
-                    commit.state.extend(oc.state)
-                processed += 1
-        for tp in touched:
-            commit.offsets[tp] = progress[tp].position()
+        plan = plan_commit(done, self._epoch, self._progress)
+        commit, touched, processed, dead = plan.commit, plan.touched, plan.processed, plan.dead
         if not commit:
             return
         try:
@@ -1064,7 +879,7 @@ class AgentRunner:
         self.stats.processed += processed
         self.stats.dead_lettered += dead
         self.stats.outputs += len(commit.outputs)
-        self._resume_drained()
+        self._flow.resume_drained(self._progress)
 
     def _superseded(self, exc: SupersededError, partitions: Sequence[TopicPartition]) -> None:
         """Another process took over this worker slot: drop the work and stop."""
@@ -1092,86 +907,20 @@ class AgentRunner:
             start = done.offset if done else 0
             self._progress[tp] = PartitionProgress(start, done.metadata if done else "")
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
-            self._pending_seeks[tp] = start  # applied before the next poll starts
+            self._flow.seek(tp, start)  # applied before the next poll starts
             self._state[tp.partition] = await member.load_state(tp.partition)
 
     # -- circuit breaker ------------------------------------------------------------------
     def _on_breaker(self, state: BreakerState, breaker: CircuitBreaker) -> None:
         """Log a breaker transition, wake the loop and publish the agent's status."""
-        if state == "open":
-            self._log.warning(
-                "circuit open: pausing the agent",
-                consecutive_failures=breaker.consecutive_failures,
-                cooldown_s=breaker.cooldown_s,
-            )
-        else:
-            self._log.info("circuit " + state.replace("_", "-"))
+        self._status.breaker_changed(state, breaker)
         self._wake.set()
         if state != "half_open":
             self._report_status()
 
     def _report_status(self) -> None:
-        """Publish this runner's status (breaker and backpressure state) for ``blackboard lag``
-        and the dashboard, from a thread: store calls may block."""
-        breaker, throttle = self._breaker, self.throttle
-        if breaker is None and throttle is None:
-            return
-        status = AgentStatus(
-            agent=self.spec.name,
-            slot=self.slot,
-            group=self.group,
-            breaker=breaker.state if breaker is not None else "",
-            consecutive_failures=breaker.consecutive_failures if breaker is not None else 0,
-            cooldown_s=breaker.cooldown_s if breaker is not None else 0.0,
-            opens=breaker.opens if breaker is not None else 0,
-            throttle=throttle.backpressure.report() if throttle is not None else {},
-        )
-        task = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(publish_status, self.board, status)
-        )
-        self._status_tasks.add(task)
-        task.add_done_callback(self._status_done)
-
-    def _status_done(self, task: asyncio.Task[None]) -> None:
-        self._status_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._log.warning("could not publish the agent status", error=str(task.exception()))
-
-    # -- flow control ---------------------------------------------------------------------
-    def _buffered(self) -> int:
-        """Records read and not yet committed as finished (queued, parked, running, done)."""
-        return sum(p.in_flight for p in self._progress.values())
-
-    def _flow_control(self) -> None:
-        """Pause every partition once the buffer has been full for ``idle_poll_s`` (slow
-        handlers: the loop keeps polling for the group's sake, without taking records); resume
-        once it drained to half. Until then a full buffer just stops the polls (a Kafka
-        consumer drops what it prefetched on pause and needs a fetch cycle to restart)."""
-        if self._breaker is not None and self._breaker.state != "closed":
-            self._paused |= set(self._progress)  # cool-down: fetch nothing more
-            return
-        buffered = self._buffered()
-        limit = self.settings.max_buffered
-        if buffered >= limit:
-            now = self._now()
-            if self._full_since is None:
-                self._full_since = now
-            elif now - self._full_since >= self.settings.idle_poll_s:
-                self._paused |= set(self._progress)
-            return
-        self._full_since = None
-        self._resume_drained()
-
-    def _resume_drained(self) -> None:
-        """Unpause partitions once the buffer is at most half full and their offset window
-        has room again."""
-        if not self._paused or self._buffered() >= self.settings.max_buffered // 2:
-            return
-        window = self.settings.max_offset_window
-        progress = self._progress
-        self._paused = {
-            tp for tp in self._paused if tp in progress and progress[tp].span() >= window
-        }
+        """Publish the breaker and backpressure state for ``blackboard lag`` and the dashboard."""
+        self._status.report(self._breaker, self.throttle)
 
 
 def _names(partitions: Sequence[TopicPartition]) -> list[str]:
