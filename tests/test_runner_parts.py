@@ -1,0 +1,128 @@
+"""The runner's parts on their own: one commit from what finished (agents/work.py) and the
+buffer, pauses and seeks of flow control (agents/flow.py). The contract suite runs them inside
+the runner on every store; these pin their rules down directly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from agents.flow import FlowControl
+from agents.work import Item, Outcome, plan_commit
+from blackboard.offsets import PartitionProgress, decode_finished
+from blackboard.records import OutgoingRecord, Record, StateUpdate, TopicPartition
+
+A0, A1 = TopicPartition("bb.A", 0), TopicPartition("bb.A", 1)
+
+
+def _record(tp: TopicPartition, offset: int) -> Record:
+    return Record(tp.topic, tp.partition, offset, b"k", b"{}", (), 0.0)
+
+
+def _out(n: int) -> OutgoingRecord:
+    return OutgoingRecord("bb.B", b"k", str(n).encode())
+
+
+def _read(progress: dict[TopicPartition, PartitionProgress], tp: TopicPartition, n: int) -> None:
+    for offset in range(n):
+        assert progress[tp].start(offset)
+
+
+def test_a_commit_takes_what_finished_at_its_epoch_and_the_lowest_unfinished_offset() -> None:
+    progress = {A0: PartitionProgress(0), A1: PartitionProgress(0)}
+    _read(progress, A0, 4)
+    _read(progress, A1, 1)
+    epochs = {A0: 2, A1: 1}
+    done = [
+        Outcome(Item(_record(A0, 0), A0, 2), [_out(0)]),
+        Outcome(Item(_record(A0, 2), A0, 2), [_out(2)], state=[StateUpdate(0, "s", b"1")]),
+        Outcome(Item(_record(A0, 3), A0, 2), dead_letter=_out(3)),
+        Outcome(Item(_record(A1, 0), A1, 0), [_out(9)]),  # read before A1 was rewound
+    ]
+    plan = plan_commit(done, epochs, progress)
+    assert [o.value for o in plan.commit.outputs] == [b"0", b"2"]
+    assert [d.value for d in plan.commit.dead_letters] == [b"3"]
+    assert plan.commit.state == [StateUpdate(0, "s", b"1")]
+    assert (plan.processed, plan.dead, plan.touched) == (2, 1, {A0})
+    committed = plan.commit.offsets[A0]
+    assert committed.offset == 1  # offset 1 is still running
+    assert decode_finished(committed.offset, committed.metadata) == {2, 3}
+    assert A1 not in plan.commit.offsets
+
+
+def test_a_timer_commits_only_while_its_partitions_keep_their_epochs() -> None:
+    progress = {A0: PartitionProgress(5)}
+    timer = Outcome(None, [_out(1)], dead_letters=[_out(2)], epochs={A0: 3})
+    fenced = plan_commit([timer], {A0: 4}, progress)
+    assert not fenced.commit and not fenced.touched
+    fired = plan_commit([timer], {A0: 3}, progress)
+    assert len(fired.commit.outputs) == 1 and fired.dead == 1
+    assert fired.commit.offsets[A0].offset == 5  # the offsets fence a zombie's timer too
+
+
+class RecordingMember:
+    """What flow control tells a group member (the calls, in order)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.calls.append(("seek", (tp, offset)))
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self.calls.append(("pause", frozenset(partitions)))
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self.calls.append(("resume", frozenset(partitions)))
+
+
+def test_a_full_buffer_stops_reading_pauses_after_a_while_and_resumes_at_half() -> None:
+    flow = FlowControl(max_buffered=4, max_offset_window=100, full_for_s=1.0)
+    progress = {A0: PartitionProgress(0), A1: PartitionProgress(0)}
+    _read(progress, A0, 4)
+    assert flow.room(progress) == 0
+    flow.update(progress, circuit_closed=True, now=10.0)
+    assert not flow.paused  # full, but only for a moment: polls stop, partitions stay
+    flow.update(progress, circuit_closed=True, now=11.0)
+    assert flow.paused == {A0, A1} and flow.all_paused(progress)
+    progress[A0].finish(0)
+    progress[A0].finish(1)
+    flow.update(progress, circuit_closed=True, now=11.5)
+    assert flow.paused == {A0, A1}  # half full is not drained yet
+    progress[A0].finish(2)
+    flow.update(progress, circuit_closed=True, now=11.6)
+    assert not flow.paused and flow.room(progress) == 3  # below half: reading again
+    flow.update(progress, circuit_closed=False, now=12.0)
+    assert flow.paused == {A0, A1}  # an open circuit fetches nothing
+
+
+def test_a_partition_far_ahead_of_its_lowest_unfinished_offset_pauses() -> None:
+    flow = FlowControl(max_buffered=1000, max_offset_window=10, full_for_s=1.0)
+    progress = {A0: PartitionProgress(0), A1: PartitionProgress(0)}
+    _read(progress, A0, 10)
+    _read(progress, A1, 3)
+    flow.check_windows([A0, A1], progress)
+    assert flow.paused == {A0}
+    for offset in range(10):
+        progress[A0].finish(offset)
+    progress[A0].position()
+    flow.resume_drained(progress)
+    assert not flow.paused
+
+
+def test_seeks_and_pauses_reach_the_member_between_polls_and_stale_records_are_dropped() -> None:
+    flow = FlowControl(max_buffered=10, max_offset_window=10, full_for_s=1.0)
+    member = RecordingMember()
+    flow.seek(A0, 7)
+    flow.paused.add(A1)
+    polled = [_record(A0, 9), _record(A1, 0)]
+    assert flow.fresh(polled) == [polled[1]]  # A0 rewinds: what the poll read is stale
+    flow.apply(member)  # type: ignore[arg-type]
+    assert member.calls == [("seek", (A0, 7)), ("pause", frozenset({A1}))]
+    assert flow.fresh(polled) == polled
+    flow.paused.clear()
+    flow.apply(member)  # type: ignore[arg-type]
+    assert member.calls[-1] == ("resume", frozenset({A1}))
+    flow.paused.add(A0)
+    flow.forget(A0)  # revoked: nothing about it is kept
+    flow.apply(member)  # type: ignore[arg-type]
+    assert len(member.calls) == 3
