@@ -194,6 +194,8 @@ class App:
         retry: RetryPolicy | None = None,
         breaker: BreakerPolicy | None = DEFAULT_BREAKER,
         policy: PolicyLike | None = None,
+        rate_limit: RateLimit | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator adding a join agent: the handler runs once per join key with every part.
 
@@ -205,7 +207,8 @@ class App:
         to ``on_timeout(joinset, ctx)`` (its outputs are published) or, without one, its
         parts are dead-lettered (stage ``join``). ``extras``: a part beyond its type's count,
         or arriving after the join fired (within ``done_ttl_s``), is dropped or
-        dead-lettered.
+        dead-lettered. ``retry``, ``breaker``, ``policy``, ``rate_limit`` and ``retry_budget``
+        are as for :meth:`agent`.
         """
 
         def add(handler: Handler) -> Handler:
@@ -223,7 +226,17 @@ class App:
                 registry=self.registry,
             )
             self._add_spec(
-                handler, types, publishes, name, concurrency, retry, breaker, collector, policy
+                handler,
+                types,
+                publishes,
+                name,
+                concurrency,
+                retry,
+                breaker,
+                collector,
+                policy,
+                rate_limit,
+                retry_budget,
             )
             return handler
 
@@ -241,6 +254,9 @@ class App:
         concurrency: int = 64,
         retry: RetryPolicy | None = None,
         breaker: BreakerPolicy | None = DEFAULT_BREAKER,
+        policy: PolicyLike | None = None,
+        rate_limit: RateLimit | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator adding a batch agent: the handler gets a :class:`agents.collect.Batch`
         of at most ``max_records`` records, or of what arrived within ``max_wait_ms`` of the
@@ -252,7 +268,8 @@ class App:
         ``{Order: BatchControl(50, 200), Refund: BatchControl(10, 1000)}``: each type is
         batched apart with its size and window (a batch holds one type, ``batch.type`` names
         it). Operators may override sizes and windows per worker (``--batch``,
-        ``BLACKBOARD_BATCH``; :mod:`scheduler.batching`).
+        ``BLACKBOARD_BATCH``; :mod:`scheduler.batching`). ``retry``, ``breaker``, ``policy``,
+        ``rate_limit`` and ``retry_budget`` are as for :meth:`agent`.
 
         Raises:
             AgentError: a size < 1 or a window <= 0, or no consumed type.
@@ -278,7 +295,17 @@ class App:
                 self.registry,
             )
             self._add_spec(
-                handler, types, publishes, name, concurrency, retry, breaker, collector
+                handler,
+                types,
+                publishes,
+                name,
+                concurrency,
+                retry,
+                breaker,
+                collector,
+                policy,
+                rate_limit,
+                retry_budget,
             )
             return handler
 
@@ -295,6 +322,8 @@ class App:
         breaker: BreakerPolicy | None,
         collector: Collector,
         policy: PolicyLike | None = None,
+        rate_limit: RateLimit | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         agent_name = self._check(handler, name, concurrency)
         outs = tuple(self.registry.of(m) for m in _as_list(publishes))
@@ -309,6 +338,8 @@ class App:
             breaker,
             collector,
             policy=None if policy is None else as_spec(policy),
+            rate_limit=rate_limit,
+            retry_budget=retry_budget,
         )
 
     def _check(self, handler: Handler, name: str | None, concurrency: int) -> str:

@@ -87,3 +87,31 @@ async def test_state_needs_an_ordered_agent() -> None:
         await tb.run_until_idle()
         [dead] = tb.dead_letters(Question)
     assert b"ordered=True" in dict(dead.headers)["bb.dlq.exception.message"]
+
+
+def test_join_and_batch_agents_take_the_same_admission_options_as_plain_ones() -> None:
+    from scheduler.policies import PolicySpec
+    from scheduler.ratelimit import RateLimit
+    from scheduler.retrybudget import RetryBudget
+
+    app = App(registry=reg)
+    limit, budget = RateLimit(requests_per_s=5.0), RetryBudget(ratio=0.1, window_s=5.0)
+
+    @app.join(
+        consumes={Question: 1, Answer: 1},
+        publishes=Answer,
+        policy="srpt",
+        rate_limit=limit,
+        retry_budget=budget,
+    )
+    async def pair(joined: object, ctx: Context) -> None:
+        return None
+
+    @app.batch(consumes=Question, policy="plas", rate_limit=limit, retry_budget=budget)
+    async def grouped(batch: object, ctx: Context) -> None:
+        return None
+
+    for name, policy in (("pair", "srpt"), ("grouped", "plas")):
+        spec = app.agents[name]
+        assert spec.rate_limit is limit and spec.retry_budget is budget
+        assert spec.policy == PolicySpec(policy) and spec.ordered
