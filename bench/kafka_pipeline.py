@@ -731,6 +731,32 @@ async def run_ours(url: str, records: int, runner: RunnerSettings) -> Round:
         drop_prefix(url, prefix)
 
 
+async def _ours_until_terminated(url: str, records: int, runner: RunnerSettings) -> Round:
+    """:func:`run_ours`, stopped by SIGTERM the way asyncio stops it on Ctrl-C: the main task is
+    cancelled, so the worker drains and the clients close, instead of an exception raised
+    inside whichever handler happens to run."""
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        main_task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await run_ours(url, records, runner)
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _interrupt)  # the threaded variants' handler again
+
+
 def drop_prefix(url: str, prefix: str) -> None:
     """Delete the topics and consumer groups of one variant (best effort)."""
     if is_redis(url):
@@ -849,7 +875,7 @@ def _run_variant(variant: str, url: str, records: int, runner: RunnerSettings) -
     if variant == plain_variant(url):
         measured = run_plain(url, records, runner)
     else:
-        measured = asyncio.run(run_ours(url, records, runner))
+        measured = asyncio.run(_ours_until_terminated(url, records, runner))
     gc.collect()  # closes the clients a variant left in reference cycles while the server is up
     progress(f"{variant}: {measured.records / measured.seconds:.0f} records/s")
     return measured
