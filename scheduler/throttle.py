@@ -404,9 +404,13 @@ class Backpressure:
         self._on_change()
 
     def report(self) -> dict[str, dict[str, Any]]:
-        """Every topic's state, rate, lag and expected wait (for status reports)."""
+        """Every topic's state, rate, lag, expected wait and slowest group
+        (``bb.throttle.group``; for status reports, which the dashboard draws)."""
         with self._lock:
-            return {t: self._throttles[t].attributes() for t in sorted(self._throttles)}
+            return {
+                topic: {**t.attributes(), "bb.throttle.group": t.group}
+                for topic, t in sorted(self._throttles.items())
+            }
 
 
 class ThrottledLimiter:
