@@ -171,7 +171,8 @@ class Sampler:
         ]
 
     def overview(self) -> dict[str, Any]:
-        """Every group's health and lag, total lag and throughput, DLQ depth, agent status."""
+        """Every group's health and lag, total lag and throughput, DLQ depth, agent status and
+        throttled publishers (``backpressure.throttled``; per group ``throttling``)."""
         with self._lock:
             groups = [self._group_summary(g) for g in self._windows.groups()]
             agents = list(self._agents)
@@ -201,7 +202,8 @@ class Sampler:
         }
 
     def group(self, group: str) -> dict[str, Any] | None:
-        """One group: per-partition table, health, desired workers and its lag history."""
+        """One group: per-partition table, health, desired workers, its lag history and the
+        publishers throttled on the topics it consumes."""
         with self._lock:
             if group not in self._windows.groups():
                 return None
