@@ -25,8 +25,9 @@ class AgentStatus:
         breaker: the circuit's state (``closed`` / ``open`` / ``half_open``; empty: the agent
             has no breaker).
         throttle: per published topic, the backpressure figures (``bb.throttle.state``
-            normal / throttled / paused, ``.rate``, ``.lag``, ``.expected_wait_s``); empty
-            while backpressure is off.
+            normal / throttled / paused, ``.rate``, ``.lag``, ``.expected_wait_s``, and
+            ``.group``: the slowest consumer group at the last sample, or None); empty while
+            backpressure is off.
     """
 
     agent: str

@@ -18,12 +18,18 @@ only checks a token bucket), and for each target topic:
 4. a token bucket at the AIMD rate gates publishes (``burst_s`` seconds' worth banked).
 
 A group that stopped for good still counts (drain 0: the publisher pauses): that is the
-point of backpressure, and ``blackboard lag`` shows the group as STOP.
+point of backpressure, and ``blackboard lag`` shows the group as STOP. An operator who retires
+an agent names it in ``ignore_agents`` (``BLACKBOARD_BACKPRESSURE_IGNORE_AGENTS=a,b``): the
+lag of its group (``<prefix>.<agent>``) then never throttles anyone. There is no automatic
+rule ("offsets still and no members for N s"): the Kafka store cannot tell a group's members
+without an admin round trip per group per sample, and a rule that held on some stores only
+would make the backends behave differently.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -31,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from blackboard.envsettings import settings_from_env
 from blackboard.errors import StoreClosedError
@@ -57,7 +63,9 @@ ENV = {
     "decrease": "BLACKBOARD_BACKPRESSURE_DECREASE",
     "sample_interval_s": "BLACKBOARD_BACKPRESSURE_SAMPLE_INTERVAL_S",
     "burst_s": "BLACKBOARD_BACKPRESSURE_BURST_S",
+    "ignore_agents": "BLACKBOARD_BACKPRESSURE_IGNORE_AGENTS",
 }
+AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # as agents.agent checks names
 
 
 class BackpressureSettings(BaseModel):
@@ -72,6 +80,10 @@ class BackpressureSettings(BaseModel):
         decrease: factor applied per sample over the target.
         sample_interval_s: how often lag is read (a publish never reads it itself otherwise).
         burst_s: seconds' worth of the rate a publisher may spend at once.
+        ignore_agents: agents whose consumer groups' lag never throttles a publisher (e.g.
+            agents retired for good, whose groups keep their offsets): agent names, not
+            group names, so one list serves every prefix; a comma-separated string is split
+            (the environment's form).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -84,6 +96,22 @@ class BackpressureSettings(BaseModel):
     decrease: float = Field(default=0.5, gt=0, lt=1)
     sample_interval_s: float = Field(default=1.0, gt=0)
     burst_s: float = Field(default=1.0, gt=0)
+    ignore_agents: tuple[str, ...] = ()
+
+    @field_validator("ignore_agents", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(","))
+        return value
+
+    @field_validator("ignore_agents")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not AGENT_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an agent name ({AGENT_NAME.pattern})")
+        return tuple(sorted(set(value)))
 
     @model_validator(mode="after")
     def _rates(self) -> BackpressureSettings:
@@ -161,7 +189,8 @@ class Backpressure:
         store: where lag is read.
         settings: the controller's settings (``enabled`` is the caller's business).
         group_prefix: only groups whose name starts with it count (the blackboard's).
-        exclude_groups: groups that never count (an agent's own group).
+        exclude_groups: groups that never count (an agent's own group); the groups of
+            ``settings.ignore_agents`` (``group_prefix`` + name) are added.
         clock: the time source of sample intervals and buckets when callers give no ``now``.
         background: read lag on a thread, applied on the next call after it returns (for an
             event loop, which must not block on a store call); else inline.
@@ -184,7 +213,8 @@ class Backpressure:
         self.settings = settings
         self.clock = clock
         self._prefix = group_prefix
-        self._exclude = frozenset(exclude_groups)
+        ignored = {group_prefix + name for name in settings.ignore_agents}
+        self._exclude = frozenset(exclude_groups) | ignored
         self._background = background
         self._on_change = on_change
         self._lock = threading.Lock()
@@ -374,9 +404,13 @@ class Backpressure:
         self._on_change()
 
     def report(self) -> dict[str, dict[str, Any]]:
-        """Every topic's state, rate, lag and expected wait (for status reports)."""
+        """Every topic's state, rate, lag, expected wait and slowest group
+        (``bb.throttle.group``; for status reports, which the dashboard draws)."""
         with self._lock:
-            return {t: self._throttles[t].attributes() for t in sorted(self._throttles)}
+            return {
+                topic: {**t.attributes(), "bb.throttle.group": t.group}
+                for topic, t in sorted(self._throttles.items())
+            }
 
 
 class ThrottledLimiter:

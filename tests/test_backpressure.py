@@ -227,6 +227,67 @@ async def test_a_publisher_pauses_while_nothing_drains_and_close_or_ctrl_c_ends_
     board.close()
 
 
+async def test_ignored_agents_groups_never_throttle_and_the_others_still_do() -> None:
+    """A group that stopped for good (``bb.retired``: lag, never commits) pauses publishers
+    until its agent is named in ``ignore_agents``; then only the other groups count, and a
+    second stuck group that is not named still pauses the publisher."""
+    board = _board(ignore_agents=("retired",))  # the Blackboard's own throttle, real settings
+    bp = board.backpressure
+    assert bp is not None
+    board.ensure_topics([registry.get("bp.Job")])
+    retired = await _member(board.store, "bb.retired")
+    board.publish_many([Job(n=i) for i in range(20)])  # sampled once, on the real clock
+    now = time.monotonic()
+    for _ in range(12):  # without the setting this pauses (the test above)
+        now += 1.0
+        assert bp.wait_s({TOPIC: 1}, now) < 1.0
+    t = bp.throttle(TOPIC)
+    assert t.state == "normal" and t.rate == SETTINGS.max_rate and t.group is None
+
+    stuck = await _member(board.store, "bb.stuck")  # not ignored: it counts
+    for _ in range(12):
+        now += 1.0
+        bp.wait_s({TOPIC: 1}, now)
+    assert t.state == "paused" and t.group == "bb.stuck"
+    # The agent runner's throttle (agent_limiter) takes the same list: ignored + own group.
+    from scheduler.throttle import agent_limiter
+
+    limiter = agent_limiter(board, "bb.fast", ["bp.Job"], None, lambda: None)
+    assert limiter is not None
+    assert limiter.backpressure._exclude == {"bb.fast", "bb.retired"}
+    for m in (retired, stuck):
+        await m.close()
+    board.close()
+
+
+def test_ignored_agents_come_from_code_or_the_environment_and_bad_names_fail_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert BackpressureSettings().ignore_agents == ()
+    assert BackpressureSettings(ignore_agents=["b", "a", "b"]).ignore_agents == ("a", "b")
+    monkeypatch.setenv("BLACKBOARD_BACKPRESSURE_IGNORE_AGENTS", "novelty, old-summarizer")
+    from_env = BackpressureSettings.from_env()
+    assert from_env.ignore_agents == ("novelty", "old-summarizer")
+    assert BackpressureSettings.from_env(ignore_agents=("x",)).ignore_agents == ("x",)  # code wins
+    for bad, name in (("novelty,,x", "''"), ("bb novelty", "'bb novelty'")):
+        monkeypatch.setenv("BLACKBOARD_BACKPRESSURE_IGNORE_AGENTS", bad)
+        with pytest.raises(ConfigError) as info:
+            BlackboardSettings.from_env()
+        line = str(info.value)
+        assert line.startswith(f"invalid backpressure setting ignore_agents: {name} is not an")
+        assert "\n" not in line
+    env = {**os.environ, "BLACKBOARD_URL": "", "BLACKBOARD_BACKPRESSURE_IGNORE_AGENTS": "a/b"}
+    out = subprocess.run(
+        [*CLI, "publish", "research.Idea", '{"title": "x"}'],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "blackboard: error: invalid backpressure setting ignore_agents: 'a/b' is not an agent "
+        "name ([A-Za-z0-9][A-Za-z0-9._-]*)"
+    ]
+
+
 def test_ctrl_c_stops_a_paused_publisher_promptly(tmp_path: Path) -> None:
     """``blackboard publish`` paused by a consumer that never drains: SIGINT ends it at once."""
     store = f"memory:///{tmp_path}/bb.mem"

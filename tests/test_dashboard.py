@@ -1,13 +1,26 @@
-"""Dashboard rules without a browser: Burrow-style health, desired workers, start-up refusal."""
+"""Dashboard rules without a browser: Burrow-style health, desired workers, start-up refusal,
+and the JSON API's throttled publishers."""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.requests import Request
 
+from agents.agent import App
+from agents.context import Context
 from blackboard.dashboard.auth import change_refusal, may_read
+from blackboard.dashboard.sampler import Sampler
+from blackboard.dashboard.server import DashboardServer
 from blackboard.dashboard.settings import DashboardSettings, is_loopback
 from blackboard.errors import ConfigError
+from blackboard.testing import TestBoard
 from scheduler.backpressure import (
     Sample,
     desired_workers,
@@ -16,6 +29,10 @@ from scheduler.backpressure import (
     rate,
     worst,
 )
+from tests.test_backpressure import SETTINGS as BP_SETTINGS
+from tests.test_backpressure import Job
+from tests.test_backpressure import Result as BpResult
+from tests.test_backpressure import registry as bp_registry
 from tests.test_cli import run
 
 
@@ -107,3 +124,72 @@ def test_reads_are_open_on_loopback_only_and_changes_always_need_the_key() -> No
     assert change_refusal(local, anonymous) is not None
     assert change_refusal(local, _request("127.0.0.1", {"X-API-Key": "k"})) is None
     assert "disabled" in (change_refusal(keyless, _request("127.0.0.1", {"X-API-Key": "k"})) or "")
+
+
+async def test_the_api_shows_throttled_publishers_on_the_overview_and_the_consuming_group(
+    tmp_path: Path,
+) -> None:
+    """``fast`` (Job -> Result) is paused by ``slow``, stuck on Results: the overview lists
+    it (state, rate, lag, expected wait, the slowest group) and counts it on ``bb.slow``; the
+    page of ``bb.slow``, which consumes Results, lists it; ``bb.fast``'s does not (it consumes
+    Jobs). Once ``slow`` drains, nobody is listed."""
+    app = App("bp", registry=bp_registry)
+
+    async def fast(job: Job, ctx: Context) -> BpResult:
+        return BpResult(n=job.n)
+
+    release = asyncio.Event()
+
+    async def slow(result: BpResult, ctx: Context) -> None:
+        if result.n >= 20:
+            await release.wait()
+
+    app.add(fast, consumes=Job, publishes=BpResult, concurrency=8)
+    app.add(slow, consumes=BpResult, concurrency=1)
+    settings = BP_SETTINGS.model_copy(
+        update={"target_wait_s": 0.2, "sample_interval_s": 0.05, "max_rate": 500.0,
+                "min_rate": 5.0, "increase": 200.0, "burst_s": 0.02}
+    )  # fmt: skip
+    dash = DashboardSettings(port=0, audit_log=tmp_path / "audit.jsonl", sample_interval_s=0.1)
+    async with TestBoard(app, partitions=2, backpressure=settings) as tb:
+        tb.board.publish_many([Job(n=i) for i in range(400)])
+        sampler = Sampler(tb.board, dash)
+        deadline = time.monotonic() + 20
+        while True:  # the agent reports its paused throttle in its status
+            sampler.sample()
+            throttled = sampler.overview()["backpressure"]["throttled"]
+            if throttled and throttled[0]["bb.throttle.state"] == "paused":
+                break
+            assert time.monotonic() < deadline, throttled
+            await asyncio.sleep(0.05)
+        [entry] = throttled
+        assert entry["agent"] == "fast" and entry["topic"] == "bb.bp.Result"
+        assert entry["bb.throttle.rate"] == 0.0 and entry["bb.throttle.lag"] > 0
+        assert entry["bb.throttle.group"] == "bb.slow" and entry["updated"] > 0
+        assert "bb.throttle.expected_wait_s" in entry
+        groups = {g["group"]: g for g in sampler.overview()["groups"]}
+        assert groups["bb.slow"]["throttling"] == 1 and groups["bb.fast"]["throttling"] == 0
+        # Over HTTP, as the pages read it.
+        with DashboardServer(tb.board, dash) as server:
+            slow_page = await asyncio.to_thread(_get_json, f"{server.url}/api/groups/bb.slow")
+            fast_page = await asyncio.to_thread(_get_json, f"{server.url}/api/groups/bb.fast")
+            overview = await asyncio.to_thread(_get_json, f"{server.url}/api/overview")
+        assert [(t["agent"], t["topic"]) for t in slow_page["throttled"]] == [
+            ("fast", "bb.bp.Result")
+        ]
+        assert slow_page["throttled"][0]["bb.throttle.state"] == "paused"
+        assert fast_page["throttled"] == []
+        assert [t["agent"] for t in overview["backpressure"]["throttled"]] == ["fast"]
+
+        release.set()
+        while sampler.overview()["backpressure"]["throttled"]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+            sampler.sample()
+        assert sampler.group("bb.slow")["throttled"] == []  # type: ignore[index]
+        await tb.run_until_idle()
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())

@@ -31,6 +31,7 @@ from blackboard.dashboard.server import DashboardServer
 from blackboard.dashboard.settings import DashboardSettings
 from blackboard.deadletters import DeadLetters
 from blackboard.records import TopicPartition
+from scheduler.throttle import BackpressureSettings
 from tests.contract.types import Result, Task, registry
 from tests.services import in_ci, unique_name
 from tests.test_cli import CLI
@@ -192,6 +193,76 @@ def test_pages_render_and_the_lag_chart_follows_a_running_worker(page: Any, tmp_
         assert page.locator("#agents-table").get_by_text("closed").count() == 1
         assert page.locator("#ov-dlq").inner_text() == "0"
         _shot(page, "overview")
+
+
+def test_throttled_publishers_show_on_the_overview_and_the_consuming_group_live(
+    page: Any, tmp_path: Path
+) -> None:
+    """``fast`` (Task -> Result) is paused by backpressure while ``sink`` is stuck on Results:
+    the overview lists it with its state, rate and expected wait and marks ``bb.sink`` as
+    holding it back; the page of ``bb.sink`` lists it as throttled by this group and, when
+    ``sink`` is released, the event stream clears the list without a reload."""
+    released = threading.Event()
+
+    async def fast(task: Task, ctx: Context) -> Result:
+        return Result(n=task.n, by="fast")
+
+    async def sink(result: Result, ctx: Context) -> None:
+        if result.n >= 20:  # the test thread releases it: a threading.Event, waited off-loop
+            await asyncio.to_thread(released.wait, 60)
+
+    app = App("test", registry=registry)
+    app.add(fast, consumes=Task, publishes=Result, concurrency=8)
+    app.add(sink, consumes=Result, concurrency=1)
+    bp = BackpressureSettings(
+        enabled=True, target_wait_s=0.2, sample_interval_s=0.05, max_rate=500.0, min_rate=5.0,
+        increase=200.0, decrease=0.5, burst_s=0.02,
+    )  # fmt: skip
+    board = Blackboard("memory://", registry=registry, settings=BlackboardSettings(backpressure=bp))
+    overview_url = ""
+
+    def paused() -> bool:
+        doc = _get(overview_url)[1]["backpressure"]["throttled"]
+        return any(t["agent"] == "fast" and t["bb.throttle.state"] == "paused" for t in doc)
+
+    try:
+        with (
+            DashboardServer(board, _settings(tmp_path)) as server,
+            WorkerThread(Worker(app, board, FAST)),
+        ):
+            overview_url = f"{server.url}/api/overview"
+            board.publish_many([Task(n=i) for i in range(400)])
+            eventually(paused, "fast reported paused", 30)
+            _open(page, f"{server.url}/")
+            row = page.locator("#throttled-table tbody tr", has_text="fast")
+            row.wait_for(timeout=10_000)
+            assert row.locator(".badge").inner_text() == "paused"
+            assert "bb.test.Result" in row.inner_text() and "bb.sink" in row.inner_text()
+            cells = row.locator("td").all_inner_texts()
+            assert cells[4] == "0"  # rate / s while paused
+            assert cells[6] == "never (nothing drains)" or cells[6].endswith(" s"), cells
+            assert int(page.locator("#ov-throttled").inner_text()) >= 1
+            sink_row = page.locator("#groups-table tbody tr", has_text="bb.sink")
+            assert "publisher(s)" in sink_row.locator(".holding").inner_text()
+            _shot(page, "backpressure")
+
+            _open(page, f"{server.url}/groups/bb.sink")
+            mine = page.locator("#group-throttled-table tbody tr", has_text="fast")
+            mine.wait_for(timeout=10_000)
+            assert "this group" in mine.inner_text()
+            _shot(page, "backpressure-group")
+            _open(page, f"{server.url}/groups/bb.fast")  # consumes Tasks: nothing throttled
+            assert page.locator("#no-group-throttled").count() == 1
+
+            _open(page, f"{server.url}/groups/bb.sink")
+            mine.wait_for(timeout=10_000)
+            events = page.evaluate("window.dashboard.events")
+            released.set()
+            page.wait_for_selector("#no-group-throttled", timeout=30_000)  # live, no reload
+            assert page.evaluate("window.dashboard.events") > events
+            eventually(lambda: len(list(board.read(Result))) == 400, "every result", 30)
+    finally:
+        released.set()
 
 
 def test_a_dlq_replay_through_the_page_needs_the_key_and_runs_once(

@@ -161,11 +161,24 @@ class Sampler:
         with self._lock:
             return self._windows.groups()
 
+    def _throttled(self) -> list[dict[str, Any]]:
+        """Every agent's publish throttle that is not normal, per topic (lock held)."""
+        return [
+            {"agent": a["agent"], "slot": a["slot"], "topic": t, "updated": a["updated"], **f}
+            for a in self._agents
+            for t, f in sorted(a.get("throttle", {}).items())
+            if f.get("bb.throttle.state") != "normal"
+        ]
+
     def overview(self) -> dict[str, Any]:
-        """Every group's health and lag, total lag and throughput, DLQ depth, agent status."""
+        """Every group's health and lag, total lag and throughput, DLQ depth, agent status and
+        throttled publishers (``backpressure.throttled``; per group ``throttling``)."""
         with self._lock:
             groups = [self._group_summary(g) for g in self._windows.groups()]
             agents = list(self._agents)
+            throttled = self._throttled()
+            for g in groups:  # publishers whose slowest consumer group is this one
+                g["throttling"] = sum(t.get("bb.throttle.group") == g["group"] for t in throttled)
             depth = self._dlq_depth
             last = self._last
             produced = sum(
@@ -181,12 +194,7 @@ class Sampler:
             "agents": agents,
             "backpressure": {
                 "open_circuits": [a for a in agents if a["breaker"] in ("open", "half_open")],
-                "throttled": [
-                    {"agent": a["agent"], "slot": a["slot"], "topic": t, **figures}
-                    for a in agents
-                    for t, figures in a.get("throttle", {}).items()
-                    if figures.get("bb.throttle.state") != "normal"
-                ],
+                "throttled": throttled,
                 "groups_behind": [
                     g["group"] for g in groups if g["status"] != "OK" or g["desired_workers"] > 1
                 ],
@@ -194,15 +202,20 @@ class Sampler:
         }
 
     def group(self, group: str) -> dict[str, Any] | None:
-        """One group: per-partition table, health, desired workers and its lag history."""
+        """One group: per-partition table, health, desired workers, its lag history and the
+        publishers throttled on the topics it consumes."""
         with self._lock:
             if group not in self._windows.groups():
                 return None
+            topics = {k[1] for k in self._windows.partitions if k[0] == group}
             return {
                 **self._group_summary(group),
                 "rows": self._group_rows(group),
                 "history": [[ts, lag] for ts, lag in self._group_lag.get(group, ())],
                 "agents": [a for a in self._agents if a["group"] == group],
+                # Publishers throttled on the topics this group consumes (its lag may be the
+                # cause: ``bb.throttle.group`` names the slowest group at their last sample).
+                "throttled": [t for t in self._throttled() if t["topic"] in topics],
             }
 
     def topics(self) -> list[dict[str, Any]]:

@@ -56,20 +56,47 @@ function connect() {
   source.onerror = () => { live.textContent = "reconnecting…"; };
 }
 
+// -- publish throttles (backpressure) --------------------------------------------------------
+function groupLink(g) {
+  return g ? `<a href="/groups/${encodeURIComponent(g)}">${esc(g)}</a>` : "-";
+}
+function expectedWait(t) {
+  // null: not measured yet, or infinite (lag left and nothing drains; JSON has no infinity)
+  const w = t["bb.throttle.expected_wait_s"];
+  if (w === null || w === undefined) return t["bb.throttle.lag"] > 0 ? "never (nothing drains)" : "-";
+  return num(w, 1) + " s";
+}
+// Publishers (agents) whose throttle on a topic is not normal; `group` marks the rows whose
+// slowest consumer group is the group the page shows.
+function throttledTable(list, id, group) {
+  return table([
+    ["publisher", t => esc(t.agent)], ["slot", t => esc(t.slot)], ["topic", t => esc(t.topic)],
+    ["state", t => badge(t["bb.throttle.state"])], ["rate / s", t => num(t["bb.throttle.rate"], 1), "n"],
+    ["lag", t => num(t["bb.throttle.lag"]), "n"], ["expected wait", t => expectedWait(t), "n"],
+    ["slowest group", t => group && t["bb.throttle.group"] === group ? `<b>this group</b>` : groupLink(t["bb.throttle.group"])],
+    ["reported", t => esc(new Date(t.updated * 1000).toLocaleTimeString())],
+  ], list, id);
+}
+
 // -- overview --------------------------------------------------------------------------------
 function renderOverview(o) {
   const open = o.backpressure.open_circuits.length;
+  const throttled = o.backpressure.throttled;
   document.getElementById("ov-cards").innerHTML = [
     ["total lag", num(o.total_lag), "ov-lag"], ["consumed / s", num(o.throughput, 1), "ov-tput"],
     ["appended / s", num(o.produced_per_s, 1), "ov-prod"], ["DLQ depth", num(o.dlq_depth), "ov-dlq"],
-    ["open circuits", num(open), "ov-open"],
+    ["open circuits", num(open), "ov-open"], ["throttled publishers", num(throttled.length), "ov-throttled"],
   ].map(c => `<div class="card"><div class="v" id="${c[2]}">${c[1]}</div><div class="l">${c[0]}</div></div>`).join("");
   document.getElementById("ov-groups").innerHTML = o.groups.length ? table([
     ["group", g => `<a href="/groups/${encodeURIComponent(g.group)}">${esc(g.group)}</a>`],
     ["health", g => badge(g.status)], ["lag", g => num(g.total_lag), "n"],
     ["consumed / s", g => num(g.throughput, 1), "n"], ["partitions", g => num(g.partitions), "n"],
     ["desired workers", g => num(g.desired_workers), "n"],
+    ["holding back", g => g.throttling ? `<span class="badge throttled holding">${num(g.throttling)} publisher(s)</span>` : "-"],
   ], o.groups, "groups-table") : `<p class="muted">no consumer groups yet</p>`;
+  document.getElementById("ov-throttled-list").innerHTML = throttled.length
+    ? throttledTable(throttled, "throttled-table", null)
+    : `<p class="muted" id="no-throttled">no publisher is throttled</p>`;
   document.getElementById("ov-agents").innerHTML = o.agents.length ? table([
     ["agent", a => esc(a.agent)], ["slot", a => esc(a.slot)], ["group", a => esc(a.group)],
     ["circuit", a => a.breaker ? badge(a.breaker) : "-"], ["failures in a row", a => num(a.consecutive_failures), "n"],
@@ -82,6 +109,7 @@ function renderOverview(o) {
 async function overviewPage() {
   main.innerHTML = `<h1>Overview</h1><div class="cards" id="ov-cards"></div>
     <h2>Consumer groups</h2><div id="ov-groups"></div>
+    <h2>Throttled publishers (backpressure)</h2><div id="ov-throttled-list"></div>
     <h2>Agents (circuit breaker / backpressure)</h2><div id="ov-agents"></div>`;
   renderOverview(await api("/api/overview"));
   onSample = renderOverview;
@@ -104,9 +132,17 @@ function renderGroupTable(g) {
 async function groupPage(group) {
   main.innerHTML = `<h1>Group <code>${esc(group)}</code></h1><div class="cards" id="grp-summary"></div>
     <h2>Lag</h2><div id="lag-chart" class="chart" data-points="0"></div>
+    <h2>Publishers throttled on its topics</h2><div id="grp-throttled"></div>
     <h2>Partitions</h2><div id="grp-rows"></div>`;
   const g = await api(`/api/groups/${encodeURIComponent(group)}`);
   renderGroupTable(g);
+  let topics = new Set(g.rows.map(r => r.topic));
+  const renderThrottled = list => {
+    document.getElementById("grp-throttled").innerHTML = list.length
+      ? throttledTable(list, "group-throttled-table", group)
+      : `<p class="muted" id="no-group-throttled">no publisher is throttled on ${esc([...topics].join(", ") || "its topics")}</p>`;
+  };
+  renderThrottled(g.throttled);
   const chart = document.getElementById("lag-chart");
   const xs = g.history.map(p => new Date(p[0] * 1000)), ys = g.history.map(p => p[1]);
   Plotly.newPlot(chart, [{ x: xs, y: ys, mode: "lines+markers", name: "lag", line: { color: "#2f6fd6" } }],
@@ -117,6 +153,8 @@ async function groupPage(group) {
   chart.dataset.points = String(xs.length);
   onSample = ev => {
     const point = ev.lag[group];
+    if (point) topics = new Set(point.rows.map(r => r.topic));
+    renderThrottled(ev.backpressure.throttled.filter(t => topics.has(t.topic)));
     if (!point || point.ts <= last) return;
     last = point.ts;
     Plotly.extendTraces(chart, { x: [[new Date(point.ts * 1000)]], y: [[point.lag]] }, [0], 300);
