@@ -31,6 +31,8 @@ from scheduler.base import Admission, Decision, ReadyQueue, Ticket
 from scheduler.ledger import Ledger
 
 T = TypeVar("T")
+#: The least a record is charged, and a round is worth, when charging by time (seconds).
+MIN_CHARGE_S = 1e-6
 
 #: What a started record costs its tenant's deficit: one, or its service time.
 Charge: TypeAlias = Literal["records", "time"]
@@ -96,7 +98,7 @@ class DrrQueue(ReadyQueue[T]):
         if not self._len:
             raise IndexError("pop from an empty ready queue")
         active, deficit = self._active, self._deficit
-        quantum = self.ledger.mean_service(self.agent) if self._by_time else 1.0
+        quantum = self._quantum() if self._by_time else 1.0
         if self._by_time:
             self._skip_rounds(quantum)
         while deficit[active[0]] <= 0:
@@ -109,7 +111,7 @@ class DrrQueue(ReadyQueue[T]):
         self._len -= 1
         if self._by_time:  # credit given while the mean was larger is worth a round at most
             deficit[tenant] = min(deficit[tenant], self.weight(tenant) * quantum)
-        cost = self._cost.get(tenant, quantum) if self._by_time else 1.0
+        cost = max(self._cost.get(tenant, quantum), MIN_CHARGE_S) if self._by_time else 1.0
         deficit[tenant] -= cost
         self._last = (tenant, cost)
         ticket.why = f"tenant-share:{ticket.why}"
@@ -117,6 +119,12 @@ class DrrQueue(ReadyQueue[T]):
             active.popleft()
             deficit.pop(tenant, None)
         return ticket
+
+    def _quantum(self) -> float:
+        """A round's worth of handler time: the agent's mean service time, at least
+        :data:`MIN_CHARGE_S` (handlers that take no measurable time, e.g. on a virtual clock,
+        must not make a round worth nothing)."""
+        return max(self.ledger.mean_service(self.agent), MIN_CHARGE_S)
 
     def _skip_rounds(self, quantum: float) -> None:
         """Add at once the whole rounds in which no tenant would get a turn (deep debts
@@ -148,14 +156,14 @@ class DrrQueue(ReadyQueue[T]):
         if charged is None:
             return
         _, tenant, cost = charged
-        actual = 0.0 if service_s is None else service_s
+        actual = 0.0 if service_s is None else max(service_s, MIN_CHARGE_S)
         if service_s is not None:
             mean = self._cost.get(tenant)
             self._cost[tenant] = (
                 service_s if mean is None else mean + _COST_ALPHA * (service_s - mean)
             )
         if tenant in self._deficit:
-            most = self.weight(tenant) * self.ledger.mean_service(self.agent)
+            most = self.weight(tenant) * self._quantum()
             self._deficit[tenant] = min(self._deficit[tenant] - (actual - cost), most)
 
     def _tickets(self) -> Iterator[Ticket[T]]:

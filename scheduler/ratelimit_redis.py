@@ -210,7 +210,10 @@ class RedisRateLimiter:
         """Top the request lease up and pay reported tokens in (or refresh a bucket in debt)."""
         req, tok = self.requests, self.tokens
         if req is not None and req.lease < req.chunk / 2:
-            req.lease += await self._take(req, req.chunk - math.floor(req.lease), 0.0)
+            # Await first: `req.lease += await ...` would read the lease before the round trip
+            # and lose the calls started meanwhile (granting them twice).
+            granted = await self._take(req, req.chunk - math.floor(req.lease), 0.0)
+            req.lease += granted
         if tok is not None and (tok.debt > 0 or tok.balance < 0 or tok.at == -math.inf):
             pay = tok.debt
             await self._take(tok, 0.0, pay)

@@ -214,3 +214,25 @@ def test_shared_url_must_be_redis_or_memory(monkeypatch: pytest.MonkeyPatch) -> 
     assert isinstance(local, RateLimiter)
     monkeypatch.delenv("BLACKBOARD_RATE_LIMIT_URL")
     assert isinstance(RateLimit(requests_per_s=1.0).limiter("bb.a"), RateLimiter)
+
+
+async def test_calls_started_while_a_lease_refill_is_in_flight_are_not_granted_twice() -> None:
+    """The lease a refill returns adds to what is left after the calls started meanwhile
+    (``lease += await take()`` would read the lease before the round trip)."""
+    limiter = RedisRateLimiter(
+        RateLimit(requests_per_s=1000.0, lease_s=0.1), "redis://127.0.0.1:1/0", "bb.agent"
+    )
+    req = limiter.requests
+    assert req is not None and req.chunk == 100
+    req.lease = 40.0  # below half a chunk: the next sync tops it up
+
+    async def take(bucket: object, want: float, pay: float) -> float:
+        for _ in range(4):  # four calls start during the round trip to Redis
+            limiter.started(0.0)
+            await asyncio.sleep(0)
+        return 60.0
+
+    limiter._take = take  # type: ignore[method-assign]
+    await limiter._sync()
+    assert req.lease == 40.0 - 4 + 60.0
+    await limiter._client.aclose()
