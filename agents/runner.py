@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import time
 from collections import deque
@@ -158,6 +159,9 @@ class AgentRunner:
         self._completed: list[Outcome] = []
         self._first_completed_at = 0.0
         self._running = 0
+        # Resumed retries waiting for a handler slot, and the event a freed slot sets.
+        self._slot_waiters = 0
+        self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flow = FlowControl(
             self.settings.max_buffered, self.settings.max_offset_window, self.settings.idle_poll_s
@@ -219,6 +223,7 @@ class AgentRunner:
         call from the runner's event loop (signal handlers do)."""
         self._stopping = True
         self._stop_requested.set()
+        self._slot_freed.set()
         self._wake.set()
         if self._member is not None:
             self._member.wakeup()
@@ -227,7 +232,12 @@ class AgentRunner:
     def idle(self) -> bool:
         """Nothing read is waiting, running (or holding a deferred retry) or uncommitted."""
         return not (
-            self._ready or self._parked or self._running or self._tasks or self._completed
+            self._ready
+            or self._parked
+            or self._running
+            or self._tasks
+            or self._completed
+            or self._commit_task is not None
         )
 
     async def _loop(self, member: GroupMember) -> None:
@@ -486,6 +496,7 @@ class AgentRunner:
             # goes to take the trial call (records already running wait for it in _permit).
             cap = 1 if breaker.wait_s() == 0 and not self._running else 0
         ready, epochs, limiter = self._ready, self._epoch, self._limiter
+        cap -= self._slot_waiters  # slots kept for resumed retries
         while ready and self._running < cap:
             now = self._now()
             if limiter is not None:
@@ -516,12 +527,19 @@ class AgentRunner:
         :data:`SLOT_BURST` records or :data:`SLOT_SLICE_S`, so polls and commits keep going."""
         now = self._now
         ran, slice_end = 0, now() + SLOT_SLICE_S
+        context = contextvars.copy_context()  # what a task of its own would start with
         try:
             while True:
                 await self._execute(item)
-                if self._stopping or self._limiter is not None:
+                if (
+                    self._stopping
+                    or self._limiter is not None
+                    or contextvars.copy_context() != context
+                ):
                     # A rate-limited agent takes one record per slot: the tokens its records
                     # report arrive after their calls, so each waits for its turn in the loop.
+                    # A handler that set a context variable (e.g. structlog's bound context)
+                    # must not leak it into the next record: that one gets a fresh task.
                     return
                 next_item = self._take()
                 if next_item is None:
@@ -529,10 +547,26 @@ class AgentRunner:
                 item = next_item
                 ran += 1
                 if ran >= SLOT_BURST or now() >= slice_end:
-                    await asyncio.sleep(0)
+                    try:
+                        await asyncio.sleep(0)
+                    except BaseException:
+                        self._give_back(item)  # cancelled before it ran: read again later
+                        raise
                     ran, slice_end = 0, now() + SLOT_SLICE_S
         finally:
             self._tasks.discard(asyncio.current_task())
+
+    def _free_slot(self) -> None:
+        """A handler slot's record finished (or left it): resumed retries waiting get it."""
+        self._running -= 1
+        if self._slot_waiters:
+            self._slot_freed.set()
+
+    def _give_back(self, item: Item) -> None:
+        """Undo :meth:`_take` for a record that will not run (left unfinished)."""
+        self._free_slot()
+        self._done_with(item, None)
+        self._release_key(item)
 
     def _queue(self, item: Item) -> None:
         """Put an admitted record in the policy's ready queue."""
@@ -663,6 +697,8 @@ class AgentRunner:
                             note = await self._defer_retry(budget, item)
                             if note is None:
                                 return
+                        if self._limiter is not None and not await self._rate_turn(item):
+                            return
                         attempt += 1
                         continue
                     outcome = Outcome(
@@ -680,7 +716,7 @@ class AgentRunner:
                 self._breaker.released()
             raise
         finally:
-            self._running -= 1
+            self._free_slot()
             if item.info is not None:
                 self._done_with(item, service if outcome is not None else None)
             if item.replay is not None:
@@ -703,7 +739,9 @@ class AgentRunner:
             return  # left unfinished: read (and admitted) again later
         partition = item.record.partition
         outcome.add_state(StateUpdate(partition, key, b"1"))
-        self._state.setdefault(partition, {})[key] = b"1"
+        base = self._state.get(partition)
+        if base is not None and self._settles(outcome):
+            base[key] = b"1"
 
     # -- join timeouts and batch windows (agents/timers.py) ---------------------------------
     def _hold_key(self, key: OrderKey) -> bool:
@@ -717,7 +755,7 @@ class AgentRunner:
 
     def _timer_done(self, key: OrderKey) -> None:
         """A timer that held ``key`` finished (its outcome, if any, is queued for commit)."""
-        self._running -= 1
+        self._free_slot()
         self._release(key)
         self._wake.set()
         self._tasks.discard(asyncio.current_task())
@@ -750,13 +788,24 @@ class AgentRunner:
         view that later records of the partition read."""
         if state is None or not state.writes:
             return
-        base = self._state.setdefault(partition, {})
+        base = self._state.get(partition)
         for key, value in state.writes.items():
             outcome.add_state(StateUpdate(partition, key, value))
+        if base is None or not self._settles(outcome):
+            # The partition moved or was rewound while the handler ran: its outcome will be
+            # dropped, and the view (gone, or reloaded from the store) must not get its writes.
+            return
+        for key, value in state.writes.items():
             if value is None:
                 base.pop(key, None)
             else:
                 base[key] = value
+
+    def _settles(self, outcome: Outcome) -> bool:
+        """Whether ``outcome`` is still at its partitions' epochs (else a commit drops it)."""
+        if outcome.item is not None:
+            return self._epoch.get(outcome.item.tp) == outcome.item.epoch
+        return all(self._epoch.get(tp) == e for tp, e in (outcome.epochs or {}).items())
 
     def _current(self, item: Item) -> bool:
         """Whether ``item``'s partition is still ours and not rewound, and no stop is asked."""
@@ -782,14 +831,39 @@ class AgentRunner:
         meanwhile; the deferral (for the span), or None if the record is left unfinished."""
         assert item.artifact is not None
         self.stats.retries_deferred += 1
-        self._running -= 1
+        self._free_slot()
         self._wake.set()  # the slot is free for another record
         try:
-            return await budget.defer(
+            deferral = await budget.defer(
                 item.artifact.envelope, self._now, lambda s: self._pause_for(s, item)
             )
+            if deferral is not None:
+                await self._slot_back()
+            return deferral
         finally:
             self._running += 1
+
+    async def _slot_back(self) -> None:
+        """Wait for a free handler slot (the agent's concurrency holds for resumed retries
+        too); a slot that frees is kept for the waiting retries, not given to new records."""
+        self._slot_waiters += 1
+        try:
+            while self._running >= self.spec.concurrency and not self._stopping:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+        finally:
+            self._slot_waiters -= 1
+
+    async def _rate_turn(self, item: Item) -> bool:
+        """Wait until the rate limit lets one more call start (a retry is a call too) and
+        spend it; False if the record is left unfinished instead (stop, partition gone)."""
+        limiter = self._limiter
+        assert limiter is not None
+        while (wait := limiter.wait_s(self._now())) > 0:
+            if not await self._pause_for(wait, item):
+                return False
+        limiter.started(self._now())
+        return True
 
     async def _pause_for(self, seconds: float, item: Item) -> bool:
         """Sleep up to ``seconds``, waking early on stop; whether ``item`` is still current."""

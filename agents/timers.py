@@ -64,8 +64,11 @@ class CollectorTimers:
         whose window closed to the handler; commit that with the held state's removal."""
         runner, collector = self.runner, self.collector
         outcome = Outcome(None, epochs=epochs)
-        state = KeyedState(runner._state.setdefault(partition, {}))
         try:
+            base = runner._state.get(partition)
+            if base is None or not runner._settles(outcome):
+                return  # the partition moved before the timer ran: its new owner fires it
+            state = KeyedState(base)
             fired = collector.take(state_key, state, self.clock.time())
             if fired is not None:
                 handler = runner.spec.handler if fired.why == "batch" else collector.on_timeout

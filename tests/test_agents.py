@@ -115,3 +115,24 @@ def test_join_and_batch_agents_take_the_same_admission_options_as_plain_ones() -
         spec = app.agents[name]
         assert spec.rate_limit is limit and spec.retry_budget is budget
         assert spec.policy == PolicySpec(policy) and spec.ordered
+
+
+async def test_a_context_variable_a_handler_sets_does_not_leak_into_the_next_record() -> None:
+    """Records after one another share a handler slot's task unless a handler changed a
+    context variable (structlog's bound context, say): then the next gets a task of its own."""
+    import structlog
+
+    app = App(registry=reg)
+    seen: list[dict[str, object]] = []
+
+    @app.agent(consumes=Question, concurrency=1, breaker=None)
+    async def binder(q: Question, ctx: Context) -> None:
+        seen.append(dict(structlog.contextvars.get_contextvars()))
+        if q.text == "first":
+            structlog.contextvars.bind_contextvars(order="first")
+
+    async with TestBoard(app, partitions=1) as tb:
+        for text in ("first", "second", "third"):
+            tb.publish(Question(text=text), partition_key="k")
+        await tb.run_until_idle()
+    assert seen == [{}, {}, {}]

@@ -167,3 +167,45 @@ def test_worker_budget_applies_to_agents_without_one() -> None:
     budgets = {r.spec.name: r.spec.retry_budget for r in worker.runners}
     assert budgets == {"plain": default, "picky": own}
     tb.board.close()
+
+
+def test_resumed_retries_wait_for_a_free_slot_so_the_concurrency_cap_holds() -> None:
+    app = App(registry=reg)
+    running, most = 0, 0
+
+    @app.agent(
+        consumes=Job,
+        publishes=Done,
+        concurrency=2,
+        breaker=None,
+        retry=RetryPolicy(max_attempts=2, backoff_ms=0, max_backoff_ms=0, jitter="none"),
+        retry_budget=RetryBudget(ratio=0.1, window_s=1.0, min_retries_per_s=1.0),
+    )
+    async def worker(job: Job, ctx: Context) -> Done:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.3)
+            if ctx.envelope.tenant == "a":
+                raise RuntimeError("tenant a's dependency is down")
+            return Done(n=job.n)
+        finally:
+            running -= 1
+
+    tb = TestBoard(app, partitions=1)
+    tb.board.ensure_topics(app.types())
+
+    async def main() -> None:
+        async with tb:
+            for i in range(8):
+                tb.publish(Job(n=i), partition_key="k", tenant="a")
+            for i in range(12):
+                tb.publish(Job(n=100 + i), partition_key="k", tenant="b")
+            await tb.run_until_idle(timeout=60.0)
+            runner = tb.worker.runners[0]
+            assert runner.stats.retries_deferred > 2  # retries were held, then resumed
+            assert len(tb.dead_letters(Job)) == 8 and len(tb.artifacts(Done)) == 12
+
+    run_virtual(main)
+    assert most == 2  # never more handlers at once than the agent's concurrency

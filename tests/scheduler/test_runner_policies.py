@@ -124,3 +124,28 @@ async def test_tokens_reported_by_handlers_are_rate_limited() -> None:
         await tb.run_until_idle()
     # 500 tokens at 1000/s with 100 banked: at least ~0.35 s between the first and last call.
     assert starts[-1] - starts[0] >= 0.3
+
+
+async def test_retries_are_calls_too_and_wait_for_the_rate_limit() -> None:
+    from agents.retry import RetryPolicy
+
+    app = App(registry=reg)
+    calls: list[float] = []
+
+    @app.agent(
+        consumes=Job,
+        concurrency=4,
+        breaker=None,
+        rate_limit=RateLimit(requests_per_s=10.0, burst_s=0.1),  # one call per 0.1 s
+        retry=RetryPolicy(max_attempts=4, backoff_ms=0, max_backoff_ms=0, jitter="none"),
+    )
+    async def flaky(job: Job, ctx: Context) -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("down")
+
+    async with TestBoard(app, partitions=1) as tb:
+        tb.publish(Job(n=1, work=0.0))
+        await tb.run_until_idle()
+    assert len(calls) == 4
+    # Four calls at 10/s with one banked: ~0.3 s from the first to the last, not at once.
+    assert calls[-1] - calls[0] >= 0.25
