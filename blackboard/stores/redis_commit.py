@@ -8,10 +8,9 @@ The order of a commit:
    sent (the member reports :class:`FencedError`).
 3. ``MULTI``; one ``EVAL`` of :data:`~blackboard.stores.redis_scripts.WRITE` that ``XADD``s the
    outputs and dead letters with IDs ``0-*`` and ``XACK``s the inputs below the new committed
-   offsets (one command for the whole commit: redis-py spends tens of microseconds of Python
-   on each command it queues, packs and reads a reply for); ``HSET`` the committed offsets and
-   metadata; ``HSET``/``HDEL`` the state entries; ``PUBLISH`` wake-ups for the partitions
-   appended to; ``EXEC``.
+   offsets (one command for the whole commit: redis-py packs, queues and reads a reply for
+   each command in Python); ``HSET`` the committed offsets and metadata; ``HSET``/``HDEL`` the
+   state entries; ``PUBLISH`` wake-ups for the partitions appended to; ``EXEC``.
 4. If a watched lease was written between ``WATCH`` and ``EXEC`` (a new owner took it), Redis
    runs none of it (redis-py raises ``WatchError``), so a zombie never gets anything visible.
    Out of memory, Redis refuses the whole transaction too: nothing is acknowledged that was not
