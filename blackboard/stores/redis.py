@@ -154,8 +154,14 @@ class RedisStore(Store):
         could apply a commit twice, so the member decides what to retry)."""
         import redis.asyncio
 
+        from blackboard.stores.redis_connection import connection_class
+
+        options: dict[str, Any] = {}
+        packing = connection_class()
+        if packing is not None:  # rediss:// and unix:// URLs choose their own class
+            options["connection_class"] = packing
         return redis.asyncio.Redis.from_url(
-            self.settings.connection_url, retry=Retry(NoBackoff(), 0), protocol=2
+            self.settings.connection_url, retry=Retry(NoBackoff(), 0), protocol=2, **options
         )
 
     def _call(self, action: str, fn: Callable[[], T], *, idempotent: bool = True) -> T:

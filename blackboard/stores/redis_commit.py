@@ -6,8 +6,10 @@ The order of a commit:
 2. ``WATCH`` the lease keys of the partitions whose offsets (or state) are committed and read
    them: a lease that is not the member's any more means the partition moved, and nothing is
    sent (the member reports :class:`FencedError`).
-3. ``MULTI``; ``XADD`` outputs and dead letters with IDs ``0-*``; ``XACK`` the inputs below the
-   new committed offsets; ``HSET`` the committed offsets and metadata; ``HSET``/``HDEL`` the
+3. ``MULTI``; one ``EVAL`` of :data:`~blackboard.stores.redis_scripts.WRITE` that ``XADD``s the
+   outputs and dead letters with IDs ``0-*`` and ``XACK``s the inputs below the new committed
+   offsets (one command for the whole commit: redis-py packs, queues and reads a reply for
+   each command in Python); ``HSET`` the committed offsets and metadata; ``HSET``/``HDEL`` the
    state entries; ``PUBLISH`` wake-ups for the partitions appended to; ``EXEC``.
 4. If a watched lease was written between ``WATCH`` and ``EXEC`` (a new owner took it), Redis
    runs none of it (redis-py raises ``WatchError``), so a zombie never gets anything visible.
@@ -18,15 +20,16 @@ The order of a commit:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from blackboard.errors import RecordTooLargeError
-from blackboard.records import AtomicCommit, CommittedOffset, TopicPartition
+from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, TopicPartition
 from blackboard.store import MAX_METADATA_CHARS
+from blackboard.stores import redis_scripts
 from blackboard.stores.redis import check_record_size, format_committed
-from blackboard.stores.redis_entries import text
+from blackboard.stores.redis_entries import encode_headers, text
 from blackboard.stores.redis_settings import GroupKeys, RedisKeys, offset_field
 
 if TYPE_CHECKING:
@@ -40,14 +43,75 @@ StateWrites = list[tuple[int, dict[str, bytes], list[str]]]
 class CommitPlan:
     """What one commit writes, ready to send."""
 
-    appends: list[tuple[TopicPartition, dict[bytes, bytes]]]
-    """Stream entries to append: outputs, then dead letters."""
-    acks: dict[TopicPartition, list[str]]
-    """Entry IDs to acknowledge per input partition."""
+    streams: list[str]
+    """The streams :data:`~blackboard.stores.redis_scripts.WRITE` appends to or acknowledges
+    in (its ``KEYS``)."""
+    writes: list[Any]
+    """The arguments of that script (empty: nothing to append or acknowledge)."""
+    appended: list[TopicPartition]
+    """The partitions appended to, sorted (each gets a wake-up)."""
     offsets: Mapping[TopicPartition, CommittedOffset]
     state: StateWrites
     leases: dict[TopicPartition, str]
     """The lease values the commit depends on."""
+
+
+def plan_commit(
+    keys: RedisKeys,
+    group: str,
+    appends: Sequence[tuple[TopicPartition, OutgoingRecord]],
+    acks: Mapping[TopicPartition, tuple[int, int]],
+    now_ms: int,
+    *,
+    offsets: Mapping[TopicPartition, CommittedOffset],
+    state: StateWrites,
+    leases: dict[TopicPartition, str],
+) -> CommitPlan:
+    """The plan of a commit that appends ``appends`` (outputs, then dead letters, each with its
+    partition) stamped ``now_ms``, and acknowledges per partition the offsets ``[first, end)``
+    of ``acks``. Each entry's fields are encoded once, straight into the script's arguments.
+    """
+    index: dict[TopicPartition, int] = {}
+    streams: list[str] = []
+    writes: list[Any] = [now_ms, group, len(appends)]
+    add = writes.extend
+    for tp, rec in appends:
+        i = index.get(tp)
+        if i is None:
+            streams.append(keys.stream(tp))
+            i = index[tp] = len(streams)
+        key, value, headers = rec.key, rec.value, rec.wire_headers()
+        control = i * 8
+        if key is None:
+            key = b""
+        else:
+            control += 1
+        if value is None:
+            value = b""
+        else:
+            control += 2
+        if headers:
+            control += 4
+            add((control, key, value, encode_headers(headers)))
+        else:
+            add((control, key, value, b""))
+    appended = sorted(index)
+    for tp, (first, end) in acks.items():
+        if first >= end:
+            continue
+        i = index.get(tp)
+        if i is None:
+            streams.append(keys.stream(tp))
+            i = index[tp] = len(streams)
+        add((i, first, end))
+    return CommitPlan(
+        streams=streams if len(writes) > 3 else [],
+        writes=writes if len(writes) > 3 else [],
+        appended=appended,
+        offsets=offsets,
+        state=state,
+        leases=leases,
+    )
 
 
 def check_commit(commit: AtomicCommit, max_record_bytes: int) -> None:
@@ -103,12 +167,8 @@ async def execute(
             if moved:  # leaving the block unwatches
                 return moved
         pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves multi() unannotated
-        for tp, entry in plan.appends:
-            fields: Any = entry  # redis-py types the mapping invariantly; bytes are fine
-            pipe.xadd(keys.stream(tp), fields, id="0-*")
-        for tp, ids in plan.acks.items():
-            if ids:
-                pipe.xack(keys.stream(tp), gk.name, *ids)
+        if plan.writes:
+            pipe.eval(redis_scripts.WRITE, len(plan.streams), *plan.streams, *plan.writes)
         if plan.offsets:
             positions: Any = {offset_field(t): format_committed(c) for t, c in plan.offsets.items()}
             pipe.hset(gk.offsets, mapping=positions)
@@ -118,7 +178,7 @@ async def execute(
                 pipe.hset(gk.state(partition), mapping=mapping)
             if deletes:
                 pipe.hdel(gk.state(partition), *deletes)
-        for tp in sorted({tp for tp, _ in plan.appends}):
+        for tp in plan.appended:
             pipe.publish(keys.data_channel(tp.topic), tp.partition)
         await pipe.execute()
     return []

@@ -12,7 +12,7 @@ Fields: ``k`` the key and ``v`` the value (each left out when None), ``h`` the h
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from blackboard.records import Headers, OutgoingRecord, Record
@@ -32,7 +32,9 @@ def after(offset: int) -> str:
 
 def offset_of(entry: bytes | str) -> int:
     """The offset of entry ID ``0-(n+1)``."""
-    return int(text(entry).partition("-")[2]) - 1
+    if isinstance(entry, bytes):  # int() parses ASCII digits in bytes: no decoding
+        return int(entry.partition(b"-")[2]) - 1
+    return int(entry.partition("-")[2]) - 1
 
 
 def text(raw: bytes | str) -> str:
@@ -42,27 +44,29 @@ def text(raw: bytes | str) -> str:
 
 def encode_headers(headers: Headers) -> bytes:
     """Headers as one field value (names and values length-prefixed, order kept)."""
-    out = bytearray()
+    pack = _PAIR.pack
+    parts: list[bytes] = []
+    add = parts.append
     for name, value in headers:
         raw = name.encode()
-        out += _PAIR.pack(len(raw), len(value))
-        out += raw
-        out += value
-    return bytes(out)
+        add(pack(len(raw), len(value)))
+        add(raw)
+        add(value)
+    return b"".join(parts)
 
 
 def decode_headers(blob: bytes) -> Headers:
     """The inverse of :func:`encode_headers`."""
     headers: list[tuple[str, bytes]] = []
+    add = headers.append
+    unpack = _PAIR.unpack_from
     pos, end = 0, len(blob)
-    size = _PAIR.size
     while pos < end:
-        name_len, value_len = _PAIR.unpack_from(blob, pos)
-        pos += size
-        name = blob[pos : pos + name_len].decode()
-        pos += name_len
-        headers.append((name, blob[pos : pos + value_len]))
-        pos += value_len
+        name_len, value_len = unpack(blob, pos)
+        pos += 6  # _PAIR.size
+        mid = pos + name_len
+        pos = mid + value_len
+        add((blob[mid - name_len : mid].decode(), blob[mid:pos]))
     return tuple(headers)
 
 
@@ -86,9 +90,9 @@ def record_from(topic: str, partition: int, entry: bytes | str, fields: Any) -> 
     found: Mapping[bytes, bytes]
     if isinstance(fields, Mapping):
         found = fields
-    else:
-        flat: Sequence[bytes] = fields
-        found = dict(zip(flat[::2], flat[1::2], strict=True))
+    else:  # names and values paired straight from the flat list, without slicing it
+        pairs = iter(fields)
+        found = dict(zip(pairs, pairs, strict=True))
     blob = found.get(b"h")
     return Record(
         topic,

@@ -45,14 +45,7 @@ from blackboard.records import AtomicCommit, CommittedOffset, Record, TopicParti
 from blackboard.store import GroupMember, RebalanceListener
 from blackboard.stores import redis_commit, redis_scripts
 from blackboard.stores.redis import parse_committed, resolve_partition
-from blackboard.stores.redis_entries import (
-    after,
-    entry_fields,
-    entry_id,
-    offset_of,
-    record_from,
-    text,
-)
+from blackboard.stores.redis_entries import after, offset_of, record_from, text
 from blackboard.stores.redis_errors import translate, unavailable
 from blackboard.stores.redis_group import GroupView, lease_epoch
 from blackboard.stores.redis_session import GroupSession, Warnings
@@ -456,13 +449,14 @@ class RedisMember(GroupMember):
             counts = await self._partition_counts(r.topic for r in records)
         except RedisError as exc:
             raise translate(exc, "commit", in_commit=True) from exc
-        now_ms = int(time.time() * 1000)
-        plan = redis_commit.CommitPlan(
-            appends=[
-                (resolve_partition(rec, counts.get(rec.topic)), entry_fields(rec, now_ms))
-                for rec in records
-            ],
-            acks={tp: self._acks(tp, done) for tp, done in commit.offsets.items()},
+        floor = self._floor
+        plan = redis_commit.plan_commit(
+            self._keys,
+            self.group,
+            [(resolve_partition(rec, counts.get(rec.topic)), rec) for rec in records],
+            # From the floor up to the committed offset.
+            {tp: (floor.get(tp, done.offset), done.offset) for tp, done in commit.offsets.items()},
+            int(time.time() * 1000),
             offsets=commit.offsets,
             state=redis_commit.state_writes(commit),
             leases=leases,
@@ -510,10 +504,6 @@ class RedisMember(GroupMember):
                 )
             leases[holder] = self._leases[holder]
         return leases
-
-    def _acks(self, tp: TopicPartition, done: CommittedOffset) -> list[str]:
-        """Entry IDs a commit acknowledges: from the floor up to the committed offset."""
-        return [entry_id(o) for o in range(self._floor.get(tp, done.offset), done.offset)]
 
     async def _fenced(self, moved: list[TopicPartition]) -> None:
         """Raise the error for a commit whose leases moved on (and mark the partitions lost)."""

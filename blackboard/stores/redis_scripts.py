@@ -3,7 +3,8 @@
 Membership and partition ownership must change atomically with the checks that allow the
 change, and a member may only read a partition while it holds the partition's lease, so these
 steps are scripts (one round trip, nothing in between). The atomic commit itself is a
-``WATCH``/``MULTI``/``EXEC`` (``redis_member.py``).
+``WATCH``/``MULTI``/``EXEC`` (``redis_commit.py``); inside it, :data:`WRITE` appends the
+commit's entries and acknowledges its inputs in one command instead of one per entry.
 
 Times are Redis server time (``TIME``), so members on machines whose clocks disagree still agree
 on who is alive. A lease is the string ``<epoch>|<slot>|<token>`` (``<epoch>||`` when free); the
@@ -203,6 +204,58 @@ for i = 1, #KEYS / 2 do
   end
 end
 return out
+"""
+
+#: Sent with ``EVAL`` (not ``EVALSHA``) inside a commit's ``MULTI``: an unknown script would
+#: fail at ``EXEC`` alone while the transaction's other commands ran. The ``#!lua`` line (no
+#: flags) declares a script that writes, so Redis refuses it out of memory when it is queued,
+#: which aborts the whole transaction as a refused ``XADD`` did.
+#: KEYS streams; ARGV append time (ms), group, entry count n, then per entry four values:
+#: control (stream index in KEYS * 8 + 1 key present + 2 value present + 4 headers present),
+#: key, value, headers (empty when absent); then per acknowledged range three values: stream
+#: index, first offset, end offset (exclusive). Appends each entry with ID ``0-*`` and the
+#: fields ``k``, ``v``, ``h`` (those present) and ``t``, in order, as
+#: :func:`blackboard.stores.redis_entries.entry_fields`; acknowledges entries
+#: ``0-(first+1)`` … ``0-end``. Returns n.
+WRITE = """#!lua
+local t, group, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local pos = 4
+for _ = 1, n do
+  local control = tonumber(ARGV[pos])
+  local mask = control % 8
+  local fields = {}
+  if mask % 2 == 1 then
+    fields[#fields + 1] = 'k'
+    fields[#fields + 1] = ARGV[pos + 1]
+  end
+  if math.floor(mask / 2) % 2 == 1 then
+    fields[#fields + 1] = 'v'
+    fields[#fields + 1] = ARGV[pos + 2]
+  end
+  if mask >= 4 then
+    fields[#fields + 1] = 'h'
+    fields[#fields + 1] = ARGV[pos + 3]
+  end
+  fields[#fields + 1] = 't'
+  fields[#fields + 1] = t
+  redis.call('XADD', KEYS[math.floor(control / 8)], '0-*', unpack(fields))
+  pos = pos + 4
+end
+while pos + 2 <= #ARGV do
+  local stream = KEYS[tonumber(ARGV[pos])]
+  local offset, stop = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  while offset < stop do
+    local last = math.min(stop, offset + 1000)
+    local ids = {}
+    for id = offset + 1, last do
+      ids[#ids + 1] = '0-' .. string.format('%d', id)
+    end
+    redis.call('XACK', stream, group, unpack(ids))
+    offset = last
+  end
+  pos = pos + 3
+end
+return n
 """
 
 #: KEYS stream; ARGV group, consumer, batch. Moves every pending entry of the stream's group
