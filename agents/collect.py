@@ -263,9 +263,7 @@ class Collector:
             self._extra(art, key, f"it already has {have} {art.type}")
             return None
         docs.append(_part_doc(art, record))
-        if all(
-            sum(1 for d in docs if d["type"] == t) >= n for t, n in self.wanted.items()
-        ):
+        if all(sum(1 for d in docs if d["type"] == t) >= n for t, n in self.wanted.items()):
             state.delete(_JOIN + key)
             state.set(_JOINED + key, orjson.dumps({"at": now}))
             return Fired("complete", key, self._parts(docs))

@@ -435,9 +435,7 @@ class AgentRunner:
                     self._finish(Outcome(item, dead_letter=self._dead_letter(rec, "join", exc)))
                     continue
                 except Exception as exc:  # the agent's key function failed on this artifact
-                    self._finish(
-                        Outcome(item, dead_letter=self._dead_letter(rec, "process", exc))
-                    )
+                    self._finish(Outcome(item, dead_letter=self._dead_letter(rec, "process", exc)))
                     continue
             if rec.raw_headers:  # a replayed record has bb.replay.* headers
                 replay = replay_info(rec)

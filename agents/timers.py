@@ -75,8 +75,7 @@ class CollectorTimers:
                 if handler is None:
                     missing = collector.view(fired).missing  # type: ignore[union-attr]
                     error = JoinError(
-                        f"join {key!r} timed out after {collector.timeout_s:g}s, "
-                        f"missing {missing}"
+                        f"join {key!r} timed out after {collector.timeout_s:g}s, missing {missing}"
                     )
                     outcome.dead_letters = [
                         runner._dead_letter(p.record, "join", error) for p in fired.parts

@@ -228,9 +228,7 @@ def _format_uuid(raw: bytes, version: int) -> str:
     """RFC 4122 text of 16 bytes with the version and variant bits set (what ``uuid.UUID``
     gives, without building the object: ids are made on the hot path)."""
     h = raw[:16].hex()
-    return (
-        f"{h[:8]}-{h[8:12]}-{version:x}{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-    )
+    return f"{h[:8]}-{h[8:12]}-{version:x}{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 #: The first hex digit of the clock-seq field with the RFC 4122 variant bits (10xx) set.

@@ -103,4 +103,3 @@ def replay_info(record: Record) -> ReplayInfo | None:
         attempts=attempts,
         first_failure_ts=first_ts,
     )
-

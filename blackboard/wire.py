@@ -73,9 +73,7 @@ _PRODUCER_HEADERS: dict[str, tuple[str, bytes]] = {}
 _MAX_REMEMBERED = 4096
 
 
-def _remember(
-    cache: dict[_K, tuple[str, bytes]], name: str, value: _K
-) -> tuple[str, bytes]:
+def _remember(cache: dict[_K, tuple[str, bytes]], name: str, value: _K) -> tuple[str, bytes]:
     if len(cache) >= _MAX_REMEMBERED:  # e.g. tenants without end: stay bounded
         cache.clear()
     header = cache[value] = (name, str(value).encode())

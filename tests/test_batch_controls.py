@@ -235,4 +235,3 @@ async def test_a_released_batch_s_span_says_why_and_how_long_its_oldest_record_w
     assert str(Release("batch", "shop.Order", 50, "full", 1.0)) == (
         "admitted batch type=shop.Order size=50 why=full"
     )
-

@@ -161,8 +161,11 @@ async def test_a_pipeline_s_spans_carry_the_attributes_and_each_correlation_is_o
         3,
         "memory://",
     )
-    assert run["spans_ended"] == run["spans_written"] == run["spans_loaded"] == len(
-        _rows(con, "SELECT * FROM spans")
+    assert (
+        run["spans_ended"]
+        == run["spans_written"]
+        == run["spans_loaded"]
+        == len(_rows(con, "SELECT * FROM spans"))
     )
     assert orjson.loads(run["versions"])["duckdb"] and run["git_sha"]
     con.close()

@@ -250,9 +250,7 @@ def cmd_lag(args: argparse.Namespace, board: Blackboard) -> int:
             sys.stderr.write(f"blackboard lag: sample {n}/{total}\n")
             sys.stderr.flush()
 
-    windows, rows, interrupted = sample_lag(
-        board, args.group, samples, window_s, progress=progress
-    )
+    windows, rows, interrupted = sample_lag(board, args.group, samples, window_s, progress=progress)
     statuses = [s for s in read_status(board) if not args.group or s.group in set(args.group)]
     doc = lag_document(rows, windows, statuses, args.lag_threshold, window_s)
     if interrupted:

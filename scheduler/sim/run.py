@@ -106,9 +106,7 @@ def run_real(
     started = time.perf_counter()
 
     async def main() -> RunResult:
-        return await _run(
-            spec, policy, seed, load, jobs, url=url, prefix=prefix, settings=settings
-        )
+        return await _run(spec, policy, seed, load, jobs, url=url, prefix=prefix, settings=settings)
 
     result = asyncio.run(main())
     return dataclasses.replace(
