@@ -720,11 +720,8 @@ class AgentRunner:
             if item.replay is not None:
                 self._settle_replay(item, outcome)
             if outcome is not None:
-                if not self._completed:
-                    self._first_completed_at = self._now()
-                self._completed.append(outcome)
-            if spec.ordered:
-                self._release(item.key)
+                self._finish(outcome)
+            self._release_key(item)
             self._wake.set()
 
     def _settle_replay(self, item: Item, outcome: Outcome | None) -> None:

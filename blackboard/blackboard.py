@@ -239,8 +239,14 @@ class Blackboard:
             return exc
 
     def lag(self, groups: Sequence[str] | None = None) -> list[LagRow]:
-        """Per group, topic and partition: end offset, committed offset, lag."""
-        return self.store.lag(groups)
+        """Per group, topic and partition: end offset, committed offset, lag; of ``groups``,
+        or by default of this blackboard's own groups (``<prefix>.*``), asked for by name:
+        other blackboards' groups on a shared cluster are not ours, and the lag of every
+        group costs a call per group."""
+        if groups is None:
+            head = self.topics.prefix + "."
+            groups = [g for g in self.store.list_groups() if g.startswith(head)]
+        return self.store.lag(groups) if groups else []
 
     def close(self) -> None:
         """Close the store (a publish waiting on backpressure fails)."""

@@ -75,16 +75,13 @@ def sample_lag(
     """Read lag ``samples`` times spread over ``window_s``; the windows, the last rows and
     whether Ctrl-C cut the sampling short (the samples taken so far are kept)."""
     windows = LagWindows(samples)
-    head = board.topics.prefix + "."
     interval = window_s / (samples - 1) if samples > 1 else 0.0
     rows: list[LagRow] = []
     try:
         for n in range(samples):
             if n:
                 sleep(interval)
-            # Other blackboards' groups on a shared cluster are not ours: not even asked about.
-            names = groups or [g for g in board.store.list_groups() if g.startswith(head)]
-            rows = board.lag(names)
+            rows = board.lag(groups or None)  # default: the blackboard's own groups
             windows.add(rows, clock())
             if progress is not None:
                 progress(n + 1, samples)

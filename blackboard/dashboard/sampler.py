@@ -66,10 +66,7 @@ class Sampler:
         """Read the store once and append to every window (blocking: run it in a thread)."""
         now = time.time()
         head = self.board.topics.prefix + "."
-        # The blackboard's own groups, asked for by name: on a shared cluster the lag of every
-        # group costs a call per group (seconds with hundreds of groups, longer than a sample).
-        groups = [g for g in self.board.store.list_groups() if g.startswith(head)]
-        rows = self.board.lag(groups) if groups else []
+        rows = self.board.lag()  # the blackboard's own groups
         topics = [
             t
             for t in self.board.store.list_topics()
