@@ -94,6 +94,10 @@ class FlowControl:
             return records
         return [r for r in records if TopicPartition(r.topic, r.partition) not in seeks]
 
+    def seeking(self, tp: TopicPartition) -> bool:
+        """Whether a seek of ``tp`` is pending (what the last poll said of it is stale)."""
+        return tp in self._seeks
+
     def forget(self, tp: TopicPartition) -> None:
         """``tp`` is no longer ours: no pause or seek of it is kept."""
         self.paused.discard(tp)

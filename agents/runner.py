@@ -37,7 +37,7 @@ from agents.timers import CollectorTimers
 from agents.work import Item, OrderKey, Outcome, RunnerStats, plan_commit
 from blackboard.artifacts import Artifact
 from blackboard.blackboard import Blackboard
-from blackboard.dlq import REPLAYED_STATE_PREFIX, ReplayInfo, Stage, dead_letter, replay_info
+from blackboard.dlq import ReplayInfo, Stage, dead_letter, replay_info
 from blackboard.errors import (
     CommitError,
     DecodeError,
@@ -48,7 +48,7 @@ from blackboard.errors import (
 )
 from blackboard.logs import get_logger
 from blackboard.offsets import PartitionProgress
-from blackboard.records import OutgoingRecord, Record, StateUpdate, TopicPartition
+from blackboard.records import OutgoingRecord, Record, StateUpdate, TopicPartition, oversize
 from blackboard.store import MAX_RECORD_BYTES, GroupMember
 from blackboard.wire import decode
 from observability import tracing
@@ -258,6 +258,7 @@ class AgentRunner:
                     break
                 if records:
                     self._admit(records)
+                self._skip_ahead(member.read_positions())
             commit = self._commit_task
             if commit is not None and commit.done():
                 self._commit_task = None
@@ -413,6 +414,15 @@ class AgentRunner:
                 self.stats.skipped += 1
                 continue
             item = Item(rec, tp, epochs[tp], None, None, rec.key, polled)
+            if rec.raw_headers:  # a replayed record has bb.replay.* headers
+                # Before decoding: a replay is only its agent's to run, even one that fails
+                # to decode again (that returns to the DLQ with its history, once).
+                replay = replay_info(rec)
+                if replay is not None:
+                    if not self._admit_replay(replay, rec.partition):
+                        self._finish(Outcome(item))  # another agent's, or settled before
+                        continue
+                    item.replay = replay
             try:
                 art = decode(rec, registry)
                 if art.envelope.type != topics[rec.topic]:
@@ -421,10 +431,10 @@ class AgentRunner:
                         f"{art.envelope.type}, but the topic holds {topics[rec.topic]}"
                     )
             except DecodeError as exc:
-                self._finish(Outcome(item, dead_letter=self._dead_letter(rec, "deserialize", exc)))
+                self._reject(item, "deserialize", exc)
                 continue
             except InvalidArtifactError as exc:
-                self._finish(Outcome(item, dead_letter=self._dead_letter(rec, "validate", exc)))
+                self._reject(item, "validate", exc)
                 continue
             item.artifact = art
             if collector is not None:
@@ -432,15 +442,10 @@ class AgentRunner:
                     item.key = collector.order_key(art)
                     collector.check_partition(item.key, rec, self.board.settings.partitions)
                 except JoinError as exc:
-                    self._finish(Outcome(item, dead_letter=self._dead_letter(rec, "join", exc)))
+                    self._reject(item, "join", exc)
                     continue
                 except Exception as exc:  # the agent's key function failed on this artifact
-                    self._finish(Outcome(item, dead_letter=self._dead_letter(rec, "process", exc)))
-                    continue
-            if rec.raw_headers:  # a replayed record has bb.replay.* headers
-                replay = replay_info(rec)
-                if replay is not None and not self._admit_replay(item, replay):
-                    self._finish(Outcome(item))  # another agent's replay, or one settled before
+                    self._reject(item, "process", exc)
                     continue
             if ordered:
                 parked = self._parked.get(item.key)
@@ -454,21 +459,50 @@ class AgentRunner:
                 self._queue(item)
         self._flow.check_windows(touched, progress)
 
-    def _admit_replay(self, item: Item, replay: ReplayInfo) -> bool:
+    def _skip_ahead(self, positions: dict[TopicPartition, int]) -> None:
+        """Move partitions past what the store's log holds beyond their records (Kafka's
+        transaction markers), as the last poll saw it; a partition with nothing in flight
+        that moved gets an offsets-only commit, so a drained group's lag reaches 0."""
+        for tp, position in positions.items():
+            prog = self._progress.get(tp)
+            if prog is None or self._flow.seeking(tp):  # rewound while that poll ran
+                continue
+            if prog.skip_to(position) and not prog.in_flight:
+                self._finish(Outcome(None, epochs={tp: self._epoch[tp]}))
+
+    def _admit_replay(self, replay: ReplayInfo, partition: int) -> bool:
         """Whether a record replayed from a DLQ is this agent's to run: it was dead-lettered
-        by this agent (other agents reading the topic processed it already), and this agent
-        has not settled the same artifact since (replays never duplicate)."""
+        by this agent (other agents reading the topic processed it already), this replay was
+        not settled before, and the artifact was not processed after another replay (replays
+        never duplicate)."""
         if replay.agent != self.spec.name:
             self.stats.skipped += 1
             return False
-        assert item.artifact is not None
-        key = REPLAYED_STATE_PREFIX + item.artifact.envelope.id
-        if key in self._replaying or key in self._state.get(item.record.partition, {}):
+        settled = self._state.get(partition, {})
+        key, done = replay.entry_key, replay.artifact_key
+        if key in self._replaying or key in settled or (done is not None and done in settled):
             self.stats.skipped += 1
             return False
         self._replaying.add(key)
-        item.replay = replay
         return True
+
+    def _reject(self, item: Item, stage: Stage, exc: Exception) -> None:
+        """Dead-letter a record no handler may see (it does not decode, validate or key); a
+        replayed one keeps its attempts and first failure, and its replay is settled."""
+        replay = item.replay
+        outcome = Outcome(
+            item,
+            dead_letter=self._dead_letter(
+                item.record,
+                stage,
+                exc,
+                attempt=replay.attempts + 1 if replay is not None else 1,
+                first_failure_ts=replay.first_failure_ts if replay is not None else None,
+            ),
+        )
+        if replay is not None:
+            self._settle_replay(item, outcome)
+        self._finish(outcome)
 
     def _dispatch(self) -> int:
         """Start a handler slot for each ready record while slots are free; how many started.
@@ -668,7 +702,10 @@ class AgentRunner:
                     outcome = Outcome(item, dead_letter=self._dead_letter(rec, "produce", exc))
                 except Exception as exc:
                     if self._breaker is not None:
-                        self._breaker.failed()
+                        if item.replay is None:
+                            self._breaker.failed()
+                        else:  # a known-bad record an operator replayed: no verdict on the
+                            self._breaker.released()  # dependency, so replays cannot stall it
                     first_failure = first_failure or time.time()
                     expired = limit is not None and limit.expired()
                     stage: Stage = "timeout" if expired else "process"
@@ -725,18 +762,23 @@ class AgentRunner:
             self._wake.set()
 
     def _settle_replay(self, item: Item, outcome: Outcome | None) -> None:
-        """A replayed record finished (processed or dead-lettered again): note its artifact in
-        the partition's state, committed with its offset, so another replay of it is skipped."""
-        assert item.artifact is not None
-        key = REPLAYED_STATE_PREFIX + item.artifact.envelope.id
-        self._replaying.discard(key)
+        """A replayed record finished (processed or dead-lettered again): note the replay in
+        the partition's state, committed with its offset, so another copy of it is skipped;
+        processed, note the artifact too, so a replay of any of its dead letters is."""
+        replay = item.replay
+        assert replay is not None
+        self._replaying.discard(replay.entry_key)
         if outcome is None:
             return  # left unfinished: read (and admitted) again later
         partition = item.record.partition
-        outcome.add_state(StateUpdate(partition, key, b"1"))
+        keys = [replay.entry_key]
+        if outcome.dead_letter is None and replay.artifact_key is not None:
+            keys.append(replay.artifact_key)
         base = self._state.get(partition)
-        if base is not None and self._settles(outcome):
-            base[key] = b"1"
+        for key in keys:
+            outcome.add_state(StateUpdate(partition, key, b"1"))
+            if base is not None and self._settles(outcome):
+                base[key] = b"1"
 
     # -- join timeouts and batch windows (agents/timers.py) ---------------------------------
     def _hold_key(self, key: OrderKey) -> bool:
@@ -880,7 +922,7 @@ class AgentRunner:
         return self._encode(ctx)
 
     def _encode(self, ctx: Context) -> list[OutgoingRecord]:
-        limit = self.settings.max_record_bytes
+        limit, store_limit = self.settings.max_record_bytes, self.board.store.max_record_bytes
         record_for, outgoing = self.board.record_for, tracing.outgoing
         records = []
         for out in ctx.outputs:
@@ -889,6 +931,13 @@ class AgentRunner:
                 raise RecordTooLargeError(
                     f"output {out.envelope.type} {out.envelope.id} is {len(record.value)} bytes, "
                     f"over the limit of {limit}",
+                    code="MSG_SIZE_TOO_LARGE",
+                )
+            size = oversize(record, store_limit)
+            if size is not None:
+                raise RecordTooLargeError(
+                    f"output {out.envelope.type} {out.envelope.id} is {size} bytes with its "
+                    f"headers, over the store's limit of {store_limit}",
                     code="MSG_SIZE_TOO_LARGE",
                 )
             records.append(record)
@@ -917,6 +966,7 @@ class AgentRunner:
             agent=self.spec.name,
             attempt=attempt,
             first_failure_ts=first_failure_ts,
+            max_bytes=self.board.store.max_record_bytes,
         )
 
     # -- commit ---------------------------------------------------------------------------
@@ -939,7 +989,13 @@ class AgentRunner:
         except SupersededError as exc:
             self._superseded(exc, sorted(touched))
             return
-        except CommitError as exc:
+        except (CommitError, RecordTooLargeError) as exc:
+            # A record too large is checked before it reaches a commit (outputs in _encode,
+            # dead letters cut to fit); should a store still refuse one, the worker redoes
+            # the records instead of stopping every agent of the process.
+            if self._stopping:  # leaving: the next owner redoes these from the committed offsets
+                self._log.warning("commit failed while stopping; left to redo", error=str(exc))
+                return
             self._log.warning("commit failed; redoing from the committed offsets", error=str(exc))
             await self._rewind(sorted(touched))
             return
@@ -957,7 +1013,16 @@ class AgentRunner:
         self.stop()
 
     async def _rewind(self, partitions: Sequence[TopicPartition]) -> None:
-        """Forget uncommitted work on ``partitions``; read them again from the committed offsets."""
+        """Forget uncommitted work on ``partitions``; read them again from the committed offsets.
+
+        The unit of a rewind is a partition *number*: keyed state (join parts, batches, agent
+        state, settled replays) is one view per number, shared by every consumed topic's
+        partition with that number, so every owned partition with a rewound number is rewound
+        with it — otherwise a sibling's finished but uncommitted writes would vanish from the
+        reloaded view while its commit still carries them (a join would lose a held part).
+        The partitions leave ``_progress`` until the committed offsets and the state are read
+        back, so nothing polled or finished meanwhile touches the old view or the new one.
+        """
         member = self._member
         assert member is not None
         self.stats.rewinds += 1
@@ -965,19 +1030,25 @@ class AgentRunner:
         # commit (Redis out of memory, Kafka unavailable) must not make handlers spin.
         self._poll_hold_until = self._now() + self._commit_backoff
         self._commit_backoff = min(self._commit_backoff * 2, MAX_COMMIT_BACKOFF_S)
+        numbers = {tp.partition for tp in partitions}
+        rewound = set(partitions) | {tp for tp in self._progress if tp.partition in numbers}
         owned = member.assignment()
-        self._forget([tp for tp in partitions if tp not in owned])
-        partitions = [tp for tp in partitions if tp in owned]
-        committed = await member.committed(partitions)
-        gone = set(partitions)
-        self._drop_queued(gone)
-        for tp in partitions:
+        self._forget([tp for tp in rewound if tp not in owned])
+        rewound = {tp for tp in rewound if tp in owned}
+        for tp in rewound:  # stale from here on: running handlers' results are dropped
+            self._progress.pop(tp, None)
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
+        self._drop_queued(rewound)
+        for number in {tp.partition for tp in rewound}:
+            self._state.pop(number, None)
+        committed = await member.committed(rewound)
+        states = {n: await member.load_state(n) for n in sorted({tp.partition for tp in rewound})}
+        for tp in sorted(rewound):
             done = committed.get(tp)
             start = done.offset if done else 0
             self._progress[tp] = PartitionProgress(start, done.metadata if done else "")
-            self._epoch[tp] = self._epoch.get(tp, 0) + 1
             self._flow.seek(tp, start)  # applied before the next poll starts
-            self._state[tp.partition] = await member.load_state(tp.partition)
+        self._state.update(states)
 
     # -- circuit breaker ------------------------------------------------------------------
     def _on_breaker(self, state: BreakerState, breaker: CircuitBreaker) -> None:

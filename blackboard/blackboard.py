@@ -22,7 +22,7 @@ from blackboard.artifacts import (
     make_envelope,
 )
 from blackboard.envsettings import settings_from_env
-from blackboard.errors import ArtifactError
+from blackboard.errors import ArtifactError, ConfigError, DeliveryUnknownError
 from blackboard.records import OutgoingRecord, Record, TopicPartition
 from blackboard.store import LagRow, Store
 from blackboard.stores import DEFAULT_URL, open_store
@@ -152,15 +152,29 @@ class Blackboard:
         tenant: str = DEFAULT_TENANT,
         causation_ids: Sequence[str] = (),
         artifact_ids: Sequence[str] | None = None,
+        partition_keys: Sequence[str] | None = None,
     ) -> list[Envelope]:
         """Publish several artifacts in one call (each its own correlation id unless given).
+
+        ``partition_keys`` gives each payload its own partition key (``partition_key`` one
+        for all; by default each record's correlation id). ``artifact_ids`` fixes the ids, so
+        a publish repeated after a :class:`DeliveryUnknownError` repeats the same ids.
 
         With backpressure on, waits while the consumers of the target types are behind
         (Ctrl-C interrupts the wait).
 
         Raises:
+            ConfigError: ``partition_keys`` or ``artifact_ids`` not one per payload, or both
+                ``partition_key`` and ``partition_keys``.
+            DeliveryUnknownError: some records may or may not be written (their ids are on
+                the error's ``artifact_ids``): the store neither confirmed nor refused them.
             StoreClosedError: the blackboard was closed while the publish was throttled.
         """
+        for name, given in (("partition_keys", partition_keys), ("artifact_ids", artifact_ids)):
+            if given is not None and len(given) != len(payloads):
+                raise ConfigError(f"{name}: {len(given)} given for {len(payloads)} payloads")
+        if partition_keys is not None and partition_key is not None:
+            raise ConfigError("give partition_key or partition_keys, not both")
         envelopes: list[Envelope] = []
         records: list[OutgoingRecord] = []
         types: list[ArtifactType] = []
@@ -172,7 +186,7 @@ class Blackboard:
                 artifact_id=artifact_ids[i] if artifact_ids else None,
                 correlation_id=correlation_id,
                 causation_ids=causation_ids,
-                partition_key=partition_key,
+                partition_key=partition_keys[i] if partition_keys is not None else partition_key,
                 tenant=tenant,
                 traceparent=sends.traceparent(),
             )
@@ -182,8 +196,12 @@ class Blackboard:
         self.ensure_topics(types)
         bp = self.backpressure
         throttles = bp.acquire(Counter(r.topic for r in records)) if bp is not None else None
-        with sends.publishing(self, envelopes, throttles):
-            self.store.publish(records)
+        try:
+            with sends.publishing(self, envelopes, throttles):
+                self.store.publish(records)
+        except DeliveryUnknownError as exc:
+            exc.artifact_ids = tuple(envelopes[i].id for i in exc.unconfirmed)
+            raise
         return envelopes
 
     def publish_json(self, type_name: str, data: Any, **kwargs: Any) -> Envelope:

@@ -16,6 +16,7 @@ mistake or after a crash between re-publishing and recording the disposition, is
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -36,8 +37,9 @@ from blackboard.dlq import (
     H_REPLAY_LINK,
     H_REPLAY_OF,
     H_REPLAY_TS,
+    H_TRUNCATED,
 )
-from blackboard.errors import ConfigError
+from blackboard.errors import ConfigError, StoreError
 from blackboard.records import OutgoingRecord, Record, TopicPartition
 from blackboard.topics import DLQ_SUFFIX
 
@@ -282,7 +284,12 @@ class DeadLetters:
                 report.skipped.append(entry.entry_id)
                 continue
             if not dry_run:
-                self.board.store.publish([self.replay_record(entry)])
+                try:
+                    record = self.replay_record(entry)
+                except StoreError:
+                    report.skipped.append(entry.entry_id)  # a cut dead letter's original is gone
+                    continue
+                self.board.store.publish([record])
                 self._record(entry.entry_id, "replayed")
                 if rate:
                     ahead = (len(report.replayed) + 1) / rate - (time.monotonic() - started)
@@ -303,8 +310,14 @@ class DeadLetters:
         return purged
 
     def replay_record(self, entry: DeadLetter) -> OutgoingRecord:
-        """The record a replay of ``entry`` publishes."""
-        rec = entry.record
+        """The record a replay of ``entry`` publishes. A dead letter cut to fit the store's
+        record limit (``bb.dlq.truncated``) is replayed from its original, read back from the
+        original topic.
+
+        Raises:
+            StoreError: the original of a cut dead letter is no longer in its topic.
+        """
+        rec = self._original(entry) if entry.header(H_TRUNCATED) else entry.record
         kept = [
             (k, v)
             for k, v in rec.headers
@@ -331,6 +344,32 @@ class DeadLetters:
             value=rec.value,
             headers=tuple(kept) + tuple(replay_headers),
             partition=_int(entry.header("bb.dlq.original.partition"), entry.partition),
+        )
+
+    def _original(self, entry: DeadLetter) -> Record:
+        """The record a cut dead letter was made from, with the dead letter's own headers (so
+        its ``bb.dlq.*`` history moves to ``bb.replay.*`` as for any replay)."""
+        topic = entry.header("bb.dlq.original.topic")
+        offset = _int(entry.header("bb.dlq.original.offset"), -1)
+        tp = TopicPartition(topic, _int(entry.header("bb.dlq.original.partition"), -1))
+        found = self.board.store.read(tp, offset, 1) if offset >= 0 and topic else []
+        if not found or found[0].offset != offset:
+            raise StoreError(
+                f"dead letter {entry.entry_id} was cut to fit and its original "
+                f"{topic}[{tp.partition}]@{offset} is gone: it cannot be replayed"
+            )
+        original = found[0]
+        cut = set(entry.header(H_TRUNCATED).split(","))
+        headers = entry.record.headers
+        if "headers" in cut or "key" in cut:  # the original's own headers, then the history
+            own = tuple((k, v) for k, v in original.headers if not k.startswith(_DLQ_PREFIX))
+            headers = own + tuple((k, v) for k, v in headers if k.startswith(_DLQ_PREFIX))
+        return dataclasses.replace(
+            entry.record,
+            key=original.key,
+            value=original.value,
+            raw_headers=headers,
+            envelope=None,
         )
 
     def _record(self, entry_id: str, disposition: Disposition) -> None:

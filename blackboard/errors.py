@@ -17,6 +17,7 @@
     ├── TraceError                  traces cannot be written, found or read
     └── StoreError                  carries the backend's error code when it has one
         ├── StoreUnavailableError   the server cannot be reached
+        │   └── DeliveryUnknownError  a publish whose records may or may not be written
         ├── TopicError              a topic is missing or has the wrong partition count
         ├── RecordTooLargeError     a record over the store's size limit
         ├── CommitError             an atomic commit did not happen (nothing of it is visible)
@@ -121,6 +122,23 @@ class StoreError(BlackboardError):
 
 class StoreUnavailableError(StoreError):
     """The store's server cannot be reached."""
+
+
+class DeliveryUnknownError(StoreUnavailableError):
+    """Some records of a publish were neither confirmed nor refused in time: each may or may
+    not be on the blackboard. Publishing them again may add a second copy of each; publish
+    them with the same artifact ids (``artifact_ids=`` / ``artifact_id=``) so consumers that
+    dedupe on ids see one.
+
+    Attributes:
+        unconfirmed: indexes (in the call's order) of the records whose outcome is unknown.
+        artifact_ids: their artifact ids, when the publish came through a Blackboard.
+    """
+
+    def __init__(self, message: str, *, unconfirmed: tuple[int, ...], code: str | None = None):
+        super().__init__(message, code=code, retriable=True)
+        self.unconfirmed = unconfirmed
+        self.artifact_ids: tuple[str, ...] = ()
 
 
 class TopicError(StoreError):

@@ -82,6 +82,15 @@ class PartitionProgress:
         self._finished: set[int] = decode_finished(committed, metadata)
         self._next = committed
 
+    def skip_to(self, position: int) -> bool:
+        """Note that the store's log holds no record below ``position`` beyond those read
+        (e.g. Kafka's transaction markers after the last record); True if that moved the
+        next offset to read, i.e. the commit position of a partition with nothing in flight."""
+        if position <= self._next:
+            return False
+        self._next = position
+        return True
+
     def start(self, offset: int) -> bool:
         """Note that ``offset`` was read. False means it finished before: skip it."""
         if offset >= self._next:

@@ -116,6 +116,35 @@ class AtomicCommit:
         return bool(self.outputs or self.offsets or self.dead_letters or self.state)
 
 
+#: What a header costs on the wire besides its name and value (Kafka's length varints), at most.
+HEADER_OVERHEAD = 8
+
+
+def headers_size(headers: Headers) -> int:
+    """Bytes ``headers`` add to a record: names, values and their lengths."""
+    return sum(len(name) + len(value or b"") + HEADER_OVERHEAD for name, value in headers)
+
+
+def record_size(rec: OutgoingRecord) -> int:
+    """Bytes of ``rec`` that count against a store's record limit: key, value and every
+    header, as librdkafka counts them against ``message.max.bytes``."""
+    return len(rec.key or b"") + len(rec.value or b"") + headers_size(rec.wire_headers())
+
+
+def oversize(rec: OutgoingRecord, limit: int) -> int | None:
+    """:func:`record_size` of ``rec`` if it is over ``limit``, else None; a record far below
+    the limit is not rendered (its envelope's headers are bounded from its fields)."""
+    size = len(rec.key or b"") + len(rec.value or b"") + headers_size(rec.headers)
+    env = rec.envelope
+    if env is not None:  # an upper bound of the rendered envelope headers
+        text = len(env.type) + len(env.correlation_id) + len(env.tenant) + len(env.produced_by)
+        size += 512 + 4 * text + 40 * len(env.causation_ids)
+    if size <= limit:
+        return None
+    size = record_size(rec)
+    return size if size > limit else None
+
+
 def partition_for(key: bytes | None, partitions: int) -> int:
     """The partition of ``key``: CRC32 modulo the partition count.
 

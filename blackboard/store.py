@@ -101,6 +101,14 @@ class GroupMember(abc.ABC):
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         """Undo :meth:`pause`."""
 
+    def read_positions(self) -> dict[TopicPartition, int]:
+        """Per owned partition, the offset below which the polls so far returned every record,
+        taken as the last :meth:`poll` ended (read it after that poll returned). It runs past
+        the last record returned where the log holds entries that are not records (Kafka's
+        transaction markers and aborted records): committing it lets a drained group's lag
+        reach 0. Stores whose offsets are dense return nothing."""
+        return {}
+
     def attempt(self, record: Record) -> int:
         """How many times ``record`` was delivered to this group, counting this time (1 unless
         the store keeps delivery counts, as Redis does)."""
@@ -117,6 +125,10 @@ class GroupMember(abc.ABC):
 
 class Store(abc.ABC):
     """A partitioned log of topics with consumer groups and atomic commits."""
+
+    #: The largest record (key, value and headers, :func:`~blackboard.records.record_size`)
+    #: the store accepts; backends with a setting for it override this.
+    max_record_bytes: int = MAX_RECORD_BYTES
 
     #: The ``messaging.system`` of spans: ``memory``, ``kafka`` or ``redis``.
     system: str = "unknown"

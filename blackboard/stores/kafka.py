@@ -19,13 +19,14 @@ from confluent_kafka import (
     Consumer,
     ConsumerGroupTopicPartitions,
     IsolationLevel,
+    KafkaError,
     KafkaException,
     Producer,
 )
 from confluent_kafka import TopicPartition as KafkaTP
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
 
-from blackboard.errors import StoreError, StoreUnavailableError, TopicError
+from blackboard.errors import DeliveryUnknownError, StoreError, StoreUnavailableError, TopicError
 from blackboard.records import (
     CommittedOffset,
     OutgoingRecord,
@@ -41,7 +42,17 @@ from blackboard.stores.kafka_settings import KafkaSettings
 ADMIN_TIMEOUT_S = 15.0
 #: How long admin reads retry while the cluster is briefly unavailable (a broker restarting).
 UNAVAILABLE_RETRY_S = 5.0
+#: How long a stable read of committed offsets (or of a state changelog) waits for pending
+#: transactions before reporting a retriable error. Pending commits settle in milliseconds;
+#: an abandoned one is aborted by the coordinator after the transaction timeout (60 s).
+UNSTABLE_WAIT_S = 10.0
 _INTERNAL = ("__consumer_offsets", "__transaction_state")
+
+
+def _maybe_written(err: Any) -> bool:
+    """Whether a failed delivery may still have been written (the idempotent producer gave up
+    waiting for an answer), rather than refused."""
+    return bool(err.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT))
 
 
 class KafkaStore(Store):
@@ -52,7 +63,11 @@ class KafkaStore(Store):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.settings = KafkaSettings.from_url(url)
+        self.max_record_bytes = int(self.settings.producer_config()["message.max.bytes"])
         self._admin = AdminClient(self.settings.admin_config())
+        self._delivery_timeout_s = (
+            float(self.settings.producer_config()["message.timeout.ms"]) / 1000.0
+        )
         self._partitions: dict[str, int] = {}
         self._producer: Producer | None = None
         self._reader: Consumer | None = None
@@ -178,10 +193,24 @@ class KafkaStore(Store):
                 self.produce(producer, rec, on_delivery=delivered(i))
             except KafkaException as exc:
                 raise translate(exc, f"publish to {rec.topic}") from exc
-        remaining = producer.flush(ADMIN_TIMEOUT_S)
-        if remaining:
-            raise StoreUnavailableError(
-                f"{remaining} records not delivered in {ADMIN_TIMEOUT_S}s", retriable=True
+        # Wait for every delivery report: librdkafka gives one within message.timeout.ms, so
+        # a record is then either written or refused, not "not delivered yet".
+        deadline = time.monotonic() + self._delivery_timeout_s + ADMIN_TIMEOUT_S
+        while producer.flush(max(0.1, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                break
+        unknown = tuple(
+            i
+            for i, result in enumerate(results)
+            if result is None or (not isinstance(result, tuple) and _maybe_written(result))
+        )
+        if unknown:
+            raise DeliveryUnknownError(
+                f"{len(unknown)} of {len(records)} records neither confirmed nor refused "
+                f"within {self._delivery_timeout_s:.0f}s: they may or may not be written "
+                "(publishing them again may add a copy; reuse their artifact ids)",
+                unconfirmed=unknown,
+                code="_MSG_TIMED_OUT",
             )
         positions: list[tuple[TopicPartition, int]] = []
         for result in results:
@@ -224,11 +253,21 @@ class KafkaStore(Store):
         return [r for r in out if r.offset < end][:max_records]
 
     def read_state(self, topic: str, partition: int) -> dict[str, bytes]:
-        """A compacted changelog partition replayed into a dict (None values delete)."""
+        """A compacted changelog partition replayed into a dict (None values delete).
+
+        Read once no transaction that had written to the partition is open: a new owner's
+        restore must include its predecessor's last commit, whose records are in the log (its
+        commit is stable) while its markers may not be yet, so the last stable offset is still
+        below them. Waits for the last stable offset to reach the high watermark seen first.
+
+        Raises:
+            StoreUnavailableError: a transaction still open after :data:`UNSTABLE_WAIT_S`
+                (retriable), or the cluster cannot be reached.
+        """
         if self.topic_partitions(topic) is None:
             return {}
         tp = TopicPartition(topic, partition)
-        end = self.end_offsets_of([tp]).get(tp, 0)
+        end = self._settled_end(tp)
         state: dict[str, bytes] = {}
         if end == 0:
             return state
@@ -239,6 +278,26 @@ class KafkaStore(Store):
             else:
                 state[key] = rec.value
         return state
+
+    def _settled_end(self, tp: TopicPartition) -> int:
+        """The last stable offset of ``tp`` once it reached the high watermark read first
+        (every transaction that had written to ``tp`` by then is committed or aborted)."""
+        high = self._list_offsets([tp], IsolationLevel.READ_UNCOMMITTED)[tp]
+        deadline = time.monotonic() + UNSTABLE_WAIT_S
+        delay = 0.01
+        while True:
+            stable = self.end_offsets_of([tp])[tp]
+            if stable >= high:
+                return stable
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailableError(
+                    f"{tp.topic}[{tp.partition}]: a transaction is still open after "
+                    f"{UNSTABLE_WAIT_S:.0f}s (last stable offset {stable}, high watermark {high})",
+                    code="UNSTABLE_OFFSET_COMMIT",
+                    retriable=True,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         tps = [TopicPartition(t, p) for t in topics for p in range(self.topic_partitions(t) or 0)]
@@ -264,10 +323,16 @@ class KafkaStore(Store):
                 delay = min(delay * 2, 1.0)
 
     def _list_stable_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return self._list_offsets(tps, IsolationLevel.READ_COMMITTED)
+
+    def _list_offsets(
+        self, tps: Sequence[TopicPartition], isolation: IsolationLevel
+    ) -> dict[TopicPartition, int]:
+        """End offsets of ``tps``: last stable offsets (READ_COMMITTED) or high watermarks."""
         latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
         request = {KafkaTP(tp.topic, tp.partition): latest for tp in tps}
         futures = self._admin.list_offsets(
-            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=ADMIN_TIMEOUT_S
+            request, isolation_level=isolation, request_timeout=ADMIN_TIMEOUT_S
         )
         out: dict[TopicPartition, int] = {}
         for ktp, future in futures.items():
@@ -279,25 +344,84 @@ class KafkaStore(Store):
 
     # -- groups ---------------------------------------------------------------------------
     def group_offsets(
-        self, group: str, *, stable: bool = False
+        self,
+        group: str,
+        *,
+        stable: bool = False,
+        partitions: Iterable[TopicPartition] | None = None,
     ) -> dict[TopicPartition, CommittedOffset]:
-        """Committed offsets of ``group``; ``stable`` waits for pending transactional commits."""
+        """Committed offsets of ``group`` (of ``partitions`` when given; a partition the
+        group never committed is absent).
+
+        With ``stable`` (KIP-447) the answer counts pending transactional commits: the broker
+        does not wait for them, it answers ``UNSTABLE_OFFSET_COMMIT`` for such a partition, as
+        a per-partition error that confluent-kafka does not raise. Those partitions are asked
+        again until they are stable. Ask with ``partitions``: a fetch of all the group's
+        offsets leaves out a partition whose first commit is still pending, as if it had never
+        committed.
+
+        Raises:
+            StoreUnavailableError: offsets still unstable after :data:`UNSTABLE_WAIT_S`
+                (retriable), or the cluster cannot be reached.
+        """
+        wanted = sorted(set(partitions)) if partitions is not None else None
+        if wanted is not None and not wanted:
+            return {}
+        deadline = time.monotonic() + UNSTABLE_WAIT_S
+        found: dict[TopicPartition, CommittedOffset] = {}
+        delay = 0.01
+        while True:
+            offsets, unstable = self._fetch_group_offsets(group, stable, wanted)
+            found.update(offsets)
+            if not unstable:
+                return found
+            if time.monotonic() + delay > deadline:
+                names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in unstable[:5])
+                raise StoreUnavailableError(
+                    f"committed offsets of group {group} still unstable after "
+                    f"{UNSTABLE_WAIT_S:.0f}s (a transaction is pending on {names})",
+                    code="UNSTABLE_OFFSET_COMMIT",
+                    retriable=True,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            wanted = unstable  # the stable ones are known already
+
+    def _fetch_group_offsets(
+        self, group: str, stable: bool, partitions: list[TopicPartition] | None
+    ) -> tuple[dict[TopicPartition, CommittedOffset], list[TopicPartition]]:
+        """One OffsetFetch: the committed offsets, and the partitions answered unstable."""
+        request = (
+            ConsumerGroupTopicPartitions(
+                group, [KafkaTP(tp.topic, tp.partition) for tp in partitions]
+            )
+            if partitions is not None
+            else ConsumerGroupTopicPartitions(group)
+        )
         futures = self._admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group)],
-            require_stable=stable,
-            request_timeout=ADMIN_TIMEOUT_S,
+            [request], require_stable=stable, request_timeout=ADMIN_TIMEOUT_S
         )
         try:
             result = futures[group].result()
         except KafkaException as exc:
             if exc.args[0].name() in ("GROUP_ID_NOT_FOUND", "_NOENT"):
-                return {}
+                return {}, []
             raise translate(exc, f"offsets of group {group}") from exc
-        return {
-            TopicPartition(p.topic, p.partition): CommittedOffset(p.offset, p.metadata or "")
-            for p in result.topic_partitions or ()
-            if p.offset >= 0
-        }
+        found: dict[TopicPartition, CommittedOffset] = {}
+        unstable: list[TopicPartition] = []
+        for p in result.topic_partitions or ():
+            tp = TopicPartition(p.topic, p.partition)
+            if p.error is not None:  # per partition: never raised by confluent-kafka
+                if p.error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT:
+                    unstable.append(tp)
+                    continue
+                raise translate(
+                    KafkaException(p.error),
+                    f"offsets of group {group} on {tp.topic}[{tp.partition}]",
+                )
+            if p.offset >= 0:
+                found[tp] = CommittedOffset(p.offset, p.metadata or "")
+        return found, unstable
 
     def list_groups(self) -> list[str]:
         try:

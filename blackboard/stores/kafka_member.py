@@ -48,7 +48,14 @@ from blackboard.errors import (
     SupersededError,
 )
 from blackboard.logs import get_logger
-from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, Record, TopicPartition
+from blackboard.records import (
+    AtomicCommit,
+    CommittedOffset,
+    OutgoingRecord,
+    Record,
+    TopicPartition,
+    oversize,
+)
 from blackboard.store import GroupMember, RebalanceListener
 from blackboard.stores.kafka_errors import kafka_error, superseded_by, translate
 
@@ -132,8 +139,9 @@ class KafkaMember(GroupMember):
         self._state_topic = f"{group}.state"
         self._state_ready = False
         self._group_metadata: Any = None
-        self._max_bytes = int(store.settings.producer_config()["message.max.bytes"])
+        self._max_bytes = store.max_record_bytes
         self._owned: set[TopicPartition] = set()
+        self._positions: dict[TopicPartition, int] = {}
         self._interrupted = threading.Event()
         self._closed = False
         self._poll_thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-poll-{group}")
@@ -281,7 +289,23 @@ class KafkaMember(GroupMember):
                 or time.monotonic() >= deadline
             ):
                 self._interrupted.clear()
+                self._positions = self._read_positions()
                 return records
+
+    def _read_positions(self) -> dict[TopicPartition, int]:
+        """The consumer's positions (poll thread): the offset after the last message it
+        returned, or after the transaction markers and aborted records it skipped past."""
+        if not self._owned:
+            return {}
+        try:
+            found = self._consumer.position([KafkaTP(tp.topic, tp.partition) for tp in self._owned])
+        except KafkaException as exc:
+            log.warning("position failed", group=self.group, error=str(exc))
+            return {}
+        return {TopicPartition(p.topic, p.partition): p.offset for p in found if p.offset >= 0}
+
+    def read_positions(self) -> dict[TopicPartition, int]:
+        return self._positions
 
     @staticmethod
     def _record(m: Any) -> Record:
@@ -403,8 +427,8 @@ class KafkaMember(GroupMember):
     def _check_sizes(self, commit: AtomicCommit) -> None:
         limit = self._max_bytes
         for rec in itertools.chain(commit.outputs, commit.dead_letters):
-            size = len(rec.value or b"") + len(rec.key or b"")
-            if size > limit:
+            size = oversize(rec, limit)
+            if size is not None:
                 raise RecordTooLargeError(
                     f"record for {rec.topic} is {size} bytes, over message.max.bytes={limit}",
                     code="MSG_SIZE_TOO_LARGE",
@@ -507,16 +531,17 @@ class KafkaMember(GroupMember):
         self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, CommittedOffset]:
         # Through the admin client: the consumer's own committed() waits for the rebalance
-        # that calls us. require_stable waits out pending transactional offsets (KIP-447).
-        wanted = set(partitions)
+        # that calls us. Stable (KIP-447) and by partition: a pending transactional commit is
+        # waited for, never read as "no commit" (KafkaStore.group_offsets).
+        wanted = sorted(set(partitions))
         if not wanted:
             return {}
-        found = await self._on_txn_thread(
+        return await self._on_txn_thread(
             lambda: self._retrying(
-                "committed offsets", lambda: self._store.group_offsets(self.group, stable=True)
+                "committed offsets",
+                lambda: self._store.group_offsets(self.group, stable=True, partitions=wanted),
             )
         )
-        return {tp: c for tp, c in found.items() if tp in wanted}
 
     async def load_state(self, partition: int) -> dict[str, bytes]:
         return await self._on_txn_thread(

@@ -24,6 +24,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "message.max.bytes": 1_000_000,
 }
+#: External publishes wait for every delivery report, which librdkafka gives within this time
+#: (transactional producers keep theirs: librdkafka ties it to the transaction timeout).
+PUBLISH_DEFAULTS: dict[str, Any] = {"message.timeout.ms": 30_000}
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "isolation.level": "read_committed",
     "enable.auto.commit": False,
@@ -162,7 +165,13 @@ class KafkaSettings:
 
     def producer_config(self) -> dict[str, Any]:
         """For the idempotent producer of external publishes."""
-        return {**self._base(), **PRODUCER_DEFAULTS, **self.common, **self.producer}
+        return {
+            **self._base(),
+            **PRODUCER_DEFAULTS,
+            **PUBLISH_DEFAULTS,
+            **self.common,
+            **self.producer,
+        }
 
     def transactional_config(self, transactional_id: str) -> dict[str, Any]:
         """For a worker slot's transactional producer."""

@@ -42,6 +42,7 @@ from blackboard.records import (
     OutgoingRecord,
     Record,
     TopicPartition,
+    oversize,
     partition_for,
 )
 from blackboard.store import (
@@ -116,7 +117,7 @@ class MemoryStore(Store):
         self._groups: dict[str, _Group] = {}
         self._subscribers: dict[str, set[MemoryMember]] = {}
         self._member_seq = itertools.count(1)
-        self._max_record_bytes = max_record_bytes
+        self._max_record_bytes = self.max_record_bytes = max_record_bytes
         self._closed = False
         path = url.removeprefix("memory://")
         self._snapshot = SnapshotFile(path) if path else None
@@ -256,8 +257,8 @@ class MemoryStore(Store):
                 raise TopicError(f"topic {rec.topic} does not exist")
             if rec.partition is not None and not 0 <= rec.partition < len(parts):
                 raise TopicError(f"topic {rec.topic} has no partition {rec.partition}")
-            size = len(rec.value or b"") + len(rec.key or b"")
-            if size > limit:
+            size = oversize(rec, limit)
+            if size is not None:
                 raise RecordTooLargeError(
                     f"record for {rec.topic} is {size} bytes, over the limit of {limit}",
                     code="MSG_SIZE_TOO_LARGE",

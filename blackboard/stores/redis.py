@@ -37,6 +37,7 @@ from blackboard.records import (
     OutgoingRecord,
     Record,
     TopicPartition,
+    oversize,
     partition_for,
 )
 from blackboard.store import GroupMember, LagRow, RebalanceListener, Store
@@ -70,9 +71,9 @@ def format_committed(done: CommittedOffset) -> str:
 
 
 def check_record_size(rec: OutgoingRecord, limit: int) -> None:
-    """Raise RecordTooLargeError when ``rec``'s key plus value exceeds ``limit`` bytes."""
-    size = len(rec.value or b"") + len(rec.key or b"")
-    if size > limit:
+    """Raise RecordTooLargeError when ``rec`` (key, value and headers) exceeds ``limit`` bytes."""
+    size = oversize(rec, limit)
+    if size is not None:
         raise RecordTooLargeError(
             f"record for {rec.topic} is {size} bytes, over the limit of {limit}",
             code="MSG_SIZE_TOO_LARGE",
@@ -112,6 +113,7 @@ class RedisStore(Store):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.settings = RedisSettings.from_url(url)
+        self.max_record_bytes = self.settings.max_record_bytes
         self.keys = RedisKeys(self.settings.key_prefix)
         try:
             self._client = redis.Redis.from_url(

@@ -9,7 +9,8 @@ is a redis-py connection option (``socket_timeout``, ``client_name``, …) passe
   its group and its partitions move (Kafka's ``session.timeout.ms``).
 - ``heartbeat_interval_ms`` (1000): how often a member heartbeats, checks its leases and
   expels members whose session ran out.
-- ``max_record_bytes`` (1000000): the largest key plus value a record may have.
+- ``max_record_bytes`` (1000000): the largest record (key, value and headers) a commit or
+  publish may write.
 - ``trim_interval_s`` (0 = never): how often a member trims the streams it owns, below what
   every consumer group of each stream has committed.
 """
