@@ -84,6 +84,7 @@ log "$(mvn -v 2>/dev/null | head -n 1 | sed 's/\x1b\[[0-9;]*m//g')"
 
 # -- Kafka jars -----------------------------------------------------------------------------
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
-log "fetching the Kafka jars (skipped if cached)"
+log "fetching the Kafka jars (skipped if cached): the pinned release and the fault tests' other"
 "$PYTHON" compose/kafka_local.py fetch >&2
+"$PYTHON" compose/kafka_local.py fetch --version 3.9.1 >&2
 log "done"

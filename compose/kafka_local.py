@@ -75,6 +75,8 @@ else:  # run as a script: python compose/kafka_local.py
 
 KAFKA_VERSION = "4.0.1"
 """Pinned Apache Kafka release; ``compose/kafka/pom.xml`` has the same default."""
+LEGACY_KAFKA_VERSION = "3.9.1"
+"""The other release the fault tests run on (DESIGN.md section 7: 4.0.x and 3.9.x)."""
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 MIN_JAVA = 17  # Kafka 4.x brokers need Java 17+.
@@ -601,7 +603,7 @@ def _admin_probe() -> Callable[[str], bool] | None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kafka_local.py",
-        description=f"Run a single-node Apache Kafka {KAFKA_VERSION} (KRaft) on {HOST} from jars.",
+        description=f"Run a single-node Apache Kafka (KRaft) on {HOST} from jars.",
     )
     parser.add_argument("command", choices=("fetch", "start", "stop", "status", "kill", "restart"))
     parser.add_argument(
@@ -621,6 +623,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="broker directory (default: <cache>/kafka-<version>/data)",
     )
+    parser.add_argument(
+        "--version",
+        default=KAFKA_VERSION,
+        help=f"Kafka release (default {KAFKA_VERSION}; the fault tests also use "
+        f"{LEGACY_KAFKA_VERSION})",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -629,13 +637,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (status: 0 running, 3 stopped)."""
     args = _parser().parse_args(argv)
     data_dir = (
-        Path(args.data_dir) if args.data_dir else cache_root() / f"kafka-{KAFKA_VERSION}" / "data"
+        Path(args.data_dir) if args.data_dir else cache_root() / f"kafka-{args.version}" / "data"
     )
-    recorded = KafkaLocal(data_dir=data_dir)
+    recorded = KafkaLocal(data_dir=data_dir, version=args.version)
     if args.command in ("start",) and args.port is None and not recorded.port:
         args.port = DEFAULT_CLI_PORT
     broker = KafkaLocal(
-        data_dir=data_dir, port=args.port or 0, controller_port=args.controller_port or 0
+        data_dir=data_dir,
+        port=args.port or 0,
+        controller_port=args.controller_port or 0,
+        version=args.version,
     )
     try:
         if args.command == "restart" and (

@@ -5,6 +5,9 @@ Register it from ``tests/conftest.py`` with ``pytest_plugins = ["tests.services"
 Fixtures:
 
 - ``kafka_bootstrap`` (session): ``"host:port"`` of a single-node Kafka broker.
+- ``kafka_legacy_bootstrap`` (session): the same for a broker of the other Kafka release the
+  fault tests cover (:data:`compose.kafka_local.LEGACY_KAFKA_VERSION`, 3.9.x), from
+  ``KAFKA_LEGACY_BOOTSTRAP_SERVERS`` or the jar launcher, started only when a test asks.
 - ``redis_url`` (session): ``"redis://host:port/0"`` of a Redis server with AOF on.
 - ``kafka_local`` / ``redis_local`` (function): the launcher behind them
   (:class:`compose.kafka_local.KafkaLocal`, :class:`compose.redis_local.RedisLocal`) for fault
@@ -43,7 +46,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from compose.kafka_local import KafkaLocal, KafkaLocalError
+from compose.kafka_local import LEGACY_KAFKA_VERSION, KafkaLocal, KafkaLocalError
 from compose.redis_local import RedisLocal, RedisLocalError
 
 DEFAULT_KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"  # testcontainers' KafkaContainer needs cp-kafka
@@ -176,15 +179,23 @@ def _kafka_container() -> Service:
     return Service(str(container.get_bootstrap_server()), "testcontainers", close=container.stop)
 
 
-def _kafka_local(tmp: pytest.TempPathFactory) -> Service:
-    broker = KafkaLocal(data_dir=tmp.mktemp("kafka"), die_with_parent=True)
+def _kafka_local(tmp: pytest.TempPathFactory, version: str | None = None) -> Service:
+    kwargs = {"version": version} if version else {}
+    broker = KafkaLocal(data_dir=tmp.mktemp("kafka"), die_with_parent=True, **kwargs)
     try:
         broker.start()
     except KafkaLocalError as exc:
         error = str(exc)  # reported outside the handler: no chained traceback in the report
     else:
         return Service(broker.bootstrap, "local", launcher=broker, close=broker.stop)
-    _unavailable(f"local Kafka broker did not start: {error}")
+    _unavailable(f"local Kafka {broker.version} broker did not start: {error}")
+
+
+def _make_legacy_kafka(tmp: pytest.TempPathFactory) -> Service:
+    env = os.environ.get("KAFKA_LEGACY_BOOTSTRAP_SERVERS", "").strip()
+    if env:
+        return _kafka_from_env(env)
+    return _kafka_local(tmp, LEGACY_KAFKA_VERSION)
 
 
 def _make_kafka(tmp: pytest.TempPathFactory) -> Service:
@@ -272,6 +283,22 @@ def kafka_service(
 ) -> Iterator[Service]:
     """The session's Kafka broker as a :class:`Service` (started on first use)."""
     yield from _serve("kafka", _make_kafka, tmp_path_factory, pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def kafka_legacy_service(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Service]:
+    """The session's broker of the other Kafka release (started on first use)."""
+    yield from _serve(
+        f"kafka {LEGACY_KAFKA_VERSION}", _make_legacy_kafka, tmp_path_factory, pytestconfig
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_legacy_bootstrap(kafka_legacy_service: Service) -> str:
+    """``host:port`` of the session's Kafka 3.9.x broker."""
+    return kafka_legacy_service.address
 
 
 @pytest.fixture(scope="session")

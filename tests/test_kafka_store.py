@@ -97,3 +97,30 @@ async def test_a_bad_record_from_a_plain_kafka_producer_reaches_the_dlq_intact(
         assert entry.header("bb.dlq.original.topic") == topic
     assert [e.stage for e in entries] == ["deserialize", "validate", "deserialize"]
     board.close()
+
+
+def test_a_publish_whose_delivery_is_unknown_says_so_with_the_ids(kafka_bootstrap: str) -> None:
+    """Records the broker keeps refusing retriably until message.timeout.ms runs out (here:
+    their topic was deleted after the producer learned it; UNKNOWN_TOPIC_OR_PART is retriable)
+    have an unknown outcome as far as the producer knows: the error says so and names their
+    ids, instead of "not delivered" (a caller that retried with new ids duplicated inputs)."""
+    from confluent_kafka.admin import AdminClient
+
+    from blackboard.errors import DeliveryUnknownError
+
+    url = f"kafka://{kafka_bootstrap}?producer.message.timeout.ms=1500"
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    board = Blackboard(
+        url, registry=registry, settings=BlackboardSettings(url=url, prefix=prefix, partitions=2)
+    )
+    try:
+        board.publish(Task(n=0))  # the producer and the store know the topic now
+        topic = board.topic(Task)
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin.delete_topics([topic])[topic].result()
+        with pytest.raises(DeliveryUnknownError, match="may or may not be written") as caught:
+            board.publish_many([Task(n=i) for i in range(3)], artifact_ids=["a", "b", "c"])
+        assert caught.value.artifact_ids == ("a", "b", "c")
+        assert caught.value.retriable
+    finally:
+        board.close()

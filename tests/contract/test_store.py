@@ -213,3 +213,21 @@ async def test_lag_is_end_minus_committed(board: Blackboard) -> None:
         assert row.committed_offset == expected_committed
         assert row.lag == end - (expected_committed or 0)
     await member.close()
+
+
+def test_publish_many_with_a_partition_key_per_record(board: Blackboard) -> None:
+    from blackboard.errors import ConfigError
+    from blackboard.records import partition_for
+
+    keys = [f"key-{i}" for i in range(12)]
+    envelopes = board.publish_many([Task(n=i) for i in range(12)], partition_keys=keys)
+    assert [e.partition_key for e in envelopes] == keys
+    placed = {
+        r.key: r.partition for r in board.records("test.Task")
+    }  # each record on its own key's partition
+    assert placed == {k.encode(): partition_for(k.encode(), 4) for k in keys}
+    assert len(set(placed.values())) > 1
+    with pytest.raises(ConfigError, match="partition_keys: 1 given for 2 payloads"):
+        board.publish_many([Task(n=1), Task(n=2)], partition_keys=["only-one"])
+    with pytest.raises(ConfigError, match="not both"):
+        board.publish_many([Task(n=1)], partition_key="a", partition_keys=["b"])

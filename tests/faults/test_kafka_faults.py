@@ -1,7 +1,9 @@
-"""Fault tests on a real Kafka broker, with real worker processes (issue: Kafka store).
+"""Fault tests on real Kafka brokers, with real worker processes.
 
-Each ends with a read_committed check that every input produced its output exactly once, none
-missing, per-key order kept.
+Each ends with :func:`~tests.faults.harness.assert_exactly_once` (read_committed): every job's
+Step (with the per-key count from the agent's state), Echo and Pair (a join) exactly once, no
+dead letter, and every group's lag 0 once drained. The scenarios marked ``BOTH_VERSIONS`` run
+on the pinned Kafka 4.0.x broker and on a 3.9.x one; the others on the pinned one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 
 from blackboard.offsets import decode_finished
 from blackboard.records import TopicPartition
-from compose.kafka_local import KafkaLocal
+from compose.kafka_local import KAFKA_VERSION, LEGACY_KAFKA_VERSION, KafkaLocal
 from tests.faults.harness import (
     Cluster,
     assert_exactly_once,
@@ -23,15 +25,29 @@ from tests.faults.harness import (
     publish_jobs,
     step_count,
     wait_for_steps,
+    wait_until_settled,
 )
 from tests.services import unique_name
 
 pytestmark = pytest.mark.kafka
 
 
+BOTH_VERSIONS = pytest.mark.parametrize(
+    "broker", [KAFKA_VERSION, LEGACY_KAFKA_VERSION], indirect=True
+)
+
+
 @pytest.fixture
-def cluster(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(f"kafka://{kafka_bootstrap}", unique_name("f").replace("-", ""), tmp_path)
+def broker(request: pytest.FixtureRequest) -> str:
+    """``host:port`` of the session broker of the version asked for (default: the pinned)."""
+    version = getattr(request, "param", KAFKA_VERSION)
+    name = "kafka_bootstrap" if version == KAFKA_VERSION else "kafka_legacy_bootstrap"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def cluster(broker: str, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(f"kafka://{broker}", unique_name("f").replace("-", ""), tmp_path)
     yield c
     c.cleanup()
 
@@ -44,6 +60,7 @@ def _wait_log(worker: object, text: str, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+@BOTH_VERSIONS
 def test_kill_9_mid_transaction_then_restart_same_slot(cluster: Cluster) -> None:
     board = cluster.board()
     jobs = 6000
@@ -65,13 +82,14 @@ def test_kill_9_mid_transaction_then_restart_same_slot(cluster: Cluster) -> None
     wait_for_steps(board, killed_at + 1, 30, [restarted])
     assert time.monotonic() - started < 30
     publisher.join()
-    wait_for_steps(board, jobs, 180, [restarted])
+    wait_until_settled(board, jobs, 180, [restarted])
     restarted.signal(signal.SIGTERM)
     assert restarted.wait() == 0
     assert_exactly_once(board, jobs)
     board.close()
 
 
+@BOTH_VERSIONS
 def test_sigterm_commits_in_flight_work_and_exits_cleanly(cluster: Cluster) -> None:
     board = cluster.board()
     jobs = 3000
@@ -90,13 +108,14 @@ def test_sigterm_commits_in_flight_work_and_exits_cleanly(cluster: Cluster) -> N
     assert finished == done > 0  # what finished was committed with its offsets, nothing else
 
     worker = cluster.start("0", max_sleep_ms=2)
-    wait_for_steps(board, jobs, 180, [worker])
+    wait_until_settled(board, jobs, 180, [worker])
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
     assert_exactly_once(board, jobs)
     board.close()
 
 
+@BOTH_VERSIONS
 def test_scale_out_to_three_workers_and_back_while_records_flow(cluster: Cluster) -> None:
     board = cluster.board()
     jobs = 8000
@@ -113,7 +132,7 @@ def test_scale_out_to_three_workers_and_back_while_records_flow(cluster: Cluster
     for w in extra:
         assert w.wait() == 0, w.log_text()
     publisher.join()
-    wait_for_steps(board, jobs, 180, [first])
+    wait_until_settled(board, jobs, 180, [first])
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
     assert "partitions revoked" in first.log_text()
@@ -137,7 +156,7 @@ def test_paused_zombie_cannot_commit_after_its_partitions_moved(cluster: Cluster
     wait_for_steps(board, step_count(board) + 100, 60, [other])
     zombie.signal(signal.SIGCONT)
     publisher.join()
-    wait_for_steps(board, jobs, 180, [zombie, other])
+    wait_until_settled(board, jobs, 180, [zombie, other])
     for w in (zombie, other):
         w.signal(signal.SIGTERM)
     for w in (zombie, other):
@@ -158,7 +177,7 @@ def test_second_process_with_the_same_slot_fences_the_first(cluster: Cluster) ->
     assert older.wait(90) == 0, older.log_text()  # fenced, then stops cleanly
     assert "took over this worker slot" in older.log_text()
     publisher.join()
-    wait_for_steps(board, jobs, 180, [newer])
+    wait_until_settled(board, jobs, 180, [newer])
     newer.signal(signal.SIGTERM)
     assert newer.wait() == 0
     assert_exactly_once(board, jobs)
@@ -232,7 +251,7 @@ def test_broker_hard_kill_and_restart_while_workers_run(
         time.sleep(2)
         kafka_local.restart()
         try:
-            wait_for_steps(board, jobs, 240, workers)  # no intervention: the workers recover
+            wait_until_settled(board, jobs, 240, workers)  # no intervention: the workers recover
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{_skipped_markers(kafka_local)}") from None
         for w in workers:
@@ -244,3 +263,90 @@ def test_broker_hard_kill_and_restart_while_workers_run(
         board.close()
     finally:
         cluster.cleanup()
+
+
+def test_poison_record_near_the_size_limit_is_dead_lettered_and_work_goes_on(
+    cluster: Cluster,
+) -> None:
+    """A 998 KB value that is no JSON fits message.max.bytes, but its dead letter (the value
+    plus the bb.dlq.* headers with a stack trace) did not: the commit failed and the worker
+    exited, again on every restart. Its dead letter is cut to fit instead, saying what was
+    cut; replay reads the value back from the original topic."""
+    from confluent_kafka import Producer
+
+    from blackboard.deadletters import DeadLetterFilter, DeadLetters
+
+    board = cluster.board()
+    worker = cluster.start("0", max_sleep_ms=3)
+    _wait_log(worker, "partitions assigned")
+    publish_jobs(board, 300)
+    poison = b"\xff" + b"x" * 999_000  # fits alone (with its key and header); not JSON
+    producer = Producer({"bootstrap.servers": cluster.url.removeprefix("kafka://")})
+    producer.produce(board.topic("fault.Job"), poison, b"k1", headers=[("bb.type", b"fault.Job")])
+    assert producer.flush(30) == 0
+    publish_jobs(board, 300, first=300)
+    wait_until_settled(board, 600, 120, [worker])
+    assert worker.proc.poll() is None, worker.log_text()[-3000:]
+    dlq = DeadLetters(board)
+    entries = dlq.entries(DeadLetterFilter(stage="deserialize"))
+    assert sorted(e.agent for e in entries) == ["echo", "stage"]  # once per agent reading Jobs
+    for entry in entries:
+        assert entry.header("bb.dlq.truncated") == "stacktrace,value"
+        assert int(entry.header("bb.dlq.original.size")) > 999_000
+        assert entry.record.value == b"" and entry.record.key == b"k1"
+        assert entry.header("bb.dlq.original.topic") == board.topic("fault.Job")
+        replayed = dlq.replay_record(entry)  # the cut value comes back from the original topic
+        assert replayed.value == poison and replayed.key == b"k1"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
+    assert_exactly_once(board, 600, poison=1)
+    board.close()
+
+
+@BOTH_VERSIONS
+def test_an_in_process_member_joining_and_leaving_every_second(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits followed at once by rebalances: a member in this process joins and leaves
+    about every second while a worker process runs slow handlers, so handovers land right
+    after commits (each new owner reads committed offsets and restores state while the last
+    commit's markers may be pending: a pending commit read as "never committed" redid finished
+    records and lost restored state and join parts). It leaves
+    without waiting for its handlers (grace 0), so its last commit names finished offsets above
+    the committed one, which the next owner reads while that commit's markers may be pending."""
+    import asyncio
+
+    from agents.runner import RunnerSettings
+    from agents.worker import Worker
+    from tests.faults import faultapp
+
+    monkeypatch.setattr(faultapp, "_MAX_SLEEP_S", 0.1)
+
+    board = cluster.board()
+    jobs = 6000
+    base = cluster.start("0", max_sleep_ms=100)
+    _wait_log(base, "partitions assigned")
+    publisher = publish_in_background(cluster.board(), jobs, rate=300)
+    wait_for_steps(board, 300, 120, [base])
+
+    async def storm() -> int:
+        cycles = 0
+        settings = RunnerSettings(shutdown_grace_s=0)
+        while publisher.is_alive() and cycles < 30:
+            worker = Worker(faultapp.app, cluster.board(), settings, slot="1")
+            running = asyncio.create_task(worker.run())
+            await worker.started()
+            await asyncio.sleep(0.3 + 0.1 * (cycles % 5))
+            worker.stop()
+            await running
+            cycles += 1
+        return cycles
+
+    cycles = asyncio.run(storm())
+    assert cycles >= 10, f"only {cycles} join/leave cycles while records flowed"
+    publisher.join()
+    wait_until_settled(board, jobs, 240, [base])
+    base.signal(signal.SIGTERM)
+    assert base.wait(60) == 0
+    assert_exactly_once(board, jobs)
+    board.close()
