@@ -48,7 +48,14 @@ from blackboard.errors import (
 )
 from blackboard.logs import get_logger
 from blackboard.offsets import PartitionProgress
-from blackboard.records import OutgoingRecord, Record, StateUpdate, TopicPartition, oversize
+from blackboard.records import (
+    OutgoingRecord,
+    Record,
+    StateUpdate,
+    TopicPartition,
+    envelope_headers_bound,
+    oversize,
+)
 from blackboard.store import MAX_RECORD_BYTES, GroupMember
 from blackboard.wire import decode
 from observability import tracing
@@ -933,7 +940,11 @@ class AgentRunner:
                     f"over the limit of {limit}",
                     code="MSG_SIZE_TOO_LARGE",
                 )
-            size = oversize(record, store_limit)
+            # Headers bounded from the envelope first: an exact count only near the limit.
+            bound = len(record.key or b"") + len(record.value or b"")
+            size = None
+            if bound + envelope_headers_bound(out.envelope) > store_limit:
+                size = oversize(record, store_limit)
             if size is not None:
                 raise RecordTooLargeError(
                     f"output {out.envelope.type} {out.envelope.id} is {size} bytes with its "
