@@ -386,6 +386,12 @@ class AgentRunner:
     def _drop_queued(self, gone: set[TopicPartition]) -> None:
         """Drop queued and parked records of ``gone`` partitions, and free the keys whose
         turn-holder was dropped (ordered agents), so later records of those keys still run."""
+        for item in [i for i in self._ready if i.tp in gone]:
+            self._unclaim_replay(item)
+        for parked in self._parked.values():
+            for item in parked:
+                if item.tp in gone:
+                    self._unclaim_replay(item)
         self._ready.drop(lambda i: i.tp in gone)
         if not self.spec.ordered:
             return
@@ -493,6 +499,11 @@ class AgentRunner:
         self._replaying.add(key)
         return True
 
+    def _unclaim_replay(self, item: Item) -> None:
+        """A replayed record left before it ran: it is admitted again when read again."""
+        if item.replay is not None:
+            self._replaying.discard(item.replay.entry_key)
+
     def _reject(self, item: Item, stage: Stage, exc: Exception) -> None:
         """Dead-letter a record no handler may see (it does not decode, validate or key); a
         replayed one keeps its attempts and first failure, and its replay is settled."""
@@ -550,6 +561,7 @@ class AgentRunner:
             if epochs.get(item.tp) != item.epoch:
                 self._done_with(item, None)
                 self._release_key(item)
+                self._unclaim_replay(item)
                 continue
             if limiter is not None:
                 limiter.started(now)
@@ -606,6 +618,7 @@ class AgentRunner:
         self._free_slot()
         self._done_with(item, None)
         self._release_key(item)
+        self._unclaim_replay(item)
 
     def _queue(self, item: Item) -> None:
         """Put an admitted record in the policy's ready queue."""
@@ -1049,17 +1062,28 @@ class AgentRunner:
         for tp in rewound:  # stale from here on: running handlers' results are dropped
             self._progress.pop(tp, None)
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
+        epochs = {tp: self._epoch[tp] for tp in rewound}
         self._drop_queued(rewound)
         for number in {tp.partition for tp in rewound}:
             self._state.pop(number, None)
         committed = await member.committed(rewound)
         states = {n: await member.load_state(n) for n in sorted({tp.partition for tp in rewound})}
-        for tp in sorted(rewound):
+        # A rebalance may have run during the awaits (polls resume after the backoff): a
+        # partition lost meanwhile is not ours to restore, and one assigned again meanwhile
+        # was restored by on_assigned (its epoch moved on) and is left as it is.
+        owned = member.assignment()
+        restored = [
+            tp
+            for tp in sorted(rewound)
+            if tp in owned and self._epoch.get(tp) == epochs[tp] and tp not in self._progress
+        ]
+        for tp in restored:
             done = committed.get(tp)
             start = done.offset if done else 0
             self._progress[tp] = PartitionProgress(start, done.metadata if done else "")
             self._flow.seek(tp, start)  # applied before the next poll starts
-        self._state.update(states)
+        for number in {tp.partition for tp in restored}:
+            self._state.setdefault(number, states[number])  # on_assigned's view, if it loaded one
 
     # -- circuit breaker ------------------------------------------------------------------
     def _on_breaker(self, state: BreakerState, breaker: CircuitBreaker) -> None:
