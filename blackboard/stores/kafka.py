@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -47,6 +47,27 @@ UNAVAILABLE_RETRY_S = 5.0
 #: an abandoned one is aborted by the coordinator after the transaction timeout (60 s).
 UNSTABLE_WAIT_S = 10.0
 _INTERNAL = ("__consumer_offsets", "__transaction_state")
+
+
+def _pending_tries() -> Iterator[None]:
+    """Tries while pending transactions settle: one at once, then after 10 ms doubling to
+    0.5 s, for :data:`UNSTABLE_WAIT_S` (the caller returns once settled, and raises
+    :func:`_still_pending` when the tries run out)."""
+    deadline = time.monotonic() + UNSTABLE_WAIT_S
+    delay = 0.01
+    while True:
+        yield
+        if time.monotonic() + delay > deadline:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def _still_pending(what: str) -> StoreUnavailableError:
+    """The retriable error for a transaction still pending after :data:`UNSTABLE_WAIT_S`."""
+    return StoreUnavailableError(
+        f"{what} after {UNSTABLE_WAIT_S:.0f}s", code="UNSTABLE_OFFSET_COMMIT", retriable=True
+    )
 
 
 def _maybe_written(err: Any) -> bool:
@@ -283,21 +304,15 @@ class KafkaStore(Store):
         """The last stable offset of ``tp`` once it reached the high watermark read first
         (every transaction that had written to ``tp`` by then is committed or aborted)."""
         high = self._list_offsets([tp], IsolationLevel.READ_UNCOMMITTED)[tp]
-        deadline = time.monotonic() + UNSTABLE_WAIT_S
-        delay = 0.01
-        while True:
+        stable = 0
+        for _ in _pending_tries():
             stable = self.end_offsets_of([tp])[tp]
             if stable >= high:
                 return stable
-            if time.monotonic() + delay > deadline:
-                raise StoreUnavailableError(
-                    f"{tp.topic}[{tp.partition}]: a transaction is still open after "
-                    f"{UNSTABLE_WAIT_S:.0f}s (last stable offset {stable}, high watermark {high})",
-                    code="UNSTABLE_OFFSET_COMMIT",
-                    retriable=True,
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        raise _still_pending(
+            f"{tp.topic}[{tp.partition}]: a transaction is still open (last stable offset "
+            f"{stable}, high watermark {high})"
+        )
 
     def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         tps = [TopicPartition(t, p) for t in topics for p in range(self.topic_partitions(t) or 0)]
@@ -367,25 +382,19 @@ class KafkaStore(Store):
         wanted = sorted(set(partitions)) if partitions is not None else None
         if wanted is not None and not wanted:
             return {}
-        deadline = time.monotonic() + UNSTABLE_WAIT_S
         found: dict[TopicPartition, CommittedOffset] = {}
-        delay = 0.01
-        while True:
+        unstable: list[TopicPartition] = []
+        for _ in _pending_tries():
             offsets, unstable = self._fetch_group_offsets(group, stable, wanted)
             found.update(offsets)
             if not unstable:
                 return found
-            if time.monotonic() + delay > deadline:
-                names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in unstable[:5])
-                raise StoreUnavailableError(
-                    f"committed offsets of group {group} still unstable after "
-                    f"{UNSTABLE_WAIT_S:.0f}s (a transaction is pending on {names})",
-                    code="UNSTABLE_OFFSET_COMMIT",
-                    retriable=True,
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
             wanted = unstable  # the stable ones are known already
+        names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in unstable[:5])
+        raise _still_pending(
+            f"committed offsets of group {group} still unstable (a transaction is pending on "
+            f"{names})"
+        )
 
     def _fetch_group_offsets(
         self, group: str, stable: bool, partitions: list[TopicPartition] | None

@@ -25,6 +25,7 @@ from tests.faults.harness import (
     publish_jobs,
     step_count,
     wait_for_steps,
+    wait_log,
     wait_until_settled,
 )
 from tests.services import unique_name
@@ -52,21 +53,13 @@ def cluster(broker: str, tmp_path: Path) -> Iterator[Cluster]:
     c.cleanup()
 
 
-def _wait_log(worker: object, text: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in worker.log_text():  # type: ignore[attr-defined]
-        assert worker.proc.poll() is None, worker.log_text()  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, f"no {text!r} in:\n{worker.log_text()}"  # type: ignore[attr-defined]
-        time.sleep(0.1)
-
-
 @BOTH_VERSIONS
 def test_kill_9_mid_transaction_then_restart_same_slot(cluster: Cluster) -> None:
     board = cluster.board()
     jobs = 6000
     # 50 keys run one job at a time each, ~20 ms a job: work is still left when the kill lands
     worker = cluster.start("0", max_sleep_ms=40)
-    _wait_log(worker, "partitions assigned")
+    wait_log(worker, "partitions assigned")
     # Published over ~6 s, so work remains when the kill lands however fast the worker is.
     publisher = publish_in_background(cluster.board(), jobs, rate=1000)
     wait_for_steps(board, 1000, 120, [worker])
@@ -94,7 +87,7 @@ def test_sigterm_commits_in_flight_work_and_exits_cleanly(cluster: Cluster) -> N
     board = cluster.board()
     jobs = 3000
     worker = cluster.start("0", max_sleep_ms=200)  # slow handlers: many in flight at SIGTERM
-    _wait_log(worker, "partitions assigned")
+    wait_log(worker, "partitions assigned")
     publish_jobs(board, jobs)
     wait_for_steps(board, 200, 120, [worker])
     worker.signal(signal.SIGTERM)
@@ -120,12 +113,12 @@ def test_scale_out_to_three_workers_and_back_while_records_flow(cluster: Cluster
     board = cluster.board()
     jobs = 8000
     first = cluster.start("0", max_sleep_ms=3)
-    _wait_log(first, "partitions assigned")
+    wait_log(first, "partitions assigned")
     publisher = publish_in_background(cluster.board(), jobs, rate=1000)
     wait_for_steps(board, 1000, 120, [first])
     extra = [cluster.start("1", max_sleep_ms=3), cluster.start("2", max_sleep_ms=3)]
     for w in extra:
-        _wait_log(w, "partitions assigned")
+        wait_log(w, "partitions assigned")
     wait_for_steps(board, 4000, 180, [first, *extra])
     for w in extra:
         w.signal(signal.SIGTERM)
@@ -147,7 +140,7 @@ def test_paused_zombie_cannot_commit_after_its_partitions_moved(cluster: Cluster
     zombie = cluster.start("0", max_sleep_ms=3, extra_url=fast_timeout)
     other = cluster.start("1", max_sleep_ms=3, extra_url=fast_timeout)
     for w in (zombie, other):
-        _wait_log(w, "partitions assigned")
+        wait_log(w, "partitions assigned")
     publisher = publish_in_background(cluster.board(), jobs, rate=250)
     wait_for_steps(board, 500, 120, [zombie, other])
     zombie.signal(signal.SIGSTOP)
@@ -169,7 +162,7 @@ def test_second_process_with_the_same_slot_fences_the_first(cluster: Cluster) ->
     board = cluster.board()
     jobs = 4000
     older = cluster.start("0", max_sleep_ms=3)
-    _wait_log(older, "partitions assigned")
+    wait_log(older, "partitions assigned")
     # slow enough that the older process still has commits to make once the newer one starts
     publisher = publish_in_background(cluster.board(), jobs, rate=400)
     wait_for_steps(board, 500, 120, [older])
@@ -243,7 +236,7 @@ def test_broker_hard_kill_and_restart_while_workers_run(
         # published first: a publish while the broker is down fails (a clear error, by design).
         workers = [cluster.start("0", max_sleep_ms=80), cluster.start("1", max_sleep_ms=80)]
         for w in workers:
-            _wait_log(w, "partitions assigned")
+            wait_log(w, "partitions assigned")
         publish_jobs(board, jobs)
         wait_for_steps(board, 1000, 120, workers)
         assert step_count(board) < jobs, "the broker must die while work remains"
@@ -278,7 +271,7 @@ def test_poison_record_near_the_size_limit_is_dead_lettered_and_work_goes_on(
 
     board = cluster.board()
     worker = cluster.start("0", max_sleep_ms=3)
-    _wait_log(worker, "partitions assigned")
+    wait_log(worker, "partitions assigned")
     publish_jobs(board, 300)
     poison = b"\xff" + b"x" * 999_000  # fits alone (with its key and header); not JSON
     producer = Producer({"bootstrap.servers": cluster.url.removeprefix("kafka://")})
@@ -325,7 +318,7 @@ def test_an_in_process_member_joining_and_leaving_every_second(
     board = cluster.board()
     jobs = 6000
     base = cluster.start("0", max_sleep_ms=100)
-    _wait_log(base, "partitions assigned")
+    wait_log(base, "partitions assigned")
     publisher = publish_in_background(cluster.board(), jobs, rate=300)
     wait_for_steps(board, 300, 120, [base])
 
