@@ -35,6 +35,7 @@ from agents.flow import FlowControl
 from agents.status_report import StatusReporter
 from agents.timers import CollectorTimers
 from agents.work import Item, OrderKey, Outcome, RunnerStats, plan_commit
+from blackboard.aio import cancel_and_wait
 from blackboard.artifacts import Artifact
 from blackboard.blackboard import Blackboard
 from blackboard.dlq import ReplayInfo, Stage, dead_letter, replay_info
@@ -334,10 +335,8 @@ class AgentRunner:
             _, pending = await asyncio.wait(
                 set(self._tasks), timeout=self.settings.shutdown_grace_s
             )
-            for task in pending:
-                task.cancel()
             if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+                await cancel_and_wait(pending)
                 self._log.warning(
                     "gave up on handlers past the grace period", abandoned=len(pending)
                 )

@@ -20,6 +20,7 @@ from pathlib import Path
 from agents.agent import AgentSpec, App
 from agents.clock import SYSTEM_CLOCK, Clock
 from agents.runner import AgentRunner, RunnerSettings
+from agents.taskdump import log_task_stacks
 from blackboard.blackboard import Blackboard
 from blackboard.errors import AppLoadError, ConfigError
 from blackboard.logs import get_logger
@@ -134,7 +135,8 @@ class Worker:
         self._gc_gen0 = gc_gen0_threshold
 
     async def run(self, *, handle_signals: bool = False) -> None:
-        """Run every runner until :meth:`stop` (or SIGTERM/SIGINT when ``handle_signals``).
+        """Run every runner until :meth:`stop` (or SIGTERM/SIGINT when ``handle_signals``;
+        SIGUSR2 then logs what each asyncio task waits on).
 
         If one runner fails, the others are stopped and the error is raised.
         """
@@ -142,6 +144,7 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(signal.SIGUSR2, log_task_stacks)
         started = time.monotonic()
         gc_before = gc.get_threshold()
         if self._gc_gen0 is not None:
@@ -167,7 +170,7 @@ class Worker:
             if alive:
                 await asyncio.gather(*alive, return_exceptions=True)
             if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
                     loop.remove_signal_handler(sig)
             gc.set_threshold(*gc_before)
             log.info("worker stopped", seconds=round(time.monotonic() - started, 3))

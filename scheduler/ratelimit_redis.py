@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio
 from redis.exceptions import RedisError
 
+from blackboard.aio import cancel_and_wait
 from blackboard.errors import ConfigError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -147,9 +148,7 @@ class RedisRateLimiter:
     async def close(self) -> None:
         """Stop refilling, give back the unspent lease, pay what is owed, disconnect."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StoreUnavailableError):
-                await self._task
+            await cancel_and_wait([self._task])
         with contextlib.suppress(RedisError, OSError):
             if self.requests is not None and self.requests.lease >= 1:
                 await self._take(self.requests, 0, -math.floor(self.requests.lease))

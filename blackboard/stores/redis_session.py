@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from blackboard.aio import cancel_and_wait
 from blackboard.logs import get_logger
 from blackboard.records import TopicPartition
 from blackboard.stores import redis_scripts
@@ -116,6 +117,7 @@ class GroupSession:
         self._heartbeat = client.register_script(redis_scripts.HEARTBEAT)
         self._leave = client.register_script(redis_scripts.LEAVE)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     @staticmethod
     def new_token() -> str:
@@ -161,10 +163,9 @@ class GroupSession:
         ]
 
     async def stop(self) -> None:
-        """Stop heartbeating and listening."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Stop heartbeating and listening (the loops also end at their next turn)."""
+        self._stopping = True
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def leave(self, leases: dict[TopicPartition, str]) -> None:
@@ -204,7 +205,7 @@ class GroupSession:
     async def _heartbeat_loop(self) -> None:
         interval = self._settings.heartbeat_interval_ms / 1000.0
         gk = self.keys
-        while not self.superseded:
+        while not (self.superseded or self._stopping):
             await asyncio.sleep(interval)
             try:
                 status = await self._heartbeat(
@@ -230,7 +231,7 @@ class GroupSession:
         pubsub: Any = None
         delay = 0.05
         try:
-            while True:
+            while not self._stopping:
                 try:
                     if pubsub is None:
                         pubsub = self._client.pubsub()

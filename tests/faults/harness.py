@@ -43,6 +43,17 @@ class WorkerProcess:
         """Wait for the exit code."""
         return self.proc.wait(timeout=timeout)
 
+    def stopped(self, timeout: float = 60.0) -> int | None:
+        """The exit code within ``timeout``; None if the worker is still running, after asking
+        it to log its asyncio tasks' and threads' stacks (SIGUSR2, SIGUSR1) into its log."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGUSR2)
+            self.signal(signal.SIGUSR1)
+            time.sleep(2)
+            return None
+
     def log_text(self) -> str:
         """What the worker logged."""
         return self.log.read_text(errors="replace")

@@ -291,7 +291,7 @@ def test_poison_record_near_the_size_limit_is_dead_lettered_and_work_goes_on(
         replayed = dlq.replay_record(entry)  # the cut value comes back from the original topic
         assert replayed.value == poison and replayed.key == b"k1"
     worker.signal(signal.SIGTERM)
-    assert worker.wait(60) == 0
+    assert worker.stopped(60) == 0, worker.log_text()[-20000:]
     assert_exactly_once(board, 600, poison=1)
     board.close()
 
@@ -340,6 +340,6 @@ def test_an_in_process_member_joining_and_leaving_every_second(
     publisher.join()
     wait_until_settled(board, jobs, 240, [base])
     base.signal(signal.SIGTERM)
-    assert base.wait(60) == 0
+    assert base.stopped(60) == 0, base.log_text()[-20000:]
     assert_exactly_once(board, jobs)
     board.close()

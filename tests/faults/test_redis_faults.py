@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,11 +59,8 @@ def _stop(*workers: WorkerProcess) -> None:
     for w in workers:
         w.signal(signal.SIGTERM)
     for w in workers:
-        try:
-            code = w.wait(60)
-        except subprocess.TimeoutExpired:
-            code = None
-        assert code == 0, f"worker {w.slot} exit {code}:\n{w.log_text()[-5000:]}"
+        code = w.stopped(60)
+        assert code == 0, f"worker {w.slot} exit {code}:\n{w.log_text()[-20000:]}"
 
 
 def _claimed(worker: WorkerProcess) -> int:
