@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from agents.agent import AgentSpec, App
 from agents.context import Context, KeyedState
-from agents.runner import AgentRunner, RunnerSettings
+from agents.runner import AgentRunner
+from agents.settings import RunnerSettings
 from agents.worker import Worker, load_app
 
 __all__ = [

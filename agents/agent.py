@@ -20,17 +20,19 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, Unpack
 
 from pydantic import BaseModel
 
 from agents.breaker import BreakerPolicy
 from agents.collect import Collector, Extras, KeyFn, build_wanted, correlation_key
+from agents.hooks import Hook
+from agents.options import DEFAULT_BREAKER, AgentOptions, RunOptions
 from agents.retry import DEFAULT_RETRY, RetryPolicy
 from blackboard.artifacts import ArtifactType, Envelope, TypeRegistry, default_registry
 from blackboard.errors import AgentError
 from scheduler.batching import BatchControl
-from scheduler.policies import PolicyLike, as_spec
+from scheduler.policies import PolicyLike
 from scheduler.ratelimit import RateLimit
 from scheduler.retrybudget import RetryBudget
 
@@ -38,8 +40,6 @@ HandlerResult: TypeAlias = BaseModel | Sequence[BaseModel] | None
 Handler: TypeAlias = Callable[[Any, Any], Awaitable[HandlerResult]]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-#: Every agent's circuit breaker unless it says otherwise.
-DEFAULT_BREAKER = BreakerPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,8 @@ class AgentSpec:
     policy: PolicyLike | None = None
     rate_limit: RateLimit | None = None
     retry_budget: RetryBudget | None = None
+    hooks: tuple[Hook, ...] = ()
+    """The agent's own hooks (:mod:`agents.hooks`), after the runner's built-in ones."""
 
     def may_publish(self, art_type: ArtifactType) -> bool:
         """Whether the agent declared ``art_type`` among its outputs."""
@@ -97,26 +99,20 @@ class App:
         consumes: type[BaseModel] | Sequence[type[BaseModel]],
         publishes: type[BaseModel] | Sequence[type[BaseModel]] = (),
         name: str | None = None,
-        concurrency: int = 64,
         ordered: bool = False,
-        retry: RetryPolicy | None = None,
-        breaker: BreakerPolicy | None = DEFAULT_BREAKER,
-        policy: PolicyLike | None = None,
-        rate_limit: RateLimit | None = None,
-        retry_budget: RetryBudget | None = None,
+        options: AgentOptions | None = None,
+        **run: Unpack[RunOptions],
     ) -> Callable[[Handler], Handler]:
         """Decorator adding an async handler as an agent.
 
-        ``retry`` (default :data:`agents.retry.DEFAULT_RETRY`: 3 attempts) says how a failing
-        handler is retried before its record is dead-lettered; ``breaker`` (None: none) when
-        consecutive failures pause the agent; ``policy`` (``"srpt"``, a
-        :class:`scheduler.PolicySpec`, ...; None: the worker's default) which ready record
-        runs next; ``rate_limit`` caps handler calls and reported tokens per second;
-        ``retry_budget`` caps the share of calls that are retries per artifact type and tenant
-        (retries beyond it wait).
+        How it runs is ``options`` (:class:`agents.options.AgentOptions`) or the same names
+        as keywords on top of it: ``concurrency``, ``retry`` (default: 3 attempts), ``breaker``
+        (None: none), ``policy`` (which ready record runs next), ``rate_limit``,
+        ``retry_budget`` and ``hooks``.
 
         Raises:
-            AgentError: a bad name, a duplicate name, no consumed type or a sync handler.
+            AgentError: a bad name, a duplicate name, no consumed type, a sync handler or an
+                unknown option.
             UnknownTypeError: a model that is not a registered artifact type.
         """
 
@@ -126,13 +122,9 @@ class App:
                 consumes=consumes,
                 publishes=publishes,
                 name=name,
-                concurrency=concurrency,
                 ordered=ordered,
-                retry=retry,
-                breaker=breaker,
-                policy=policy,
-                rate_limit=rate_limit,
-                retry_budget=retry_budget,
+                options=options,
+                **run,
             )
             return handler
 
@@ -145,39 +137,19 @@ class App:
         consumes: type[BaseModel] | Sequence[type[BaseModel]],
         publishes: type[BaseModel] | Sequence[type[BaseModel]] = (),
         name: str | None = None,
-        concurrency: int = 64,
         ordered: bool = False,
-        retry: RetryPolicy | None = None,
-        breaker: BreakerPolicy | None = DEFAULT_BREAKER,
-        policy: PolicyLike | None = None,
-        rate_limit: RateLimit | None = None,
-        retry_budget: RetryBudget | None = None,
+        options: AgentOptions | None = None,
+        **run: Unpack[RunOptions],
     ) -> AgentSpec:
         """Add an agent without the decorator; see :meth:`agent`.
 
         Raises:
             ConfigError: an unknown scheduling policy.
         """
-        agent_name = self._check(handler, name, concurrency)
-        ins = tuple(self.registry.of(m) for m in _as_list(consumes))
+        ins = [self.registry.of(m) for m in _as_list(consumes)]
         if not ins:
-            raise AgentError(f"agent {agent_name!r} consumes no artifact type")
-        outs = tuple(self.registry.of(m) for m in _as_list(publishes))
-        spec = AgentSpec(
-            agent_name,
-            ins,
-            outs,
-            handler,
-            concurrency,
-            ordered,
-            retry or DEFAULT_RETRY,
-            breaker,
-            policy=None if policy is None else as_spec(policy),
-            rate_limit=rate_limit,
-            retry_budget=retry_budget,
-        )
-        self.agents[agent_name] = spec
-        return spec
+            raise AgentError(f"agent {name or _name_of(handler)!r} consumes no artifact type")
+        return self._add_spec(handler, ins, publishes, name, ordered, options, run)
 
     def join(
         self,
@@ -190,12 +162,8 @@ class App:
         on_timeout: Handler | None = None,
         extras: Extras = "drop",
         done_ttl_s: float = 3600.0,
-        concurrency: int = 64,
-        retry: RetryPolicy | None = None,
-        breaker: BreakerPolicy | None = DEFAULT_BREAKER,
-        policy: PolicyLike | None = None,
-        rate_limit: RateLimit | None = None,
-        retry_budget: RetryBudget | None = None,
+        options: AgentOptions | None = None,
+        **run: Unpack[RunOptions],
     ) -> Callable[[Handler], Handler]:
         """Decorator adding a join agent: the handler runs once per join key with every part.
 
@@ -204,11 +172,11 @@ class App:
         correlation id); parts must be published with it as partition key (the default) so
         one worker holds every part. The handler gets a :class:`agents.collect.JoinSet`
         (``parts[Review]`` → the Review payloads). A partial set older than ``timeout_s`` goes
-        to ``on_timeout(joinset, ctx)`` (its outputs are published) or, without one, its
-        parts are dead-lettered (stage ``join``). ``extras``: a part beyond its type's count,
-        or arriving after the join fired (within ``done_ttl_s``), is dropped or
-        dead-lettered. ``retry``, ``breaker``, ``policy``, ``rate_limit`` and ``retry_budget``
-        are as for :meth:`agent`.
+        to ``on_timeout(joinset, ctx)`` (its outputs are published; it is retried, limited and
+        traced like any handler call) or, without one, its parts are dead-lettered (stage
+        ``join``). ``extras``: a part beyond its type's count, or arriving after the join
+        fired (within ``done_ttl_s``), is dropped or dead-lettered. ``options`` and the run
+        keywords are as for :meth:`agent`.
         """
 
         def add(handler: Handler) -> Handler:
@@ -225,19 +193,7 @@ class App:
                 done_ttl_s,
                 registry=self.registry,
             )
-            self._add_spec(
-                handler,
-                types,
-                publishes,
-                name,
-                concurrency,
-                retry,
-                breaker,
-                collector,
-                policy,
-                rate_limit,
-                retry_budget,
-            )
+            self._add_spec(handler, types, publishes, name, True, options, run, collector)
             return handler
 
         return add
@@ -251,12 +207,8 @@ class App:
         max_records: int = 100,
         max_wait_ms: float = 1000.0,
         key: KeyFn | None = None,
-        concurrency: int = 64,
-        retry: RetryPolicy | None = None,
-        breaker: BreakerPolicy | None = DEFAULT_BREAKER,
-        policy: PolicyLike | None = None,
-        rate_limit: RateLimit | None = None,
-        retry_budget: RetryBudget | None = None,
+        options: AgentOptions | None = None,
+        **run: Unpack[RunOptions],
     ) -> Callable[[Handler], Handler]:
         """Decorator adding a batch agent: the handler gets a :class:`agents.collect.Batch`
         of at most ``max_records`` records, or of what arrived within ``max_wait_ms`` of the
@@ -268,8 +220,9 @@ class App:
         ``{Order: BatchControl(50, 200), Refund: BatchControl(10, 1000)}``: each type is
         batched apart with its size and window (a batch holds one type, ``batch.type`` names
         it). Operators may override sizes and windows per worker (``--batch``,
-        ``BLACKBOARD_BATCH``; :mod:`scheduler.batching`). ``retry``, ``breaker``, ``policy``,
-        ``rate_limit`` and ``retry_budget`` are as for :meth:`agent`.
+        ``BLACKBOARD_BATCH``; :mod:`scheduler.batching`). A batch is retried, limited and
+        traced the same whether it filled up or its window closed. ``options`` and the run
+        keywords are as for :meth:`agent`.
 
         Raises:
             AgentError: a size < 1 or a window <= 0, or no consumed type.
@@ -294,19 +247,7 @@ class App:
                 key or _one_batch,
                 self.registry,
             )
-            self._add_spec(
-                handler,
-                types,
-                publishes,
-                name,
-                concurrency,
-                retry,
-                breaker,
-                collector,
-                policy,
-                rate_limit,
-                retry_budget,
-            )
+            self._add_spec(handler, types, publishes, name, True, options, run, collector)
             return handler
 
         return add
@@ -317,41 +258,45 @@ class App:
         types: list[ArtifactType],
         publishes: type[BaseModel] | Sequence[type[BaseModel]],
         name: str | None,
-        concurrency: int,
-        retry: RetryPolicy | None,
-        breaker: BreakerPolicy | None,
-        collector: Collector,
-        policy: PolicyLike | None = None,
-        rate_limit: RateLimit | None = None,
-        retry_budget: RetryBudget | None = None,
-    ) -> None:
-        agent_name = self._check(handler, name, concurrency)
+        ordered: bool,
+        options: AgentOptions | None,
+        run: RunOptions,
+        collector: Collector | None = None,
+    ) -> AgentSpec:
+        """Add the agent. Joins and batches are ordered: one key at a time, its state read,
+        changed and written."""
+        agent_name = self._check(handler, name)
+        try:
+            opts = AgentOptions.of(options, **run)
+        except AgentError as exc:
+            raise AgentError(f"agent {agent_name!r}: {exc}") from None
         outs = tuple(self.registry.of(m) for m in _as_list(publishes))
-        self.agents[agent_name] = AgentSpec(
+        spec = AgentSpec(
             agent_name,
             tuple(types),
             outs,
             handler,
-            concurrency,
-            True,  # one join or batch key at a time: its state is read, changed and written
-            retry or DEFAULT_RETRY,
-            breaker,
+            opts.concurrency,
+            ordered,
+            opts.retry,
+            opts.breaker,
             collector,
-            policy=None if policy is None else as_spec(policy),
-            rate_limit=rate_limit,
-            retry_budget=retry_budget,
+            policy=opts.policy,
+            rate_limit=opts.rate_limit,
+            retry_budget=opts.retry_budget,
+            hooks=opts.hooks,
         )
+        self.agents[agent_name] = spec
+        return spec
 
-    def _check(self, handler: Handler, name: str | None, concurrency: int) -> str:
-        agent_name: str = name or str(getattr(handler, "__name__", ""))
+    def _check(self, handler: Handler, name: str | None) -> str:
+        agent_name = name or _name_of(handler)
         if not _NAME.match(agent_name):
             raise AgentError(f"agent name {agent_name!r} must match {_NAME.pattern}")
         if agent_name in self.agents:
             raise AgentError(f"an agent named {agent_name!r} is already in app {self.name!r}")
         if not inspect.iscoroutinefunction(handler):
             raise AgentError(f"the handler of agent {agent_name!r} must be an async function")
-        if concurrency < 1:
-            raise AgentError(f"agent {agent_name!r}: concurrency must be >= 1, got {concurrency}")
         return agent_name
 
     def types(self) -> list[ArtifactType]:
@@ -361,6 +306,10 @@ class App:
             for t in spec.consumes + spec.publishes:
                 seen[(t.name, t.version)] = t
         return [seen[k] for k in sorted(seen)]
+
+
+def _name_of(handler: Handler) -> str:
+    return str(getattr(handler, "__name__", ""))
 
 
 def _one_batch(payload: BaseModel, envelope: Envelope) -> str:

@@ -82,6 +82,21 @@ class Context:
     _state_base: dict[str, bytes] | None = None
     _log: Any = None
 
+    def bind_state(
+        self, base: dict[str, bytes] | None, writes: dict[str, bytes | None] | None = None
+    ) -> None:
+        """Give the call its partition's state view ``base`` (the runner does), starting from
+        ``writes`` already made (a timer's removal of what it fired)."""
+        self._state_base = base
+        if writes is not None:
+            self._state = KeyedState(base if base is not None else {})
+            self._state.writes.update(writes)
+
+    @property
+    def touched_state(self) -> KeyedState | None:
+        """The state this call read or wrote (None if it never used ``state``)."""
+        return self._state
+
     @property
     def agent(self) -> str:
         """The agent's name."""

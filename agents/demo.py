@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from agents.agent import App, Handler
 from agents.collect import JoinSet
 from agents.context import Context
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import TypeRegistry, artifact, output_id
 from blackboard.blackboard import Blackboard, BlackboardSettings

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from agents.agent import AgentSpec, App
 from agents.clock import SYSTEM_CLOCK, Clock
-from agents.runner import AgentRunner, RunnerSettings
+from agents.runner import AgentRunner
+from agents.settings import RunnerSettings
 from agents.taskdump import log_task_stacks
 from blackboard.blackboard import Blackboard
 from blackboard.errors import AppLoadError, ConfigError

@@ -12,7 +12,7 @@ broker still warming up favours neither):
   ``send_offsets_to_transaction``, ``commit_transaction``;
 - ``ours``: :class:`agents.App` with two agents (A → B, B → C) run by
   :class:`agents.worker.Worker` on ``Blackboard("kafka://...")``, exactly-once, default
-  :class:`agents.runner.RunnerSettings` (the same 100 records / 100 ms);
+  :class:`agents.settings.RunnerSettings` (the same 100 records / 100 ms);
 - at-least-once: our runtime does not offer it, and the output says so.
 
 Both variants use the same librdkafka settings (:class:`KafkaSettings`), fresh topics of the
@@ -79,7 +79,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from agents.agent import App
 from agents.context import Context
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from bench.pipeline import A, B, C, registry
 from blackboard.blackboard import Blackboard, BlackboardSettings

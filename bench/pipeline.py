@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from agents.agent import App
 from agents.context import Context
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import TypeRegistry, artifact
 from blackboard.blackboard import Blackboard, BlackboardSettings

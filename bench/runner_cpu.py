@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from bench.pipeline import A, build_app, registry
 from blackboard.blackboard import Blackboard, BlackboardSettings

@@ -139,7 +139,7 @@ def on_kafka(seeds: int, jobs: int, bootstrap: str | None) -> dict[str, Any]:
     """The heavy-tail comparison on a real Kafka broker, in real time (x0.1 scale)."""
     import os
 
-    from agents.runner import RunnerSettings
+    from agents.settings import RunnerSettings
     from bench.kafka_pipeline import kafka_broker
 
     spec = Experiment(

@@ -141,7 +141,7 @@ def bench_kafka(
     bootstrap: str | None, records: int, rounds: int, directory: Path
 ) -> dict[str, Any]:
     """Our Kafka pipeline (bench.kafka_pipeline.run_ours), tracing off and on alternately."""
-    from agents.runner import RunnerSettings
+    from agents.settings import RunnerSettings
     from bench.kafka_pipeline import WARMUP_ROUND, kafka_broker, run_ours
 
     runner = RunnerSettings()

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from agents.agent import App
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import Artifact, Envelope
 from blackboard.blackboard import Blackboard, BlackboardSettings

@@ -1,8 +1,10 @@
-"""Spans of the processing loop (DESIGN.md §6): the hooks the runner and the blackboard call.
+"""Spans of the processing loop (docs/DESIGN.md §6): what the runner and the blackboard record.
 
 Tracing is on in a process between :func:`start_tracing` and :meth:`Tracing.stop`. While it is
-off every hook returns at once (a null span, the envelope unchanged, the store's own commit
-call), so the runtime pays one global lookup per hook.
+off every function returns at once (a null span, the envelope unchanged), so the runtime pays
+one global lookup per call. The runner reaches these through its tracing hook
+(:class:`agents.builtin_hooks.TracingHook`); what they know of an agent is an
+:class:`AgentInfo`, and they only observe: the runner commits, :func:`settled` records it.
 
 The spans, with the OpenTelemetry messaging attributes and ours (``bb.*``):
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
@@ -46,10 +48,8 @@ from observability.schema import SpanRow, format_traceparent, parse_traceparent
 if TYPE_CHECKING:
     from contextvars import Token
 
-    from agents.runner import AgentRunner
     from blackboard.blackboard import Blackboard
     from blackboard.records import AtomicCommit, Record
-    from blackboard.store import GroupMember
     from observability.exporter import SpanBatcher, SpanCounts
     from observability.runs import RunInfo
     from observability.settings import TraceSettings
@@ -107,12 +107,43 @@ def _error_message(error: BaseException) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _About:
+class AgentInfo:
+    """What every span of one agent's runner says the same.
+
+    Attributes:
+        system: ``messaging.system`` (kafka, redis, memory).
+        group: the agent's consumer group.
+        agent: the agent's name.
+        partitions: the blackboard's partition count (an output's partition).
+        topic: the topic of an artifact type name.
+        send_attributes: a topic's backpressure state for an output's send span (None while
+            backpressure is off).
+    """
+
     system: str
     group: str
     agent: str
     partitions: int
     topic: Callable[[str], str]
+    send_attributes: Callable[[str], Mapping[str, object]] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        board: Blackboard,
+        group: str,
+        agent: str,
+        send_attributes: Callable[[str], Mapping[str, object]] | None = None,
+    ) -> AgentInfo:
+        """The info of ``agent`` (consumer group ``group``) on ``board``."""
+        return cls(
+            _system(board.store.url),
+            group,
+            agent,
+            board.settings.partitions,
+            board.topics.for_type,
+            send_attributes,
+        )
 
 
 class Tracer:
@@ -141,21 +172,6 @@ class Tracer:
         self.detach = detach
         self._otel_parent = parent
         self.bits = random.Random(os.urandom(16)).getrandbits
-        self._about: dict[AgentRunner, _About] = {}
-
-    def about(self, runner: AgentRunner) -> _About:
-        """What every span of ``runner`` says the same (looked up once per runner)."""
-        found = self._about.get(runner)
-        if found is None:
-            board = runner.board
-            found = self._about[runner] = _About(
-                _system(board.store.url),
-                runner.group,
-                runner.spec.name,
-                board.settings.partitions,
-                board.topics.for_type,
-            )
-        return found
 
     def trace_id(self) -> str:
         """A new random trace id (32 hex digits)."""
@@ -173,7 +189,7 @@ class Tracer:
         return self._otel_parent() if self._otel_parent is not None else None
 
     # -- spans made in one go ---------------------------------------------------------------
-    def output(self, runner: AgentRunner, env: Envelope) -> Envelope:
+    def output(self, about: AgentInfo, env: Envelope) -> Envelope:
         """The send span of an agent's output (a child of the current process span), under
         the ids :func:`child_traceparent` gave its envelope; an envelope made without them
         gets new ones (returned in a copy)."""
@@ -186,14 +202,9 @@ class Tracer:
             trace_id = parent.trace_id if parent is not None else self.trace_id()
             span_id = self.span_id()
             env = with_traceparent(env, format_traceparent(trace_id, span_id))
-        about = self.about(runner)
         topic = about.topic(env.type)
-        throttle = runner.throttle  # the agent's backpressure, if on
-        extra = (
-            orjson.dumps(throttle.backpressure.throttle(topic).attributes()).decode()
-            if throttle is not None
-            else None
-        )
+        attributes = about.send_attributes  # the agent's backpressure, if on
+        extra = orjson.dumps(attributes(topic)).decode() if attributes is not None else None
         now = time.time_ns()
         self.emit(
             (
@@ -206,9 +217,7 @@ class Tracer:
         )  # fmt: skip
         return env
 
-    def rejected(
-        self, runner: AgentRunner, record: Record, stage: str, error: BaseException
-    ) -> None:
+    def rejected(self, about: AgentInfo, record: Record, stage: str, error: BaseException) -> None:
         """A zero-length process span, with the error, for a record dead-lettered before a
         handler ran."""
         found = parse_traceparent((record.header("traceparent") or b"").decode(errors="replace"))
@@ -223,47 +232,44 @@ class Tracer:
         self.emit(
             (
                 trace_id, self.span_id(), parent_id, f"process {record.topic}", "CONSUMER", now,
-                now, "ERROR", _error_message(error), "process", _system(runner.board.store.url),
-                record.topic, record.partition, record.offset, runner.group,
+                now, "ERROR", _error_message(error), "process", about.system,
+                record.topic, record.partition, record.offset, about.group,
                 corr.decode(errors="replace") if corr else None,
                 art_id.decode(errors="replace") if art_id else None,
                 art_type.decode(errors="replace") if art_type else None, 1, ADMITTED, None,
-                None, runner.spec.name, "dead_letter", stage, _error_type(error), None, links,
+                None, about.agent, "dead_letter", stage, _error_type(error), None, links,
             )
         )  # fmt: skip
 
-    async def settle(
-        self, runner: AgentRunner, member: GroupMember, commit: AtomicCommit, records: int
+    def settled(
+        self,
+        about: AgentInfo,
+        commit: AtomicCommit,
+        records: int,
+        start_ns: int,
+        error: BaseException | None,
     ) -> None:
-        """Run ``member.commit(commit)`` inside a settle span."""
-        start = time.time_ns()
-        error: BaseException | None = None
-        try:
-            await member.commit(commit)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            extra = orjson.dumps(
-                {
-                    "bb.commit.records": records,
-                    "bb.commit.outputs": len(commit.outputs),
-                    "bb.commit.dead_letters": len(commit.dead_letters),
-                    "bb.commit.partitions": len(commit.offsets),
-                    "bb.commit.state_writes": len(commit.state),
-                }
-            ).decode()
-            self.emit(
-                (
-                    self.trace_id(), self.span_id(), None, f"settle {runner.group}", "CLIENT",
-                    start, time.time_ns(), "OK" if error is None else "ERROR",
-                    None if error is None else _error_message(error), "settle",
-                    _system(runner.board.store.url), None, None, None, runner.group, None, None,
-                    None, None, None, None, None, runner.spec.name,
-                    "ok" if error is None else "failed", None,
-                    None if error is None else _error_type(error), extra, None,
-                )
-            )  # fmt: skip
+        """The settle span of a commit the runner made (from ``start_ns`` until now)."""
+        extra = orjson.dumps(
+            {
+                "bb.commit.records": records,
+                "bb.commit.outputs": len(commit.outputs),
+                "bb.commit.dead_letters": len(commit.dead_letters),
+                "bb.commit.partitions": len(commit.offsets),
+                "bb.commit.state_writes": len(commit.state),
+            }
+        ).decode()
+        self.emit(
+            (
+                self.trace_id(), self.span_id(), None, f"settle {about.group}", "CLIENT",
+                start_ns, time.time_ns(), "OK" if error is None else "ERROR",
+                None if error is None else _error_message(error), "settle",
+                about.system, None, None, None, about.group, None, None,
+                None, None, None, None, None, about.agent,
+                "ok" if error is None else "failed", None,
+                None if error is None else _error_type(error), extra, None,
+            )
+        )  # fmt: skip
 
 
 class Span:
@@ -308,7 +314,7 @@ class ProcessSpan(Span):
     def __init__(
         self,
         tracer: Tracer,
-        runner: AgentRunner,
+        about: AgentInfo,
         record: Record,
         envelope: Envelope,
         attempt: int,
@@ -329,7 +335,6 @@ class ProcessSpan(Span):
             self.trace_id, self._parent_id, self._links = tracer.trace_id(), None, None
         self.span_id = "%016x" % (tracer.bits(64) or 1)
         self.artifact_id: str | None = envelope.id
-        about = tracer.about(runner)
         self.agent: str | None = about.agent
         self._about = about
         self._record = record
@@ -342,6 +347,12 @@ class ProcessSpan(Span):
         attach = tracer.attach
         self._otel_token = attach(self.trace_id, self.span_id) if attach is not None else None
         self._start_ns = time.time_ns()
+
+    def redecide(self, decision: object, queue_wait_ms: float) -> None:
+        """Say the attempt ran for ``decision`` after ``queue_wait_ms`` (a batch's release and
+        its oldest record's wait) instead of what it was started with."""
+        self._decision = str(decision)
+        self._queue_wait_ms = queue_wait_ms
 
     def end(
         self, error: BaseException | None = None, *, stage: str | None = None, retry: bool = False
@@ -499,35 +510,25 @@ def enabled() -> bool:
 
 
 def process(
-    runner: AgentRunner,
+    agent: AgentInfo,
     record: Record,
     envelope: Envelope,
     attempt: int,
     polled_at: float | None,
     decision: object = ADMITTED,
+    queue_wait_ms: float | None = None,
 ) -> Span:
     """Start the process span of one handler attempt (:data:`NO_SPAN` when tracing is off).
     ``polled_at`` is the ``time.monotonic()`` at which the poll returned the record;
     ``decision`` is the scheduling policy's account of when it ran (``bb.policy.decision``:
-    its ``str()``, made only when tracing is on)."""
+    its ``str()``, made only when tracing is on); ``queue_wait_ms``, if given, is the queue
+    wait instead of the time since ``polled_at`` (a timer's: its oldest record's)."""
     tracer = _active
     if tracer is None:
         return NO_SPAN
-    return ProcessSpan(tracer, runner, record, envelope, attempt, polled_at, decision)
-
-
-def released(
-    runner: AgentRunner, record: Record, envelope: Envelope, decision: object, queue_wait_ms: float
-) -> Span:
-    """Start the process span of a timer's handler: a batch whose window closed or a timed-out
-    join, run for the held records (``record`` and ``envelope``: the oldest). ``decision`` is
-    why it was released (:class:`scheduler.batching.Release`), ``queue_wait_ms`` how long
-    its oldest record was held. :data:`NO_SPAN` when tracing is off."""
-    tracer = _active
-    if tracer is None:
-        return NO_SPAN
-    span = ProcessSpan(tracer, runner, record, envelope, 1, None, decision)
-    span._queue_wait_ms = queue_wait_ms
+    span = ProcessSpan(tracer, agent, record, envelope, attempt, polled_at, decision)
+    if queue_wait_ms is not None:
+        span.redecide(decision, queue_wait_ms)
     return span
 
 
@@ -540,8 +541,7 @@ def redecide(decision: object, queue_wait_ms: float) -> None:
         return
     span = current_span.get()
     if isinstance(span, ProcessSpan):
-        span._decision = str(decision)
-        span._queue_wait_ms = queue_wait_ms
+        span.redecide(decision, queue_wait_ms)
 
 
 def child_traceparent() -> str | None:
@@ -555,13 +555,13 @@ def child_traceparent() -> str | None:
     return format_traceparent(trace_id, tracer.span_id())
 
 
-def outgoing(runner: AgentRunner, envelope: Envelope) -> Envelope:
+def outgoing(agent: AgentInfo, envelope: Envelope) -> Envelope:
     """Record the send span of an agent's output; the envelope to send (with its
     ``traceparent``)."""
     tracer = _active
     if tracer is None:
         return envelope
-    return tracer.output(runner, envelope)
+    return tracer.output(agent, envelope)
 
 
 def sends(correlation_id: str | None = None) -> Sends:
@@ -572,22 +572,25 @@ def sends(correlation_id: str | None = None) -> Sends:
     return _ActiveSends(tracer, correlation_id is not None)
 
 
-def settle(
-    runner: AgentRunner, member: GroupMember, commit: AtomicCommit, records: int
-) -> Awaitable[None]:
-    """``member.commit(commit)``, inside a settle span when tracing is on."""
+def settled(
+    agent: AgentInfo,
+    commit: AtomicCommit,
+    records: int,
+    start_ns: int,
+    error: BaseException | None = None,
+) -> None:
+    """Record a commit the runner made, from ``start_ns`` (``time.time_ns()``) until now."""
     tracer = _active
-    if tracer is None:
-        return member.commit(commit)
-    return tracer.settle(runner, member, commit, records)
+    if tracer is not None:
+        tracer.settled(agent, commit, records, start_ns, error)
 
 
-def rejected(runner: AgentRunner, record: Record, stage: str, error: BaseException) -> None:
+def rejected(agent: AgentInfo, record: Record, stage: str, error: BaseException) -> None:
     """Note a record dead-lettered before any handler ran (later stages are on the attempt's
     process span already)."""
     tracer = _active
     if tracer is not None and stage in PRE_PROCESS_STAGES:
-        tracer.rejected(runner, record, stage, error)
+        tracer.rejected(agent, record, stage, error)
 
 
 # -- turning tracing on and off ---------------------------------------------------------------

@@ -107,7 +107,7 @@ class ReadyQueue(ABC, Generic[T]):
     def push(self, item: T, info: Admission, now: float) -> None:
         """Queue ``item`` (admitted at ``now``, in seconds of the loop's clock)."""
         ticket = Ticket(item, info, next(self._seq), now, len(self), self._pops)
-        self._push(ticket, now)
+        self.push_ticket(ticket, now)
         self.ledger.queued(info, ticket.estimate_s)
 
     def pop(self, now: float) -> tuple[T, Decision]:
@@ -116,7 +116,7 @@ class ReadyQueue(ABC, Generic[T]):
         Raises:
             IndexError: the queue is empty.
         """
-        ticket = self._pop(now)
+        ticket = self.pop_ticket(now)
         self._pops += 1
         started_before = self._pops - 1 - ticket.pops_at_push
         overtaken = max(0, started_before - ticket.position)
@@ -139,11 +139,11 @@ class ReadyQueue(ABC, Generic[T]):
 
     def drop(self, gone: Callable[[T], bool]) -> None:
         """Remove every queued record for which ``gone`` is true (partitions lost or rewound)."""
-        for ticket in self._remove_if(lambda t: gone(t.item)):
+        for ticket in self.remove_tickets(lambda t: gone(t.item)):
             self.ledger.dequeued(ticket.info, ticket.estimate_s)
 
     def __iter__(self) -> Iterator[T]:
-        return (t.item for t in self._tickets())
+        return (t.item for t in self.tickets())
 
     def __bool__(self) -> bool:
         return len(self) > 0
@@ -151,15 +151,19 @@ class ReadyQueue(ABC, Generic[T]):
     @abstractmethod
     def __len__(self) -> int: ...
 
-    # -- what a policy implements -----------------------------------------------------------
+    # -- what a policy implements (a composite policy calls its inner queues' too) --------------
     @abstractmethod
-    def _push(self, ticket: Ticket[T], now: float) -> None: ...
+    def push_ticket(self, ticket: Ticket[T], now: float) -> None:
+        """Queue ``ticket``."""
 
     @abstractmethod
-    def _pop(self, now: float) -> Ticket[T]: ...
+    def pop_ticket(self, now: float) -> Ticket[T]:
+        """Take out the ticket to run next (the queue is not empty)."""
 
     @abstractmethod
-    def _tickets(self) -> Iterator[Ticket[T]]: ...
+    def tickets(self) -> Iterator[Ticket[T]]:
+        """Every queued ticket, in no particular order."""
 
     @abstractmethod
-    def _remove_if(self, pred: Callable[[Ticket[T]], bool]) -> list[Ticket[T]]: ...
+    def remove_tickets(self, pred: Callable[[Ticket[T]], bool]) -> list[Ticket[T]]:
+        """Take out and return the tickets ``pred`` is true for."""

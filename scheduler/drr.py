@@ -83,7 +83,7 @@ class DrrQueue(ReadyQueue[T]):
     def __len__(self) -> int:
         return self._len
 
-    def _push(self, ticket: Ticket[T], now: float) -> None:
+    def push_ticket(self, ticket: Ticket[T], now: float) -> None:
         tenant = ticket.info.tenant
         queue = self._queues.get(tenant)
         if queue is None:
@@ -91,10 +91,10 @@ class DrrQueue(ReadyQueue[T]):
         if not queue:
             self._active.append(tenant)
             self._deficit[tenant] = 0.0
-        queue._push(ticket, now)
+        queue.push_ticket(ticket, now)
         self._len += 1
 
-    def _pop(self, now: float) -> Ticket[T]:
+    def pop_ticket(self, now: float) -> Ticket[T]:
         if not self._len:
             raise IndexError("pop from an empty ready queue")
         active, deficit = self._active, self._deficit
@@ -107,7 +107,7 @@ class DrrQueue(ReadyQueue[T]):
             active.rotate(-1)
         tenant = active[0]
         queue = self._queues[tenant]
-        ticket = queue._pop(now)
+        ticket = queue.pop_ticket(now)
         self._len -= 1
         if self._by_time:  # credit given while the mean was larger is worth a round at most
             deficit[tenant] = min(deficit[tenant], self.weight(tenant) * quantum)
@@ -166,15 +166,15 @@ class DrrQueue(ReadyQueue[T]):
             most = self.weight(tenant) * self._quantum()
             self._deficit[tenant] = min(self._deficit[tenant] - (actual - cost), most)
 
-    def _tickets(self) -> Iterator[Ticket[T]]:
+    def tickets(self) -> Iterator[Ticket[T]]:
         for queue in self._queues.values():
-            yield from queue._tickets()
+            yield from queue.tickets()
 
-    def _remove_if(self, pred: Callable[[Ticket[T]], bool]) -> list[Ticket[T]]:
+    def remove_tickets(self, pred: Callable[[Ticket[T]], bool]) -> list[Ticket[T]]:
         gone: list[Ticket[T]] = []
         for tenant, queue in self._queues.items():
             had = len(queue)
-            gone.extend(queue._remove_if(pred))
+            gone.extend(queue.remove_tickets(pred))
             if had and not queue:
                 self._active.remove(tenant)
                 self._deficit.pop(tenant, None)

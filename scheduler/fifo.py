@@ -25,16 +25,16 @@ class FifoQueue(ReadyQueue[T]):
     def __len__(self) -> int:
         return len(self._queue)
 
-    def _push(self, ticket: Ticket[T], now: float) -> None:
+    def push_ticket(self, ticket: Ticket[T], now: float) -> None:
         self._queue.append(ticket)
 
-    def _pop(self, now: float) -> Ticket[T]:
+    def pop_ticket(self, now: float) -> Ticket[T]:
         return self._queue.popleft()
 
-    def _tickets(self) -> Iterator[Ticket[T]]:
+    def tickets(self) -> Iterator[Ticket[T]]:
         return iter(self._queue)
 
-    def _remove_if(self, pred: Callable[[Ticket[T]], bool]) -> list[Ticket[T]]:
+    def remove_tickets(self, pred: Callable[[Ticket[T]], bool]) -> list[Ticket[T]]:
         gone = [t for t in self._queue if pred(t)]
         if gone:
             self._queue = deque(t for t in self._queue if not pred(t))
@@ -77,14 +77,16 @@ class PlainFifoQueue(ReadyQueue[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def _push(self, ticket: Ticket[T], now: float) -> None:  # pragma: no cover - push overrides
+    def push_ticket(self, ticket: Ticket[T], now: float) -> None:
         raise NotImplementedError
 
-    def _pop(self, now: float) -> Ticket[T]:  # pragma: no cover - pop overrides
+    def pop_ticket(self, now: float) -> Ticket[T]:  # pragma: no cover - pop overrides
         raise NotImplementedError
 
-    def _tickets(self) -> Iterator[Ticket[T]]:  # pragma: no cover - __iter__ overrides
+    def tickets(self) -> Iterator[Ticket[T]]:  # pragma: no cover - __iter__ overrides
         raise NotImplementedError
 
-    def _remove_if(self, pred: Callable[[Ticket[T]], bool]) -> list[Ticket[T]]:  # pragma: no cover
+    def remove_tickets(
+        self, pred: Callable[[Ticket[T]], bool]
+    ) -> list[Ticket[T]]:  # pragma: no cover
         raise NotImplementedError

@@ -30,7 +30,7 @@ class HeapQueue(ReadyQueue[T]):
         """The ticket's priority (smaller runs first); may set ``ticket.why`` and
         ``ticket.estimate_s``."""
 
-    def _push(self, ticket: Ticket[T], now: float) -> None:
+    def push_ticket(self, ticket: Ticket[T], now: float) -> None:
         heapq.heappush(self._heap, (self.key(ticket, now), ticket.seq, ticket))
 
     def current_key(self, ticket: Ticket[T], now: float) -> Key | None:
@@ -38,7 +38,7 @@ class HeapQueue(ReadyQueue[T]):
         key from push time still holds)."""
         return None
 
-    def _pop(self, now: float) -> Ticket[T]:
+    def pop_ticket(self, now: float) -> Ticket[T]:
         heap = self._heap
         # Lazy re-keying: the top is checked against its current key; if that is now worse than
         # the next record's, it goes back with the new key (each record at most once per pop).
@@ -52,10 +52,10 @@ class HeapQueue(ReadyQueue[T]):
                 break
         return heapq.heappop(heap)[2]
 
-    def _tickets(self) -> Iterator[Ticket[T]]:
+    def tickets(self) -> Iterator[Ticket[T]]:
         return (entry[2] for entry in self._heap)
 
-    def _remove_if(self, pred: Callable[[Ticket[T]], bool]) -> list[Ticket[T]]:
+    def remove_tickets(self, pred: Callable[[Ticket[T]], bool]) -> list[Ticket[T]]:
         gone = [e[2] for e in self._heap if pred(e[2])]
         if gone:
             self._heap = [e for e in self._heap if not pred(e[2])]

@@ -24,7 +24,7 @@ import pytest
 from agents.agent import App
 from agents.context import Context
 from agents.retry import RetryPolicy
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.dashboard.server import DashboardServer

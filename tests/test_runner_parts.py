@@ -132,40 +132,22 @@ def test_a_handler_that_outlived_its_partitions_epoch_leaves_the_state_view_alon
     """A handler still running when its partition was revoked or rewound: its outcome is
     dropped at commit, and its state writes must not reach the view later records read (nor
     recreate the view of a partition that is gone, which would hide the stored state)."""
-    from pydantic import BaseModel
+    from agents.context import KeyedState
+    from agents.partitions import Partitions
 
-    from agents.agent import App
-    from agents.context import Context, KeyedState
-    from agents.runner import AgentRunner
-    from blackboard.artifacts import TypeRegistry, artifact
-    from blackboard.blackboard import Blackboard
-
-    reg = TypeRegistry()
-
-    @artifact("parts.Count", registry=reg)
-    class Count(BaseModel):
-        n: int
-
-    app = App(registry=reg)
-
-    @app.agent(consumes=Count, ordered=True)
-    async def counter(count: Count, ctx: Context) -> None:
-        return None
-
-    with Blackboard("memory://", registry=reg) as board:
-        runner = AgentRunner(board, app.agents["counter"])
-        tp = TopicPartition(board.topic(Count), 0)
-        runner._epoch[tp] = 2
-        runner._state[0] = {"total": b"5"}
-        writes = KeyedState(runner._state[0])
-        writes.set("total", b"6")
-        stale = Outcome(Item(_record(tp, 3), tp, 1))
-        runner._apply_state(writes, 0, stale)
-        assert runner._state[0] == {"total": b"5"}
-        assert stale.state is not None  # still in its outcome, which the commit drops
-        current = Outcome(Item(_record(tp, 4), tp, 2))
-        runner._apply_state(writes, 0, current)
-        assert runner._state[0] == {"total": b"6"}
-        del runner._state[0]  # revoked
-        runner._apply_state(writes, 0, Outcome(Item(_record(tp, 5), tp, 2)))
-        assert 0 not in runner._state
+    book = Partitions()
+    tp = TopicPartition("bb.parts.Count", 0)
+    book.epoch[tp] = 2
+    book.state[0] = {"total": b"5"}
+    writes = KeyedState(book.state[0])
+    writes.set("total", b"6")
+    stale = Outcome(Item(_record(tp, 3), tp, 1))
+    book.keep_writes(writes, 0, stale)
+    assert book.state[0] == {"total": b"5"}
+    assert stale.state is not None  # still in its outcome, which the commit drops
+    current = Outcome(Item(_record(tp, 4), tp, 2))
+    book.keep_writes(writes, 0, current)
+    assert book.state[0] == {"total": b"6"}
+    del book.state[0]  # revoked
+    book.keep_writes(writes, 0, Outcome(Item(_record(tp, 5), tp, 2)))
+    assert 0 not in book.state

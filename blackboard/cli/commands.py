@@ -103,7 +103,7 @@ def cmd_types(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run agents until SIGTERM/SIGINT; exit 0 after a clean stop."""
-    from agents.runner import RunnerSettings
+    from agents.settings import RunnerSettings
     from agents.worker import Worker, load_app
     from scheduler.batching import BatchSettings
 

@@ -16,7 +16,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from scheduler.policies import as_spec

@@ -16,7 +16,7 @@ from agents.clock import ManualClock
 from agents.collect import JoinSet
 from agents.context import Context
 from agents.retry import RetryPolicy
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard
 from blackboard.deadletters import DeadLetterFilter, DeadLetters
@@ -85,11 +85,17 @@ async def test_failed_commits_while_joins_hold_parts_lose_no_part(board: Blackbo
     clock = ManualClock()
     worker = Worker(app, board, settings, clock=clock)
     running = await _start(worker)
-    for n in range(pairs):  # a key's two parts on the same partition of the two topics, apart
-        board.publish(Doc(n=n), partition_key=str(n))  # in time: one is often finished but
-        await asyncio.sleep(0.006)  # not committed while the other's commit fails
+    n = 0
+    # A key's two parts on the same partition of the two topics, apart in time: one is often
+    # finished but not committed while the other's commit fails. At least `pairs` of them, and
+    # on until commits failed often enough (a slow broker commits less often).
+    while n < pairs or (counts["failed"] < 5 and n < 20 * pairs):
+        board.publish(Doc(n=n), partition_key=str(n))
+        await asyncio.sleep(0.006)
         board.publish(Vote(n=n, voter=f"v{n}"), partition_key=str(n))
         await asyncio.sleep(0.006)
+        n += 1
+    pairs = n
 
     def tallies() -> Counter[int]:
         return Counter(a.payload.n for a in board.read(Tally))  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ import pytest
 
 from agents.agent import App
 from agents.context import Context
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import output_id
 from blackboard.blackboard import Blackboard

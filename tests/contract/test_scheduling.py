@@ -10,7 +10,7 @@ import pytest
 
 from agents.agent import App
 from agents.context import Context
-from agents.runner import RunnerSettings
+from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard
 from scheduler import Admission, Ledger, PolicySpec

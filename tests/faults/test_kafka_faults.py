@@ -309,7 +309,7 @@ def test_an_in_process_member_joining_and_leaving_every_second(
     the committed one, which the next owner reads while that commit's markers may be pending."""
     import asyncio
 
-    from agents.runner import RunnerSettings
+    from agents.settings import RunnerSettings
     from agents.worker import Worker
     from tests.faults import faultapp
 

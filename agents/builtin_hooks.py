@@ -1,0 +1,175 @@
+"""The runner's own concerns, written as :class:`~agents.hooks.Hook`\\ s: the circuit breaker,
+the rate limit with backpressure, the retry budget and tracing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from agents.hooks import Hook
+from observability import tracing
+
+if TYPE_CHECKING:
+    from agents.attempt import Call
+    from agents.breaker import CircuitBreaker
+    from agents.context import Context
+    from agents.partitions import Partitions
+    from agents.work import RunnerStats
+    from blackboard.artifacts import Envelope
+    from blackboard.records import AtomicCommit, Record
+    from scheduler.ratelimit import Limiter
+    from scheduler.retrybudget import RetryBudgets
+
+
+class BreakerHook(Hook):
+    """Consecutive failures open the circuit: nothing starts (and nothing is fetched) during
+    the cool-down, then one trial call decides (:mod:`agents.breaker`)."""
+
+    def __init__(self, breaker: CircuitBreaker, partitions: Partitions) -> None:
+        self.breaker = breaker
+        self._partitions = partitions
+
+    def slot_limit(self, concurrency: int, running: int) -> int:
+        breaker = self.breaker
+        if breaker.state == "closed":
+            return concurrency
+        # Open: nothing starts until the cool-down is over; then one record at a time goes to
+        # take the trial call (calls already running wait for it in before_attempt).
+        return 1 if breaker.wait_s() == 0 and not running else 0
+
+    def fetching(self) -> bool:
+        return self.breaker.state == "closed"
+
+    def wake_in_s(self, now: float) -> float | None:
+        breaker = self.breaker
+        return max(breaker.wait_s(), 0.001) if breaker.state == "open" else None
+
+    async def before_attempt(self, call: Call) -> bool:
+        """Wait until the breaker lets the call start; False if it should be left unfinished
+        (its partition moved, or a stop came while it waited: a call already started still
+        gets its attempt when the stop finds it running)."""
+        breaker = self.breaker
+        if breaker.state == "closed":
+            return True
+        while not breaker.allow():
+            if not call.current():
+                return False
+            await call.pause(min(max(breaker.wait_s(), 0.05), 1.0))
+        if not self._partitions.at(call.epochs):
+            breaker.released()
+            return False
+        return True
+
+    def attempt_ended(self, call: Call, error: BaseException | None, stage: str | None) -> None:
+        breaker = self.breaker
+        if error is None:
+            breaker.succeeded()
+        elif stage == "produce" or call.replay is not None:
+            # An output too large is not the dependency's fault; a known-bad record an
+            # operator replayed gives no verdict on it either (replays cannot stall it).
+            breaker.released()
+        else:
+            breaker.failed()
+
+    def attempt_cancelled(self, call: Call) -> None:
+        self.breaker.released()
+
+
+class LimiterHook(Hook):
+    """A requests/s and tokens/s limit, and backpressure on the types the agent publishes
+    (:mod:`scheduler.ratelimit`, :mod:`scheduler.throttle`): every handler call, retries and
+    timers' calls included, waits for its turn."""
+
+    def __init__(self, limiter: Limiter, now: Callable[[], float]) -> None:
+        self.limiter = limiter
+        self._now = now
+        self._until = 0.0
+
+    def start_delay_s(self, now: float) -> float:
+        wait = self.limiter.wait_s(now)
+        self._until = now + wait if wait > 0 else 0.0
+        return wait
+
+    def wake_in_s(self, now: float) -> float | None:
+        if self._until <= now:
+            self._until = 0.0
+            return None
+        return self._until - now + 0.001
+
+    def call_started(self, now: float) -> None:
+        self.limiter.started(now)
+
+    async def before_attempt(self, call: Call) -> bool:
+        if call.gated and call.attempt == 1:
+            return True  # the start gate spent its turn
+        limiter, now = self.limiter, self._now
+        while (wait := limiter.wait_s(now())) > 0:
+            if not await call.pause(wait):
+                return False
+        limiter.started(now())
+        return True
+
+    def call_returned(self, call: Call, context: Context) -> None:
+        self.limiter.used_tokens(self._now(), context.tokens)
+
+
+class RetryBudgetHook(Hook):
+    """The share of calls that may be retries per artifact type and tenant
+    (:mod:`scheduler.retrybudget`): a retry over it waits, without its handler slot."""
+
+    def __init__(self, budget: RetryBudgets, now: Callable[[], float], stats: RunnerStats) -> None:
+        self.budget = budget
+        self._now = now
+        self._stats = stats
+
+    def first_call(self, call: Call) -> None:
+        self.budget.first_attempt(call.envelope, self._now())
+
+    async def before_retry(self, call: Call) -> bool:
+        budget, env = self.budget, call.envelope
+        if budget.allow(env, self._now()):
+            return True
+        self._stats.retries_deferred += 1
+        deferral = await call.lend_slot(lambda: budget.defer(env, self._now, call.pause))
+        if deferral is None:
+            return False
+        call.note = deferral  # the next attempt's span says why it waited
+        return True
+
+
+class TracingHook(Hook):
+    """Spans (:mod:`observability.tracing`): one process span per attempt, a send span per
+    output, a settle span per commit, and one for records dead-lettered before any handler."""
+
+    def __init__(self, agent: tracing.AgentInfo) -> None:
+        self.agent = agent
+
+    def attempt_started(self, call: Call) -> None:
+        call.span = tracing.process(
+            self.agent,
+            call.record,
+            call.envelope,
+            call.attempt,
+            call.polled_at,
+            call.note or call.decision or tracing.ADMITTED,
+            call.queue_wait_ms,
+        )
+
+    def attempt_ended(self, call: Call, error: BaseException | None, stage: str | None) -> None:
+        span = call.span
+        if isinstance(span, tracing.Span):
+            span.end(error, stage=stage, retry=call.retrying)
+
+    def released(self, why: object, queue_wait_ms: float) -> None:
+        tracing.redecide(why, queue_wait_ms)
+
+    def rejected(self, record: Record, stage: str, error: BaseException) -> None:
+        tracing.rejected(self.agent, record, stage, error)
+
+    def output(self, envelope: Envelope) -> Envelope:
+        return tracing.outgoing(self.agent, envelope)
+
+    def committed(
+        self, commit: AtomicCommit, records: int, start_ns: int, error: BaseException | None
+    ) -> None:
+        tracing.settled(self.agent, commit, records, start_ns, error)

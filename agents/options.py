@@ -1,0 +1,85 @@
+"""How an agent runs, as one value: :class:`AgentOptions` (what ``App.agent``, ``App.join`` and
+``App.batch`` take as ``options=`` or as the same names as keywords, :class:`RunOptions`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import TypedDict
+
+from agents.breaker import BreakerPolicy
+from agents.hooks import Hook
+from agents.retry import DEFAULT_RETRY, RetryPolicy
+from blackboard.errors import AgentError
+from scheduler.policies import PolicyLike, PolicySpec, as_spec
+from scheduler.ratelimit import RateLimit
+from scheduler.retrybudget import RetryBudget
+
+#: Every agent's circuit breaker unless it says otherwise.
+DEFAULT_BREAKER = BreakerPolicy()
+
+
+class RunOptions(TypedDict, total=False):
+    """The :class:`AgentOptions` fields, as keyword arguments."""
+
+    concurrency: int
+    retry: RetryPolicy | None
+    breaker: BreakerPolicy | None
+    policy: PolicyLike | None
+    rate_limit: RateLimit | None
+    retry_budget: RetryBudget | None
+    hooks: Sequence[Hook]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    """How an agent runs.
+
+    Attributes:
+        concurrency: most handler calls running at once in one worker process.
+        retry: attempts, backoff and time limit of a failing handler before its record is
+            dead-lettered (None: :data:`agents.retry.DEFAULT_RETRY`, 3 attempts).
+        breaker: when consecutive failures pause the agent (None: never).
+        policy: which ready record runs next (``"srpt"``, a :class:`scheduler.PolicySpec`,
+            ...; None: the worker's default).
+        rate_limit: handler calls and reported tokens per second (None: unlimited).
+        retry_budget: the share of calls that may be retries per artifact type and tenant;
+            retries beyond it wait (None: the worker's default, else unlimited).
+        hooks: the agent's own :class:`~agents.hooks.Hook`\\ s, after the built-in ones.
+    """
+
+    concurrency: int = 64
+    retry: RetryPolicy = DEFAULT_RETRY
+    breaker: BreakerPolicy | None = DEFAULT_BREAKER
+    policy: PolicySpec | None = None
+    rate_limit: RateLimit | None = None
+    retry_budget: RetryBudget | None = None
+    hooks: tuple[Hook, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise AgentError(f"concurrency must be >= 1, got {self.concurrency}")
+
+    @classmethod
+    def of(cls, options: AgentOptions | None = None, **run: object) -> AgentOptions:
+        """``options`` (default: the defaults) with the keyword arguments given on top.
+
+        Raises:
+            AgentError: an unknown option, or a concurrency below 1.
+            ConfigError: an unknown scheduling policy.
+        """
+        base = options or cls()
+        if not run:
+            return base
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(run) - known)
+        if unknown:
+            raise AgentError(f"unknown agent option(s) {', '.join(unknown)}")
+        values = dict(run)
+        if "retry" in values and values["retry"] is None:
+            values["retry"] = DEFAULT_RETRY
+        if values.get("policy") is not None:
+            values["policy"] = as_spec(values["policy"])  # type: ignore[arg-type]
+        if "hooks" in values:
+            values["hooks"] = tuple(values["hooks"])  # type: ignore[arg-type]
+        return replace(base, **values)  # type: ignore[arg-type]

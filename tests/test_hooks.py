@@ -1,0 +1,106 @@
+"""An agent's own hooks (issue 15): a concern written as a hook sees every attempt, output and
+commit, and can hold calls back, without touching the loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from agents.agent import App
+from agents.attempt import Call
+from agents.context import Context
+from agents.hooks import Hook, Hooks
+from agents.retry import RetryPolicy
+from blackboard.artifacts import Envelope
+from blackboard.records import AtomicCommit
+from blackboard.testing import TestBoard
+from tests.contract.types import Result, Task, registry
+
+
+class Usage(Hook):
+    """Accounts what each call reported, as the LLM usage accounting will."""
+
+    def __init__(self) -> None:
+        self.tokens = 0.0
+        self.ended: Counter[str] = Counter()
+        self.outputs: list[str] = []
+        self.committed_records = 0
+
+    def call_returned(self, call: Call, context: Context) -> None:
+        self.tokens += context.tokens
+
+    def attempt_ended(self, call: Call, error: BaseException | None, stage: str | None) -> None:
+        self.ended["ok" if error is None else f"{stage}:{'retry' if call.retrying else 'dlq'}"] += 1
+
+    def output(self, envelope: Envelope) -> Envelope:
+        self.outputs.append(envelope.type)
+        return envelope
+
+    def committed(
+        self, commit: AtomicCommit, records: int, start_ns: int, error: BaseException | None
+    ) -> None:
+        if error is None:
+            self.committed_records += records
+
+
+class OneAtATime(Hook):
+    """A gate: at most one call runs at once, whatever the agent's concurrency."""
+
+    def slot_limit(self, concurrency: int, running: int) -> int:
+        return 1
+
+
+async def test_a_hook_sees_every_attempt_output_and_commit() -> None:
+    usage = Usage()
+
+    async def worker(task: Task, ctx: Context) -> Result:
+        ctx.report_tokens(10)
+        if task.n == 3 and ctx.attempt == 1:
+            raise RuntimeError("flaky")
+        if task.n == 4:
+            raise ValueError("poison")
+        return Result(n=task.n)
+
+    app = App("test", registry=registry)
+    app.agent(
+        consumes=Task,
+        publishes=Result,
+        retry=RetryPolicy(max_attempts=2, backoff_ms=1, retry_on=(RuntimeError,)),
+        hooks=[usage],
+    )(worker)
+    async with TestBoard(app) as tb:
+        for n in range(5):
+            tb.publish(Task(n=n))
+        await tb.run_until_idle()
+    assert usage.ended == Counter({"ok": 4, "process:retry": 1, "process:dlq": 1})
+    assert usage.tokens == 60  # six calls
+    assert usage.outputs == ["test.Result"] * 4
+    assert usage.committed_records == 5
+
+
+async def test_a_gate_hook_holds_calls_back() -> None:
+    running = 0
+    most = 0
+
+    async def slow(task: Task, ctx: Context) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    app = App("test", registry=registry)
+    app.agent(consumes=Task, concurrency=8, hooks=[OneAtATime()])(slow)
+    async with TestBoard(app, partitions=1) as tb:
+        for n in range(10):
+            tb.publish(Task(n=n))
+        await tb.run_until_idle()
+    assert most == 1
+
+
+def test_only_the_hooks_that_override_a_point_are_called_there() -> None:
+    usage, gate = Usage(), OneAtATime()
+    hooks = Hooks([usage, gate])
+    assert hooks.slot_limit == (gate,) and hooks.call_returned == (usage,)
+    assert hooks.before_attempt == () and hooks.start_delay == ()
+    assert hooks.limit(8, 0) == 1 and Hooks([usage]).limit(8, 0) == 8
