@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from observability.context import add_trace_ids
+from blackboard.spancontext import add_trace_ids
 
 _LEVELS = {
     "debug": logging.DEBUG,

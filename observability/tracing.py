@@ -42,7 +42,7 @@ import orjson
 from blackboard.artifacts import Envelope
 from blackboard.errors import TraceError
 from blackboard.records import partition_for
-from observability.context import current_span
+from blackboard.spancontext import current_span
 from observability.schema import SpanRow, format_traceparent, parse_traceparent
 
 if TYPE_CHECKING:

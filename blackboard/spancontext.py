@@ -1,7 +1,7 @@
 """The span that is current in this task or thread, and the log processor that names it.
 
-Kept apart from :mod:`observability.tracing` so :mod:`blackboard.logs` can add
-:func:`add_trace_ids` to every log line without importing the tracer.
+Part of the core, so :mod:`blackboard.logs` can add :func:`add_trace_ids` to every log line;
+:mod:`observability.tracing` sets the current span, and nothing here imports it.
 """
 
 from __future__ import annotations
