@@ -15,8 +15,8 @@ from blackboard.store import Store
 #: scheme -> (module, class, pip extra that provides its driver)
 BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("blackboard.stores.memory", "MemoryStore", None),
-    "kafka": ("blackboard.stores.kafka", "KafkaStore", "kafka"),
-    "redis": ("blackboard.stores.redis", "RedisStore", "redis"),
+    "kafka": ("blackboard.stores.kafka.store", "KafkaStore", "kafka"),
+    "redis": ("blackboard.stores.redis.store", "RedisStore", "redis"),
 }
 
 DEFAULT_URL = "memory://"

@@ -57,10 +57,10 @@ from blackboard.records import (
     oversize,
 )
 from blackboard.store import GroupMember, RebalanceListener
-from blackboard.stores.kafka_errors import kafka_error, superseded_by, translate
+from blackboard.stores.kafka.errors import kafka_error, superseded_by, translate
 
 if TYPE_CHECKING:
-    from blackboard.stores.kafka import KafkaStore
+    from blackboard.stores.kafka.store import KafkaStore
 
 T = TypeVar("T")
 log = get_logger("kafka")
