@@ -29,12 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from blackboard.artifacts import Envelope
-from blackboard.errors import (
-    FencedError,
-    RecordTooLargeError,
-    StoreClosedError,
-    TopicError,
-)
+from blackboard.errors import FencedError, StoreClosedError, TopicError
 from blackboard.records import (
     AtomicCommit,
     CommittedOffset,
@@ -42,15 +37,14 @@ from blackboard.records import (
     OutgoingRecord,
     Record,
     TopicPartition,
-    oversize,
     partition_for,
 )
 from blackboard.store import (
-    MAX_METADATA_CHARS,
     MAX_RECORD_BYTES,
     GroupMember,
     RebalanceListener,
     Store,
+    check_record_sizes,
 )
 from blackboard.stores.snapshot import SnapshotFile
 
@@ -117,7 +111,7 @@ class MemoryStore(Store):
         self._groups: dict[str, _Group] = {}
         self._subscribers: dict[str, set[MemoryMember]] = {}
         self._member_seq = itertools.count(1)
-        self._max_record_bytes = self.max_record_bytes = max_record_bytes
+        self.max_record_bytes = max_record_bytes
         self._closed = False
         path = url.removeprefix("memory://")
         self._snapshot = SnapshotFile(path) if path else None
@@ -163,7 +157,8 @@ class MemoryStore(Store):
     def publish(self, records: Sequence[OutgoingRecord]) -> list[tuple[TopicPartition, int]]:
         with self._lock:
             self._check_open()
-            self._checkrecords_of(records)
+            check_record_sizes(records, self.max_record_bytes)
+            self._check_topics(records)
             positions = self._append(records, time.time())
         return positions
 
@@ -249,20 +244,13 @@ class MemoryStore(Store):
             raise TopicError(f"topic {tp.topic} has no partition {tp.partition}")
         return parts[tp.partition]
 
-    def _checkrecords_of(self, records: Iterable[OutgoingRecord]) -> None:
-        limit = self._max_record_bytes
+    def _check_topics(self, records: Iterable[OutgoingRecord]) -> None:
         for rec in records:
             parts = self._topics.get(rec.topic)
             if parts is None:
                 raise TopicError(f"topic {rec.topic} does not exist")
             if rec.partition is not None and not 0 <= rec.partition < len(parts):
                 raise TopicError(f"topic {rec.topic} has no partition {rec.partition}")
-            size = oversize(rec, limit)
-            if size is not None:
-                raise RecordTooLargeError(
-                    f"record for {rec.topic} is {size} bytes, over the limit of {limit}",
-                    code="MSG_SIZE_TOO_LARGE",
-                )
 
     def _append(
         self, records: Iterable[OutgoingRecord], now: float
@@ -331,6 +319,7 @@ class MemoryStore(Store):
         self._rebalance(group)
 
     def _commit(self, member: MemoryMember, commit: AtomicCommit) -> None:
+        """Check ownership and topics, then apply ``commit`` (sizes were checked already)."""
         group = self._groups[member.group]
         mine = member.member_id
         for tp in commit.offsets:
@@ -346,14 +335,7 @@ class MemoryStore(Store):
                     f"{mine} does not own state partition {update.partition} of {member.group}",
                     code="FENCED",
                 )
-        for tp, done in commit.offsets.items():
-            if len(done.metadata) > MAX_METADATA_CHARS:
-                raise RecordTooLargeError(
-                    f"offset metadata for {tp.topic}[{tp.partition}] is {len(done.metadata)} "
-                    f"characters, over {MAX_METADATA_CHARS}",
-                    code="OFFSET_METADATA_TOO_LARGE",
-                )
-        self._checkrecords_of(itertools.chain(commit.outputs, commit.dead_letters))
+        self._check_topics(itertools.chain(commit.outputs, commit.dead_letters))
         # Every check passed: apply it all in this one locked step.
         self._append(itertools.chain(commit.outputs, commit.dead_letters), time.time())
         group.committed.update(commit.offsets)
@@ -376,8 +358,7 @@ class MemoryMember(GroupMember):
         topics: tuple[str, ...],
         listener: RebalanceListener,
     ) -> None:
-        self.group = group
-        self.member_id = member_id
+        super().__init__(group, member_id, max_record_bytes=store.max_record_bytes)
         self.topics = topics
         self._store = store
         self._listener = listener
@@ -390,7 +371,6 @@ class MemoryMember(GroupMember):
         self._waiter_loop: asyncio.AbstractEventLoop | None = None
         self._rotation = 0
         self._interrupted = False
-        self._closed = False
 
     # Called by the store with its lock held.
     def assign(self, tp: TopicPartition) -> None:
@@ -497,10 +477,8 @@ class MemoryMember(GroupMember):
                     break
         return out
 
-    async def commit(self, commit: AtomicCommit) -> None:
+    async def _commit(self, commit: AtomicCommit) -> None:
         with self._store._lock:
-            if self._closed:
-                raise StoreClosedError(f"member {self.member_id} is closed")
             self._store._check_open()
             self._store._commit(self, commit)
 

@@ -2,7 +2,8 @@
 
 The order of a commit:
 
-1. Check sizes (records, offset metadata) and partitions before anything is sent.
+1. Check partitions before anything is sent (:meth:`blackboard.store.GroupMember.commit`
+   checked the sizes of records and offset metadata already).
 2. ``WATCH`` the lease keys of the partitions whose offsets (or state) are committed and read
    them: a lease that is not the member's any more means the partition moved, and nothing is
    sent (the member reports :class:`FencedError`).
@@ -19,18 +20,15 @@ The order of a commit:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from blackboard.errors import RecordTooLargeError
 from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, TopicPartition
-from blackboard.store import MAX_METADATA_CHARS
 from blackboard.stores.redis import scripts
 from blackboard.stores.redis.entries import encode_headers, text
 from blackboard.stores.redis.settings import GroupKeys, RedisKeys, offset_field
-from blackboard.stores.redis.store import check_record_size, format_committed
+from blackboard.stores.redis.store import format_committed
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -112,19 +110,6 @@ def plan_commit(
         state=state,
         leases=leases,
     )
-
-
-def check_commit(commit: AtomicCommit, max_record_bytes: int) -> None:
-    """Raise RecordTooLargeError for a record or an offset metadata over its limit."""
-    for tp, done in commit.offsets.items():
-        if len(done.metadata) > MAX_METADATA_CHARS:
-            raise RecordTooLargeError(
-                f"offset metadata for {tp.topic}[{tp.partition}] is {len(done.metadata)} "
-                f"characters, over {MAX_METADATA_CHARS}",
-                code="OFFSET_METADATA_TOO_LARGE",
-            )
-    for rec in itertools.chain(commit.outputs, commit.dead_letters):
-        check_record_size(rec, max_record_bytes)
 
 
 def state_writes(commit: AtomicCommit) -> StateWrites:

@@ -37,14 +37,13 @@ from blackboard.errors import (
     CommitError,
     ConfigError,
     FencedError,
-    StoreClosedError,
     SupersededError,
 )
 from blackboard.logs import get_logger
 from blackboard.records import AtomicCommit, CommittedOffset, Record, TopicPartition
 from blackboard.store import GroupMember, RebalanceListener
 from blackboard.stores.redis import scripts
-from blackboard.stores.redis.commit import check_commit, execute_commit, plan_commit, state_writes
+from blackboard.stores.redis.commit import execute_commit, plan_commit, state_writes
 from blackboard.stores.redis.entries import after, offset_of, record_from, text
 from blackboard.stores.redis.errors import translate, unavailable
 from blackboard.stores.redis.group import GroupView, lease_epoch
@@ -94,9 +93,8 @@ class RedisMember(GroupMember):
     ) -> None:
         if "|" in slot:
             raise ConfigError(f"worker slot {slot!r} must not contain '|'")
-        self.group = group
         self.slot = slot or f"anon-{GroupSession.new_token()[:12]}"
-        self.member_id = f"{group}.{self.slot}"
+        super().__init__(group, f"{group}.{self.slot}", max_record_bytes=store.max_record_bytes)
         self._settings = store.settings
         self._keys = store.keys
         self._gk = store.keys.group(group)
@@ -137,7 +135,6 @@ class RedisMember(GroupMember):
         self._last_sync = 0.0
         self._next_trim = time.monotonic() + self._settings.trim_interval_s
         self._interrupted = False
-        self._closed = False
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rotation = 0
@@ -210,11 +207,9 @@ class RedisMember(GroupMember):
             try:
                 if self._needs_sync():
                     await self._sync()
-                if self._session.superseded:  # after on_lost: the runner stops, idle or not
-                    raise SupersededError(
-                        f"worker slot {self.slot} of {self.group} was taken over",
-                        code="SUPERSEDED",
-                    )
+                superseded = self._superseded_error()
+                if superseded is not None:  # after on_lost: the runner stops, idle or not
+                    raise superseded
                 records = await self._read(max_records) if max_records > 0 else []
                 self._warnings.worked("poll")
             except RedisError as exc:
@@ -427,23 +422,23 @@ class RedisMember(GroupMember):
         return self._attempts.get(record.tp, {}).get(record.offset, 1)
 
     # -- commits --------------------------------------------------------------------------
-    async def commit(self, commit: AtomicCommit) -> None:
-        """Make ``commit`` visible atomically (:mod:`blackboard.stores.redis.commit`).
+    def _superseded_error(self) -> SupersededError | None:
+        if not self._session.superseded:
+            return None
+        return SupersededError(
+            f"worker slot {self.slot} of {self.group} was taken over", code="SUPERSEDED"
+        )
+
+    async def _commit(self, commit: AtomicCommit) -> None:
+        """One ``WATCH``/``MULTI``/``EXEC`` (:mod:`blackboard.stores.redis.commit`).
 
         Raises:
-            SupersededError: a newer process took over this member's slot.
+            SupersededError: the leases moved because a newer process took over the slot.
             FencedError: the member does not own a partition it commits offsets or state for.
-            RecordTooLargeError, TopicError: nothing was sent.
+            TopicError: nothing was sent.
             CommitError: nothing was committed (Redis out of memory: code ``OOM``), or the
                 connection broke during ``EXEC`` (the committed offsets say whether it ran).
         """
-        if self._closed:
-            raise StoreClosedError(f"member {self.member_id} is closed")
-        if self._session.superseded:
-            raise SupersededError(
-                f"worker slot {self.slot} of {self.group} was taken over", code="SUPERSEDED"
-            )
-        check_commit(commit, self._settings.max_record_bytes)
         leases = self._leases_of(commit)
         records = list(itertools.chain(commit.outputs, commit.dead_letters))
         try:

@@ -31,16 +31,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from blackboard.errors import ConfigError, RecordTooLargeError, StoreUnavailableError, TopicError
+from blackboard.errors import ConfigError, StoreUnavailableError, TopicError
 from blackboard.records import (
     CommittedOffset,
     OutgoingRecord,
     Record,
     TopicPartition,
-    oversize,
     partition_for,
 )
-from blackboard.store import GroupMember, LagRow, RebalanceListener, Store
+from blackboard.store import GroupMember, LagRow, RebalanceListener, Store, check_record_sizes
 from blackboard.stores.redis import scripts
 from blackboard.stores.redis.entries import entry_fields, offset_of, record_from, text
 from blackboard.stores.redis.errors import translate, unavailable
@@ -68,16 +67,6 @@ def parse_committed(raw: bytes | str | None) -> CommittedOffset | None:
 def format_committed(done: CommittedOffset) -> str:
     """The hash value of a committed position."""
     return f"{done.offset}:{done.metadata}"
-
-
-def check_record_size(rec: OutgoingRecord, limit: int) -> None:
-    """Raise RecordTooLargeError when ``rec`` (key, value and headers) exceeds ``limit`` bytes."""
-    size = oversize(rec, limit)
-    if size is not None:
-        raise RecordTooLargeError(
-            f"record for {rec.topic} is {size} bytes, over the limit of {limit}",
-            code="MSG_SIZE_TOO_LARGE",
-        )
 
 
 def resolve_partition(rec: OutgoingRecord, partitions: int | None) -> TopicPartition:
@@ -225,11 +214,8 @@ class RedisStore(Store):
             StoreError: e.g. Redis is out of memory (code ``OOM``); nothing of the chunk was
                 appended.
         """
-        limit = self.settings.max_record_bytes
-        targets: list[TopicPartition] = []
-        for rec in records:
-            check_record_size(rec, limit)
-            targets.append(resolve_partition(rec, self.topic_partitions(rec.topic)))
+        check_record_sizes(records, self.max_record_bytes)
+        targets = [resolve_partition(rec, self.topic_partitions(rec.topic)) for rec in records]
         positions: list[tuple[TopicPartition, int]] = []
         now_ms = int(time.time() * 1000)
         for start in range(0, len(records), PUBLISH_CHUNK):
