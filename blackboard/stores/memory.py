@@ -46,6 +46,7 @@ from blackboard.store import (
     Store,
     check_record_sizes,
 )
+from blackboard.stores.assignment import range_assign
 from blackboard.stores.snapshot import SnapshotFile
 
 #: One log entry: key, value, explicit headers, append time, envelope fields (or None).
@@ -273,17 +274,9 @@ class MemoryStore(Store):
 
     def _rebalance(self, group: _Group) -> None:
         """Range-assign every subscribed partition; start moving those whose owner changes."""
-        target: dict[TopicPartition, str] = {}
-        topics = sorted({t for m in group.members.values() for t in m.topics})
-        for topic in topics:
-            parts = self._topics.get(topic)
-            if parts is None:
-                continue
-            subscribers = sorted(mid for mid, m in group.members.items() if topic in m.topics)
-            n = len(parts)
-            for p in range(n):
-                target[TopicPartition(topic, p)] = subscribers[p * len(subscribers) // n]
-        group.target = target
+        subscriptions = {mid: m.topics for mid, m in group.members.items()}
+        counts = {topic: len(parts) for topic, parts in self._topics.items()}
+        target = group.target = range_assign(subscriptions, counts)
         for tp, new_owner in target.items():
             current = group.owner.get(tp)
             if current is None:
