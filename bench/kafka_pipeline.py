@@ -84,6 +84,7 @@ from agents.worker import Worker
 from bench.pipeline import A, B, C, registry
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.records import TopicPartition
+from blackboard.stores import store_class
 from blackboard.stores.kafka.settings import KafkaSettings
 from blackboard.stores.redis.entries import record_from, text
 from blackboard.stores.redis.settings import RedisKeys, RedisSettings
@@ -110,7 +111,7 @@ def progress(message: str) -> None:
 
 def is_redis(url: str) -> bool:
     """True for a Redis store URL."""
-    return url.startswith("redis://")
+    return store_class(url).system == "redis"
 
 
 def build_app() -> App:

@@ -209,8 +209,15 @@ class Store(abc.ABC):
     #: the store accepts; backends with a setting for it override this.
     max_record_bytes: int = MAX_RECORD_BYTES
 
-    #: The ``messaging.system`` of spans: ``memory``, ``kafka`` or ``redis``.
+    # Capabilities: callers ask these (on a store, or on its class through
+    # ``blackboard.stores.store_class(url)``) instead of guessing from the URL.
+
+    #: The system behind the store, and the ``messaging.system`` of spans: ``memory``,
+    #: ``kafka`` or ``redis``.
     system: str = "unknown"
+    #: The store runs in this process: its calls do no network I/O, so callers may make them
+    #: on the event loop (e.g. backpressure reads lag inline instead of on a thread).
+    embedded: bool = False
     #: The store keeps :class:`Envelope` objects on records instead of encoded headers
     #: (in-process only). Other stores send ``OutgoingRecord.wire_headers()``.
     keeps_envelopes: bool = False

@@ -102,6 +102,7 @@ class MemoryStore(Store):
     """The embedded store. Thread-safe; members may live on different event loops."""
 
     system = "memory"
+    embedded = True
     keeps_envelopes = True
 
     def __init__(self, url: str = "memory://", *, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
