@@ -47,7 +47,7 @@ streams (everything in a stream is committed); a record's latency is its C entry
 (stamped as stage 2 builds its committing ``MULTI``) minus the input's ``created_at``. Without
 ``--redis-url`` (or ``REDIS_URL``) the script starts its own ``redis-server`` with
 :class:`compose.redis_local.RedisLocal` and stops it at the end. ``--option`` then sets store URL
-query keys (:mod:`blackboard.stores.redis_settings`) for both variants.
+query keys (:mod:`blackboard.stores.redis.settings`) for both variants.
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ from agents.worker import Worker
 from bench.pipeline import A, B, C, registry
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.records import TopicPartition
-from blackboard.stores.kafka_settings import KafkaSettings
-from blackboard.stores.redis_entries import record_from, text
-from blackboard.stores.redis_settings import RedisKeys, RedisSettings
+from blackboard.stores import store_class
+from blackboard.stores.kafka.settings import KafkaSettings
+from blackboard.stores.redis.entries import record_from, text
+from blackboard.stores.redis.settings import RedisKeys, RedisSettings
 
 PARTITIONS = 8
 CHUNK = 1000
@@ -110,7 +111,7 @@ def progress(message: str) -> None:
 
 def is_redis(url: str) -> bool:
     """True for a Redis store URL."""
-    return url.startswith("redis://")
+    return store_class(url).system == "redis"
 
 
 def build_app() -> App:
@@ -416,7 +417,7 @@ class RedisPlainStage:
     ``XREADGROUP`` over the source topic's partition streams into a local buffer; per batch
     (``commit_every`` records or ``commit_interval_ms`` after the first) one ``MULTI``/``EXEC``
     that ``XADD``s each output to the same partition of the target topic, in our store's entry
-    format (:mod:`blackboard.stores.redis_entries`), and ``XACK``s the inputs. No leases.
+    format (:mod:`blackboard.stores.redis.entries`), and ``XACK``s the inputs. No leases.
 
     Args:
         url: the store URL of the run (its own connection).
@@ -895,8 +896,8 @@ def run(
     An unmeasured round of each variant comes first, then the rounds alternate the order
     (plain, ours, ours, plain, ...) so that a server still warming up favours neither.
     ``options`` are ``key=value`` store URL query keys, given to both variants alike: librdkafka
-    overrides on Kafka (:mod:`blackboard.stores.kafka_settings`), our keys or redis-py options
-    on Redis (:mod:`blackboard.stores.redis_settings`).
+    overrides on Kafka (:mod:`blackboard.stores.kafka.settings`), our keys or redis-py options
+    on Redis (:mod:`blackboard.stores.redis.settings`).
     """
     runner = RunnerSettings()
     query = urlencode([(k, v) for k, _, v in (o.partition("=") for o in options)])

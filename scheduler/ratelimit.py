@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from blackboard.envsettings import settings_from_env
 from blackboard.errors import ConfigError
+from blackboard.stores import is_embedded
 
 if TYPE_CHECKING:
     from scheduler.ratelimit_redis import RedisRateLimiter
@@ -147,7 +148,7 @@ class RateLimit:
             MissingDependencyError: a shared limit without the ``redis`` package.
         """
         url = self.shared if self.shared is not None else RateLimitSettings.from_env().url
-        if url is None or url.startswith("memory:"):
+        if url is None or is_embedded(url):
             return RateLimiter(self._bucket(self.requests_per_s), self._bucket(self.tokens_per_s))
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(

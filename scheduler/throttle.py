@@ -475,7 +475,7 @@ def agent_limiter(
         settings,
         group_prefix=board.topics.prefix + ".",
         exclude_groups=(group,),
-        background=not board.store.url.startswith("memory:"),
+        background=not board.store.embedded,
         on_change=on_change,
     )
     return ThrottledLimiter(inner, backpressure, topics)

@@ -9,6 +9,9 @@ Fixtures:
   fault tests cover (:data:`compose.kafka_local.LEGACY_KAFKA_VERSION`, 3.9.x), from
   ``KAFKA_LEGACY_BOOTSTRAP_SERVERS`` or the jar launcher, started only when a test asks.
 - ``redis_url`` (session): ``"redis://host:port/0"`` of a Redis server with AOF on.
+- ``kafka_url`` (session): ``"kafka://host:port"``, the store URL of ``kafka_bootstrap``. This
+  and ``redis_url`` are the server fixtures the backend registry names
+  (``blackboard.stores.BACKENDS``), through which the contract suite gets its servers.
 - ``kafka_local`` / ``redis_local`` (function): the launcher behind them
   (:class:`compose.kafka_local.KafkaLocal`, :class:`compose.redis_local.RedisLocal`) for fault
   tests that kill and restart the server; skipped when the server came from the environment
@@ -46,6 +49,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from blackboard.stores import BACKENDS
 from compose.kafka_local import LEGACY_KAFKA_VERSION, KafkaLocal, KafkaLocalError
 from compose.redis_local import RedisLocal, RedisLocalError
 
@@ -316,6 +320,12 @@ def kafka_bootstrap(kafka_service: Service) -> str:
 
 
 @pytest.fixture(scope="session")
+def kafka_url(kafka_bootstrap: str) -> str:
+    """``kafka://host:port``: the store URL of the session's Kafka broker."""
+    return f"kafka://{kafka_bootstrap}"
+
+
+@pytest.fixture(scope="session")
 def redis_url(redis_service: Service) -> str:
     """``redis://host:port/0`` of the session's Redis server (AOF on when we start it)."""
     return redis_service.address
@@ -355,9 +365,14 @@ def redis_local(redis_service: Service) -> Iterator[RedisLocal]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the server markers (harmless if pyproject registers them too)."""
-    config.addinivalue_line("markers", "kafka: needs a real Apache Kafka broker")
-    config.addinivalue_line("markers", "redis: needs a real Redis server")
+    """Register the server marker of every backend in the registry that pyproject does not
+    register already (``--strict-markers`` refuses unknown ones)."""
+    known = {line.partition(":")[0].strip() for line in config.getini("markers")}
+    for backend in BACKENDS.values():
+        if backend.marker and backend.marker not in known:
+            config.addinivalue_line(
+                "markers", f"{backend.marker}: needs a real {backend.scheme}:// server"
+            )
 
 
 def pytest_terminal_summary(

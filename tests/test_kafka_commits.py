@@ -24,7 +24,7 @@ from agents.context import Context
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.records import CommittedOffset, TopicPartition
-from blackboard.stores.kafka import KafkaStore
+from blackboard.stores.kafka.store import KafkaStore
 from compose.kafka_local import KAFKA_VERSION, LEGACY_KAFKA_VERSION
 from tests.contract.helpers import eventually
 from tests.contract.test_processing import FAST, _results, _start

@@ -14,7 +14,7 @@ from blackboard.errors import (
     StoreUnavailableError,
     TopicError,
 )
-from blackboard.stores.kafka_errors import superseded_by, translate
+from blackboard.stores.kafka.errors import superseded_by, translate
 
 
 def _exc(code: int, *, fatal: bool = False, retriable: bool = False) -> KafkaException:

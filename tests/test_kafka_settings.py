@@ -6,7 +6,7 @@ import pytest
 
 from blackboard.errors import ConfigError, MissingDependencyError, UnknownStoreError
 from blackboard.stores import open_store
-from blackboard.stores.kafka_settings import KafkaSettings
+from blackboard.stores.kafka.settings import KafkaSettings
 
 
 def test_defaults_give_exactly_once_consumers_and_producers() -> None:

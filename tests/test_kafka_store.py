@@ -12,7 +12,7 @@ from agents.agent import App
 from agents.context import Context
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard, BlackboardSettings
-from blackboard.stores.kafka_member import KafkaMember
+from blackboard.stores.kafka.member import KafkaMember
 from tests.contract.helpers import eventually
 from tests.contract.test_processing import FAST, _results
 from tests.contract.types import Result, Task, registry

@@ -26,9 +26,9 @@ from blackboard.errors import (
 )
 from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, TopicPartition
 from blackboard.stores import open_store
-from blackboard.stores.redis import RedisLagRow, RedisStore
-from blackboard.stores.redis_member import RedisMember
-from blackboard.stores.redis_settings import RedisSettings
+from blackboard.stores.redis.member import RedisMember
+from blackboard.stores.redis.settings import RedisSettings
+from blackboard.stores.redis.store import RedisLagRow, RedisStore
 from compose.redis_local import RedisLocal, RedisLocalError
 from tests.contract.helpers import Listener, eventually, poll_distinct, poll_until, settle
 from tests.services import unique_name

@@ -29,12 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from blackboard.artifacts import Envelope
-from blackboard.errors import (
-    FencedError,
-    RecordTooLargeError,
-    StoreClosedError,
-    TopicError,
-)
+from blackboard.errors import FencedError, StoreClosedError, TopicError
 from blackboard.records import (
     AtomicCommit,
     CommittedOffset,
@@ -42,16 +37,16 @@ from blackboard.records import (
     OutgoingRecord,
     Record,
     TopicPartition,
-    oversize,
     partition_for,
 )
 from blackboard.store import (
-    MAX_METADATA_CHARS,
     MAX_RECORD_BYTES,
     GroupMember,
     RebalanceListener,
     Store,
+    check_record_sizes,
 )
+from blackboard.stores.assignment import range_assign
 from blackboard.stores.snapshot import SnapshotFile
 
 #: One log entry: key, value, explicit headers, append time, envelope fields (or None).
@@ -107,6 +102,7 @@ class MemoryStore(Store):
     """The embedded store. Thread-safe; members may live on different event loops."""
 
     system = "memory"
+    embedded = True
     keeps_envelopes = True
 
     def __init__(self, url: str = "memory://", *, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
@@ -117,7 +113,7 @@ class MemoryStore(Store):
         self._groups: dict[str, _Group] = {}
         self._subscribers: dict[str, set[MemoryMember]] = {}
         self._member_seq = itertools.count(1)
-        self._max_record_bytes = self.max_record_bytes = max_record_bytes
+        self.max_record_bytes = max_record_bytes
         self._closed = False
         path = url.removeprefix("memory://")
         self._snapshot = SnapshotFile(path) if path else None
@@ -163,7 +159,8 @@ class MemoryStore(Store):
     def publish(self, records: Sequence[OutgoingRecord]) -> list[tuple[TopicPartition, int]]:
         with self._lock:
             self._check_open()
-            self._checkrecords_of(records)
+            check_record_sizes(records, self.max_record_bytes)
+            self._check_topics(records)
             positions = self._append(records, time.time())
         return positions
 
@@ -249,20 +246,13 @@ class MemoryStore(Store):
             raise TopicError(f"topic {tp.topic} has no partition {tp.partition}")
         return parts[tp.partition]
 
-    def _checkrecords_of(self, records: Iterable[OutgoingRecord]) -> None:
-        limit = self._max_record_bytes
+    def _check_topics(self, records: Iterable[OutgoingRecord]) -> None:
         for rec in records:
             parts = self._topics.get(rec.topic)
             if parts is None:
                 raise TopicError(f"topic {rec.topic} does not exist")
             if rec.partition is not None and not 0 <= rec.partition < len(parts):
                 raise TopicError(f"topic {rec.topic} has no partition {rec.partition}")
-            size = oversize(rec, limit)
-            if size is not None:
-                raise RecordTooLargeError(
-                    f"record for {rec.topic} is {size} bytes, over the limit of {limit}",
-                    code="MSG_SIZE_TOO_LARGE",
-                )
 
     def _append(
         self, records: Iterable[OutgoingRecord], now: float
@@ -285,17 +275,9 @@ class MemoryStore(Store):
 
     def _rebalance(self, group: _Group) -> None:
         """Range-assign every subscribed partition; start moving those whose owner changes."""
-        target: dict[TopicPartition, str] = {}
-        topics = sorted({t for m in group.members.values() for t in m.topics})
-        for topic in topics:
-            parts = self._topics.get(topic)
-            if parts is None:
-                continue
-            subscribers = sorted(mid for mid, m in group.members.items() if topic in m.topics)
-            n = len(parts)
-            for p in range(n):
-                target[TopicPartition(topic, p)] = subscribers[p * len(subscribers) // n]
-        group.target = target
+        subscriptions = {mid: m.topics for mid, m in group.members.items()}
+        counts = {topic: len(parts) for topic, parts in self._topics.items()}
+        target = group.target = range_assign(subscriptions, counts)
         for tp, new_owner in target.items():
             current = group.owner.get(tp)
             if current is None:
@@ -331,6 +313,7 @@ class MemoryStore(Store):
         self._rebalance(group)
 
     def _commit(self, member: MemoryMember, commit: AtomicCommit) -> None:
+        """Check ownership and topics, then apply ``commit`` (sizes were checked already)."""
         group = self._groups[member.group]
         mine = member.member_id
         for tp in commit.offsets:
@@ -346,14 +329,7 @@ class MemoryStore(Store):
                     f"{mine} does not own state partition {update.partition} of {member.group}",
                     code="FENCED",
                 )
-        for tp, done in commit.offsets.items():
-            if len(done.metadata) > MAX_METADATA_CHARS:
-                raise RecordTooLargeError(
-                    f"offset metadata for {tp.topic}[{tp.partition}] is {len(done.metadata)} "
-                    f"characters, over {MAX_METADATA_CHARS}",
-                    code="OFFSET_METADATA_TOO_LARGE",
-                )
-        self._checkrecords_of(itertools.chain(commit.outputs, commit.dead_letters))
+        self._check_topics(itertools.chain(commit.outputs, commit.dead_letters))
         # Every check passed: apply it all in this one locked step.
         self._append(itertools.chain(commit.outputs, commit.dead_letters), time.time())
         group.committed.update(commit.offsets)
@@ -376,8 +352,7 @@ class MemoryMember(GroupMember):
         topics: tuple[str, ...],
         listener: RebalanceListener,
     ) -> None:
-        self.group = group
-        self.member_id = member_id
+        super().__init__(group, member_id, max_record_bytes=store.max_record_bytes)
         self.topics = topics
         self._store = store
         self._listener = listener
@@ -390,7 +365,6 @@ class MemoryMember(GroupMember):
         self._waiter_loop: asyncio.AbstractEventLoop | None = None
         self._rotation = 0
         self._interrupted = False
-        self._closed = False
 
     # Called by the store with its lock held.
     def assign(self, tp: TopicPartition) -> None:
@@ -497,10 +471,8 @@ class MemoryMember(GroupMember):
                     break
         return out
 
-    async def commit(self, commit: AtomicCommit) -> None:
+    async def _commit(self, commit: AtomicCommit) -> None:
         with self._store._lock:
-            if self._closed:
-                raise StoreClosedError(f"member {self.member_id} is closed")
             self._store._check_open()
             self._store._commit(self, commit)
 

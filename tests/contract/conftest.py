@@ -1,40 +1,36 @@
-"""The contract suite runs over every store backend this version implements.
+"""The contract suite runs over every backend of the registry (``blackboard.stores.BACKENDS``).
 
-A backend is in the list as soon as its module exists, so the Kafka and Redis stores run the
-very same tests; their servers come from the session fixtures of ``tests/services.py``.
+Each backend is one parameter of :func:`store_url`, carrying the backend's pytest marker (so
+``-m "not kafka"`` leaves out exactly the Kafka runs); its server comes from the session
+fixture its registry line names (``tests/services.py``). A new backend in the registry runs
+the very same tests.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.store import Store
-from blackboard.stores import open_store
-
-BACKENDS = [
-    name
-    for name in ("memory", "kafka", "redis")
-    if importlib.util.find_spec(f"blackboard.stores.{name}") is not None
-]
+from blackboard.stores import BACKENDS, Backend, open_store
 
 
-def _url(backend: str, request: pytest.FixtureRequest) -> str:
-    if backend == "memory":
-        return "memory://"
-    if backend == "kafka":
-        return f"kafka://{request.getfixturevalue('kafka_bootstrap')}"
-    return str(request.getfixturevalue("redis_url"))
+def _param(backend: Backend) -> Any:
+    marks = [getattr(pytest.mark, backend.marker)] if backend.marker else []
+    return pytest.param(backend, id=backend.scheme, marks=marks)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[_param(backend) for backend in BACKENDS.values()])
 def store_url(request: pytest.FixtureRequest) -> str:
     """The URL of a store of each backend."""
-    return _url(request.param, request)
+    backend: Backend = request.param
+    if backend.server is None:
+        return f"{backend.scheme}://"
+    return str(request.getfixturevalue(backend.server))
 
 
 @pytest.fixture

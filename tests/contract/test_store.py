@@ -8,7 +8,13 @@ import pytest
 
 from blackboard.artifacts import make_envelope, output_id
 from blackboard.blackboard import Blackboard
-from blackboard.errors import CommitError, FencedError, RecordTooLargeError, TopicError
+from blackboard.errors import (
+    CommitError,
+    FencedError,
+    RecordTooLargeError,
+    StoreClosedError,
+    TopicError,
+)
 from blackboard.records import (
     AtomicCommit,
     CommittedOffset,
@@ -17,6 +23,7 @@ from blackboard.records import (
     TopicPartition,
     partition_for,
 )
+from blackboard.store import MAX_METADATA_CHARS
 from blackboard.wire import decode
 from tests.contract.helpers import Listener, eventually, poll_distinct, poll_until, settle
 from tests.contract.types import Result, Task
@@ -131,6 +138,48 @@ async def test_atomic_commit_shows_nothing_when_it_fails(board: Blackboard) -> N
     assert board.store.group_offsets(group)[record.tp].offset == record.offset + 1
     assert await member.load_state(record.partition) == {"s": b"v"}
     await member.close()
+
+
+async def test_commit_over_a_limit_is_refused_alike_and_shows_nothing(board: Blackboard) -> None:
+    """Every store refuses a record over its limit and offset metadata over
+    ``MAX_METADATA_CHARS`` with the same error and code, and commits metadata of exactly that
+    length."""
+    board.ensure_topics([board.registry.of(Task), board.registry.of(Result)])
+    board.publish(Task(n=1), partition_key="k")
+    group = f"{board.settings.prefix}-g"
+    member = await board.store.join(group, [board.topic(Task)], Listener())
+    [record] = await poll_until(member, 1)
+    good = OutgoingRecord(board.topic(Result), b"k", b'{"n": 1}', ())
+    too_big = OutgoingRecord(board.topic(Result), b"k", b"x" * board.store.max_record_bytes, ())
+    done = {record.tp: CommittedOffset(record.offset + 1)}
+    with pytest.raises(RecordTooLargeError) as big:
+        await member.commit(AtomicCommit(outputs=[good], dead_letters=[too_big], offsets=done))
+    assert big.value.code == "MSG_SIZE_TOO_LARGE"
+    longest = "x" * MAX_METADATA_CHARS
+    over = {record.tp: CommittedOffset(record.offset + 1, longest + "x")}
+    with pytest.raises(RecordTooLargeError) as metadata:
+        await member.commit(AtomicCommit(outputs=[good], offsets=over))
+    assert metadata.value.code == "OFFSET_METADATA_TOO_LARGE"
+    assert board.store.group_offsets(group) == {}
+
+    fits = CommittedOffset(record.offset + 1, longest)
+    await member.commit(AtomicCommit(offsets={record.tp: fits}))
+    await eventually(lambda: record.tp in board.store.group_offsets(group), what="the offset")
+    assert board.store.group_offsets(group)[record.tp] == fits
+    assert list(board.records("test.Result")) == []
+    await member.close()
+
+
+async def test_a_closed_member_cannot_commit(board: Blackboard) -> None:
+    board.ensure_topics([board.registry.of(Task)])
+    board.publish(Task(n=1), partition_key="k")
+    group = f"{board.settings.prefix}-g"
+    member = await board.store.join(group, [board.topic(Task)], Listener())
+    [record] = await poll_until(member, 1)
+    await member.close()
+    with pytest.raises(StoreClosedError):
+        await member.commit(AtomicCommit(offsets={record.tp: CommittedOffset(record.offset + 1)}))
+    assert board.store.group_offsets(group) == {}
 
 
 async def test_crash_before_commit_redelivers_and_rerun_publishes_nothing_new(

@@ -41,8 +41,6 @@ from confluent_kafka import TopicPartition as KafkaTP
 
 from blackboard.errors import (
     CommitError,
-    RecordTooLargeError,
-    StoreClosedError,
     StoreError,
     StoreUnavailableError,
     SupersededError,
@@ -54,13 +52,12 @@ from blackboard.records import (
     OutgoingRecord,
     Record,
     TopicPartition,
-    oversize,
 )
 from blackboard.store import GroupMember, RebalanceListener
-from blackboard.stores.kafka_errors import kafka_error, superseded_by, translate
+from blackboard.stores.kafka.errors import kafka_error, superseded_by, translate
 
 if TYPE_CHECKING:
-    from blackboard.stores.kafka import KafkaStore
+    from blackboard.stores.kafka.store import KafkaStore
 
 T = TypeVar("T")
 log = get_logger("kafka")
@@ -130,8 +127,7 @@ class KafkaMember(GroupMember):
         listener: RebalanceListener,
         slot: str,
     ) -> None:
-        self.group = group
-        self.member_id = f"{group}.{slot}"
+        super().__init__(group, f"{group}.{slot}", max_record_bytes=store.max_record_bytes)
         self.transactional_id = store.settings.transactional_id(group, slot)
         self._store = store
         self._topics = list(topics)
@@ -139,11 +135,9 @@ class KafkaMember(GroupMember):
         self._state_topic = f"{group}.state"
         self._state_ready = False
         self._group_metadata: Any = None
-        self._max_bytes = store.max_record_bytes
         self._owned: set[TopicPartition] = set()
         self._positions: dict[TopicPartition, int] = {}
         self._interrupted = threading.Event()
-        self._closed = False
         self._poll_thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-poll-{group}")
         self._txn_thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-txn-{group}")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -321,14 +315,18 @@ class KafkaMember(GroupMember):
         )
 
     # -- commits (transaction thread) -----------------------------------------------------
-    async def commit(self, commit: AtomicCommit) -> None:
-        if self._closed:
-            raise StoreClosedError(f"member {self.member_id} is closed")
+    def _superseded_error(self) -> SupersededError | None:
+        if not self._superseded:
+            return None
+        return SupersededError(
+            f"worker slot {self.transactional_id} was taken over", code="_FENCED"
+        )
+
+    async def _commit(self, commit: AtomicCommit) -> None:
         await self._on_txn_thread(lambda: self._commit_sync(commit))
 
     def _commit_sync(self, commit: AtomicCommit) -> None:
         producer = self._ready_producer()
-        self._check_sizes(commit)
         if commit.state and not self._state_ready:
             partitions = max(self._store.topic_partitions(t) or 1 for t in self._topics)
             self._store.ensure_topics([self._state_topic], partitions, compacted=True)
@@ -374,10 +372,11 @@ class KafkaMember(GroupMember):
             SupersededError: another process took over the slot.
             CommitError: a new producer could not start yet (retriable).
         """
-        if self._superseded:
-            raise SupersededError(
-                f"worker slot {self.transactional_id} was taken over", code="_FENCED"
-            )
+        # :meth:`commit` checked this already; again here, on the thread that sets the flag,
+        # because a superseded slot must never start a producer (it would fence its successor).
+        superseded = self._superseded_error()
+        if superseded is not None:
+            raise superseded
         if self._producer is None:
             return self._install_producer(in_commit=True)
         return self._producer
@@ -422,16 +421,6 @@ class KafkaMember(GroupMember):
                     raise
                 log.warning(
                     "send_offsets_to_transaction retrying", group=self.group, error=err.str()
-                )
-
-    def _check_sizes(self, commit: AtomicCommit) -> None:
-        limit = self._max_bytes
-        for rec in itertools.chain(commit.outputs, commit.dead_letters):
-            size = oversize(rec, limit)
-            if size is not None:
-                raise RecordTooLargeError(
-                    f"record for {rec.topic} is {size} bytes, over message.max.bytes={limit}",
-                    code="MSG_SIZE_TOO_LARGE",
                 )
 
     def _commit_transaction(self, producer: Producer) -> None:

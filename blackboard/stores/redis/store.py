@@ -2,12 +2,12 @@
 
 One stream per topic partition (``<prefix>s:<topic>:<partition>``), so ordering, trimming, lag
 and ownership are all per partition, as the processing loop expects. Entries get explicit IDs
-``0-1``, ``0-2``, … (:mod:`blackboard.stores.redis_entries`): offsets are dense and entry
+``0-1``, ``0-2``, … (:mod:`blackboard.stores.redis.entries`): offsets are dense and entry
 ``0-(n+1)`` is offset ``n``. A hash holds each topic's partition count. Records are partitioned
 by :func:`~blackboard.records.partition_for`, the same function every store uses.
 
 Consumer groups are the store's own protocol on top of Redis consumer groups
-(:mod:`blackboard.stores.redis_member`): members heartbeat, every member computes the same range
+(:mod:`blackboard.stores.redis.member`): members heartbeat, every member computes the same range
 assignment, a lease with a rising epoch per partition fences zombies, and an atomic commit is one
 ``WATCH``/``MULTI``/``EXEC``. Everything ``EXEC`` wrote is committed, so :meth:`read` serves every
 entry and end offsets are the streams' ``entries-added`` counters.
@@ -31,20 +31,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from blackboard.errors import ConfigError, RecordTooLargeError, StoreUnavailableError, TopicError
+from blackboard.errors import ConfigError, StoreUnavailableError, TopicError
 from blackboard.records import (
     CommittedOffset,
     OutgoingRecord,
     Record,
     TopicPartition,
-    oversize,
     partition_for,
 )
-from blackboard.store import GroupMember, LagRow, RebalanceListener, Store
-from blackboard.stores import redis_scripts
-from blackboard.stores.redis_entries import entry_fields, offset_of, record_from, text
-from blackboard.stores.redis_errors import translate, unavailable
-from blackboard.stores.redis_settings import (
+from blackboard.store import GroupMember, LagRow, RebalanceListener, Store, check_record_sizes
+from blackboard.stores.redis import scripts
+from blackboard.stores.redis.entries import entry_fields, offset_of, record_from, text
+from blackboard.stores.redis.errors import translate, unavailable
+from blackboard.stores.redis.settings import (
     RedisKeys,
     RedisSettings,
     parse_offset_field,
@@ -68,16 +67,6 @@ def parse_committed(raw: bytes | str | None) -> CommittedOffset | None:
 def format_committed(done: CommittedOffset) -> str:
     """The hash value of a committed position."""
     return f"{done.offset}:{done.metadata}"
-
-
-def check_record_size(rec: OutgoingRecord, limit: int) -> None:
-    """Raise RecordTooLargeError when ``rec`` (key, value and headers) exceeds ``limit`` bytes."""
-    size = oversize(rec, limit)
-    if size is not None:
-        raise RecordTooLargeError(
-            f"record for {rec.topic} is {size} bytes, over the limit of {limit}",
-            code="MSG_SIZE_TOO_LARGE",
-        )
 
 
 def resolve_partition(rec: OutgoingRecord, partitions: int | None) -> TopicPartition:
@@ -124,7 +113,7 @@ class RedisStore(Store):
         self._partitions: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._trim = self._client.register_script(redis_scripts.TRIM)
+        self._trim = self._client.register_script(scripts.TRIM)
         self._check_server()
 
     def _check_server(self) -> None:
@@ -156,7 +145,7 @@ class RedisStore(Store):
         could apply a commit twice, so the member decides what to retry)."""
         import redis.asyncio
 
-        from blackboard.stores.redis_connection import connection_class
+        from blackboard.stores.redis.connection import connection_class
 
         options: dict[str, Any] = {}
         packing = connection_class()
@@ -225,11 +214,8 @@ class RedisStore(Store):
             StoreError: e.g. Redis is out of memory (code ``OOM``); nothing of the chunk was
                 appended.
         """
-        limit = self.settings.max_record_bytes
-        targets: list[TopicPartition] = []
-        for rec in records:
-            check_record_size(rec, limit)
-            targets.append(resolve_partition(rec, self.topic_partitions(rec.topic)))
+        check_record_sizes(records, self.max_record_bytes)
+        targets = [resolve_partition(rec, self.topic_partitions(rec.topic)) for rec in records]
         positions: list[tuple[TopicPartition, int]] = []
         now_ms = int(time.time() * 1000)
         for start in range(0, len(records), PUBLISH_CHUNK):
@@ -323,7 +309,7 @@ class RedisStore(Store):
         return [name for name, members, offsets in pairs if members or offsets]
 
     def group_topics(self, group: str) -> set[str]:
-        from blackboard.stores.redis_group import GroupView
+        from blackboard.stores.redis.group import GroupView
 
         keys = self.keys.group(group)
 
@@ -381,7 +367,7 @@ class RedisStore(Store):
     ) -> GroupMember:
         """Join ``group`` as worker slot ``member_name`` (a later process with the same slot
         takes over from this one; an empty name makes a member of its own)."""
-        from blackboard.stores.redis_member import RedisMember
+        from blackboard.stores.redis.member import RedisMember
 
         member = RedisMember(self, group, topics, listener, slot=member_name)
         await member.start()

@@ -2,11 +2,11 @@
 
 Redis has no group coordinator, so the member runs the group protocol itself:
 
-- **Session** (:mod:`blackboard.stores.redis_session`): registration under its slot,
+- **Session** (:mod:`blackboard.stores.redis.session`): registration under its slot,
   heartbeats, expulsion of members whose session ran out, slot takeovers, wake-ups by pub/sub.
-- **Assignment** (:mod:`blackboard.stores.redis_group`): every member range-assigns the
+- **Assignment** (:mod:`blackboard.stores.redis.group`): every member range-assigns the
   partitions over the live members, inside :meth:`poll`.
-- **Leases** (:mod:`blackboard.stores.redis_scripts`): each partition has a lease
+- **Leases** (:mod:`blackboard.stores.redis.scripts`): each partition has a lease
   ``<epoch>|<slot>|<token>``. A member gives up a partition that should move after the runner's
   ``on_revoked`` commit; the new owner takes the lease only once it is free or its holder is
   gone, then ``on_assigned``. A member whose lease changed reports ``on_lost``; its reads and
@@ -17,7 +17,7 @@ Redis has no group coordinator, so the member runs the group protocol itself:
   entries again from the committed offset (``XREADGROUP`` with an ID), then new ones (``>``);
   :meth:`seek` does the same from the offset given. Delivery counts of entries read again
   (``XPENDING``) are kept per record: :meth:`attempt`.
-- **Commit** (:mod:`blackboard.stores.redis_commit`): ``WATCH`` the leases, one
+- **Commit** (:mod:`blackboard.stores.redis.commit`): ``WATCH`` the leases, one
   ``MULTI``/``EXEC``.
 """
 
@@ -37,22 +37,22 @@ from blackboard.errors import (
     CommitError,
     ConfigError,
     FencedError,
-    StoreClosedError,
     SupersededError,
 )
 from blackboard.logs import get_logger
 from blackboard.records import AtomicCommit, CommittedOffset, Record, TopicPartition
 from blackboard.store import GroupMember, RebalanceListener
-from blackboard.stores import redis_commit, redis_scripts
-from blackboard.stores.redis import parse_committed, resolve_partition
-from blackboard.stores.redis_entries import after, offset_of, record_from, text
-from blackboard.stores.redis_errors import translate, unavailable
-from blackboard.stores.redis_group import GroupView, lease_epoch
-from blackboard.stores.redis_session import GroupSession, Warnings
-from blackboard.stores.redis_settings import offset_field
+from blackboard.stores.redis import scripts
+from blackboard.stores.redis.commit import execute_commit, plan_commit, state_writes
+from blackboard.stores.redis.entries import after, offset_of, record_from, text
+from blackboard.stores.redis.errors import translate, unavailable
+from blackboard.stores.redis.group import GroupView, lease_epoch
+from blackboard.stores.redis.session import GroupSession, Warnings
+from blackboard.stores.redis.settings import offset_field
+from blackboard.stores.redis.store import parse_committed, resolve_partition
 
 if TYPE_CHECKING:
-    from blackboard.stores.redis import RedisStore
+    from blackboard.stores.redis.store import RedisStore
 
 T = TypeVar("T")
 log = get_logger("redis")
@@ -93,9 +93,8 @@ class RedisMember(GroupMember):
     ) -> None:
         if "|" in slot:
             raise ConfigError(f"worker slot {slot!r} must not contain '|'")
-        self.group = group
         self.slot = slot or f"anon-{GroupSession.new_token()[:12]}"
-        self.member_id = f"{group}.{self.slot}"
+        super().__init__(group, f"{group}.{self.slot}", max_record_bytes=store.max_record_bytes)
         self._settings = store.settings
         self._keys = store.keys
         self._gk = store.keys.group(group)
@@ -114,11 +113,11 @@ class RedisMember(GroupMember):
             tick=self._tick,
             warnings=self._warnings,
         )
-        self._take_script = self._redis.register_script(redis_scripts.TAKE)
-        self._release_script = self._redis.register_script(redis_scripts.RELEASE)
-        self._read_script = self._redis.register_script(redis_scripts.READ)
-        self._claim_script = self._redis.register_script(redis_scripts.CLAIM)
-        self._trim_script = self._redis.register_script(redis_scripts.TRIM)
+        self._take_script = self._redis.register_script(scripts.TAKE)
+        self._release_script = self._redis.register_script(scripts.RELEASE)
+        self._read_script = self._redis.register_script(scripts.READ)
+        self._claim_script = self._redis.register_script(scripts.CLAIM)
+        self._trim_script = self._redis.register_script(scripts.TRIM)
         self._partitions: dict[str, int] = {}
         # Per owned partition: its lease value, where reading goes on ('>' or an entry ID), the
         # floor below which every entry is acknowledged, and delivery counts above 1. Entries
@@ -136,7 +135,6 @@ class RedisMember(GroupMember):
         self._last_sync = 0.0
         self._next_trim = time.monotonic() + self._settings.trim_interval_s
         self._interrupted = False
-        self._closed = False
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rotation = 0
@@ -209,11 +207,9 @@ class RedisMember(GroupMember):
             try:
                 if self._needs_sync():
                     await self._sync()
-                if self._session.superseded:  # after on_lost: the runner stops, idle or not
-                    raise SupersededError(
-                        f"worker slot {self.slot} of {self.group} was taken over",
-                        code="SUPERSEDED",
-                    )
+                superseded = self._superseded_error()
+                if superseded is not None:  # after on_lost: the runner stops, idle or not
+                    raise superseded
                 records = await self._read(max_records) if max_records > 0 else []
                 self._warnings.worked("poll")
             except RedisError as exc:
@@ -426,23 +422,23 @@ class RedisMember(GroupMember):
         return self._attempts.get(record.tp, {}).get(record.offset, 1)
 
     # -- commits --------------------------------------------------------------------------
-    async def commit(self, commit: AtomicCommit) -> None:
-        """Make ``commit`` visible atomically (:mod:`blackboard.stores.redis_commit`).
+    def _superseded_error(self) -> SupersededError | None:
+        if not self._session.superseded:
+            return None
+        return SupersededError(
+            f"worker slot {self.slot} of {self.group} was taken over", code="SUPERSEDED"
+        )
+
+    async def _commit(self, commit: AtomicCommit) -> None:
+        """One ``WATCH``/``MULTI``/``EXEC`` (:mod:`blackboard.stores.redis.commit`).
 
         Raises:
-            SupersededError: a newer process took over this member's slot.
+            SupersededError: the leases moved because a newer process took over the slot.
             FencedError: the member does not own a partition it commits offsets or state for.
-            RecordTooLargeError, TopicError: nothing was sent.
+            TopicError: nothing was sent.
             CommitError: nothing was committed (Redis out of memory: code ``OOM``), or the
                 connection broke during ``EXEC`` (the committed offsets say whether it ran).
         """
-        if self._closed:
-            raise StoreClosedError(f"member {self.member_id} is closed")
-        if self._session.superseded:
-            raise SupersededError(
-                f"worker slot {self.slot} of {self.group} was taken over", code="SUPERSEDED"
-            )
-        redis_commit.check_commit(commit, self._settings.max_record_bytes)
         leases = self._leases_of(commit)
         records = list(itertools.chain(commit.outputs, commit.dead_letters))
         try:
@@ -450,7 +446,7 @@ class RedisMember(GroupMember):
         except RedisError as exc:
             raise translate(exc, "commit", in_commit=True) from exc
         floor = self._floor
-        plan = redis_commit.plan_commit(
+        plan = plan_commit(
             self._keys,
             self.group,
             [(resolve_partition(rec, counts.get(rec.topic)), rec) for rec in records],
@@ -458,12 +454,12 @@ class RedisMember(GroupMember):
             {tp: (floor.get(tp, done.offset), done.offset) for tp, done in commit.offsets.items()},
             int(time.time() * 1000),
             offsets=commit.offsets,
-            state=redis_commit.state_writes(commit),
+            state=state_writes(commit),
             leases=leases,
         )
         for _ in range(WATCH_RETRIES):
             try:
-                moved = await redis_commit.execute(self._redis, self._keys, self._gk, plan)
+                moved = await execute_commit(self._redis, self._keys, self._gk, plan)
                 if moved:
                     await self._fenced(moved)
             except WatchError:

@@ -2,7 +2,7 @@
 
 Topics are created on demand with the blackboard's partition count (and the cluster's default
 replication factor). External publishes go through one idempotent producer. Group members
-(:mod:`blackboard.stores.kafka_member`) consume ``read_committed`` and commit through the worker
+(:mod:`blackboard.stores.kafka.member`) consume ``read_committed`` and commit through the worker
 slot's transactional producer. End offsets are *last stable offsets* (the ``read_committed``
 view), so lag never counts records of open or aborted transactions. Records are partitioned by
 :func:`~blackboard.records.partition_for`, the same function every store uses.
@@ -35,9 +35,9 @@ from blackboard.records import (
     partition_for,
 )
 from blackboard.store import GroupMember, RebalanceListener, Store
-from blackboard.stores.kafka_errors import translate
-from blackboard.stores.kafka_member import KafkaMember
-from blackboard.stores.kafka_settings import KafkaSettings
+from blackboard.stores.kafka.errors import translate
+from blackboard.stores.kafka.member import KafkaMember
+from blackboard.stores.kafka.settings import KafkaSettings
 
 ADMIN_TIMEOUT_S = 15.0
 #: How long admin reads retry while the cluster is briefly unavailable (a broker restarting).

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from blackboard.records import TopicPartition
+from blackboard.stores.assignment import range_assign
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,19 +44,9 @@ class GroupView:
         return cls(live, dict(partitions))
 
     def assignment(self) -> dict[TopicPartition, str]:
-        """Range assignment per topic: partition p of a topic with n partitions goes to the
-        subscriber at index ``p * len(subscribers) // n`` (subscribers sorted by slot), so equal
-        partition numbers of co-partitioned topics go to the same member."""
-        target: dict[TopicPartition, str] = {}
-        topics = sorted({t for ts in self.subscriptions.values() for t in ts})
-        for topic in topics:
-            n = self.partitions.get(topic)
-            if not n:
-                continue
-            subscribers = sorted(s for s, ts in self.subscriptions.items() if topic in ts)
-            for p in range(n):
-                target[TopicPartition(topic, p)] = subscribers[p * len(subscribers) // n]
-        return target
+        """The owner slot of every partition: :func:`~blackboard.stores.assignment.range_assign`
+        over the live members, the same function as the embedded store's."""
+        return range_assign(self.subscriptions, self.partitions)
 
 
 def lease_epoch(lease: str) -> int:

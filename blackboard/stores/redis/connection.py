@@ -4,7 +4,7 @@ redis-py's asyncio connection packs every argument of every command in Python (a
 call, a length, a join per argument); a commit's ``EVAL`` carries four arguments per record
 appended, and with hundreds of records per commit that packing was a tenth of the worker's
 event-loop time. ``hiredis.pack_command`` does the same in C. Imported only by
-:meth:`blackboard.stores.redis.RedisStore.async_client`, after redis-py itself.
+:meth:`blackboard.stores.redis.store.RedisStore.async_client`, after redis-py itself.
 """
 
 from __future__ import annotations

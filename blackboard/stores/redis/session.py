@@ -28,9 +28,9 @@ from redis.exceptions import RedisError
 from blackboard.aio import cancel_and_wait
 from blackboard.logs import get_logger
 from blackboard.records import TopicPartition
-from blackboard.stores import redis_scripts
-from blackboard.stores.redis_entries import text
-from blackboard.stores.redis_settings import GroupKeys, RedisKeys, RedisSettings
+from blackboard.stores.redis import scripts
+from blackboard.stores.redis.entries import text
+from blackboard.stores.redis.settings import GroupKeys, RedisKeys, RedisSettings
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -113,9 +113,9 @@ class GroupSession:
         self._appended = appended
         self._tick = tick
         self._warnings = warnings
-        self._join = client.register_script(redis_scripts.JOIN)
-        self._heartbeat = client.register_script(redis_scripts.HEARTBEAT)
-        self._leave = client.register_script(redis_scripts.LEAVE)
+        self._join = client.register_script(scripts.JOIN)
+        self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._leave = client.register_script(scripts.LEAVE)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 

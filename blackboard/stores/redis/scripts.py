@@ -3,8 +3,9 @@
 Membership and partition ownership must change atomically with the checks that allow the
 change, and a member may only read a partition while it holds the partition's lease, so these
 steps are scripts (one round trip, nothing in between). The atomic commit itself is a
-``WATCH``/``MULTI``/``EXEC`` (``redis_commit.py``); inside it, :data:`WRITE` appends the
-commit's entries and acknowledges its inputs in one command instead of one per entry.
+``WATCH``/``MULTI``/``EXEC`` (:mod:`blackboard.stores.redis.commit`); inside it, :data:`WRITE`
+appends the commit's entries and acknowledges its inputs in one command instead of one per
+entry.
 
 Times are Redis server time (``TIME``), so members on machines whose clocks disagree still agree
 on who is alive. A lease is the string ``<epoch>|<slot>|<token>`` (``<epoch>||`` when free); the
@@ -215,7 +216,7 @@ return out
 #: key, value, headers (empty when absent); then per acknowledged range three values: stream
 #: index, first offset, end offset (exclusive). Appends each entry with ID ``0-*`` and the
 #: fields ``k``, ``v``, ``h`` (those present) and ``t``, in order, as
-#: :func:`blackboard.stores.redis_entries.entry_fields`; acknowledges entries
+#: :func:`blackboard.stores.redis.entries.entry_fields`; acknowledges entries
 #: ``0-(first+1)`` … ``0-end``. Returns n.
 WRITE = """#!lua
 local t, group, n = ARGV[1], ARGV[2], tonumber(ARGV[3])

@@ -2,11 +2,12 @@
 
 The order of a commit:
 
-1. Check sizes (records, offset metadata) and partitions before anything is sent.
+1. Check partitions before anything is sent (:meth:`blackboard.store.GroupMember.commit`
+   checked the sizes of records and offset metadata already).
 2. ``WATCH`` the lease keys of the partitions whose offsets (or state) are committed and read
    them: a lease that is not the member's any more means the partition moved, and nothing is
    sent (the member reports :class:`FencedError`).
-3. ``MULTI``; one ``EVAL`` of :data:`~blackboard.stores.redis_scripts.WRITE` that ``XADD``s the
+3. ``MULTI``; one ``EVAL`` of :data:`~blackboard.stores.redis.scripts.WRITE` that ``XADD``s the
    outputs and dead letters with IDs ``0-*`` and ``XACK``s the inputs below the new committed
    offsets (one command for the whole commit: redis-py packs, queues and reads a reply for
    each command in Python); ``HSET`` the committed offsets and metadata; ``HSET``/``HDEL`` the
@@ -19,18 +20,15 @@ The order of a commit:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from blackboard.errors import RecordTooLargeError
 from blackboard.records import AtomicCommit, CommittedOffset, OutgoingRecord, TopicPartition
-from blackboard.store import MAX_METADATA_CHARS
-from blackboard.stores import redis_scripts
-from blackboard.stores.redis import check_record_size, format_committed
-from blackboard.stores.redis_entries import encode_headers, text
-from blackboard.stores.redis_settings import GroupKeys, RedisKeys, offset_field
+from blackboard.stores.redis import scripts
+from blackboard.stores.redis.entries import encode_headers, text
+from blackboard.stores.redis.settings import GroupKeys, RedisKeys, offset_field
+from blackboard.stores.redis.store import format_committed
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -44,7 +42,7 @@ class CommitPlan:
     """What one commit writes, ready to send."""
 
     streams: list[str]
-    """The streams :data:`~blackboard.stores.redis_scripts.WRITE` appends to or acknowledges
+    """The streams :data:`~blackboard.stores.redis.scripts.WRITE` appends to or acknowledges
     in (its ``KEYS``)."""
     writes: list[Any]
     """The arguments of that script (empty: nothing to append or acknowledge)."""
@@ -114,19 +112,6 @@ def plan_commit(
     )
 
 
-def check_commit(commit: AtomicCommit, max_record_bytes: int) -> None:
-    """Raise RecordTooLargeError for a record or an offset metadata over its limit."""
-    for tp, done in commit.offsets.items():
-        if len(done.metadata) > MAX_METADATA_CHARS:
-            raise RecordTooLargeError(
-                f"offset metadata for {tp.topic}[{tp.partition}] is {len(done.metadata)} "
-                f"characters, over {MAX_METADATA_CHARS}",
-                code="OFFSET_METADATA_TOO_LARGE",
-            )
-    for rec in itertools.chain(commit.outputs, commit.dead_letters):
-        check_record_size(rec, max_record_bytes)
-
-
 def state_writes(commit: AtomicCommit) -> StateWrites:
     """The commit's state updates per partition, the last write of each key winning."""
     final: dict[int, dict[str, bytes | None]] = {}
@@ -140,7 +125,7 @@ def state_writes(commit: AtomicCommit) -> StateWrites:
     return out
 
 
-async def execute(
+async def execute_commit(
     client: redis.asyncio.Redis, keys: RedisKeys, gk: GroupKeys, plan: CommitPlan
 ) -> list[TopicPartition]:
     """Send ``plan`` as one transaction.
@@ -168,7 +153,7 @@ async def execute(
                 return moved
         pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves multi() unannotated
         if plan.writes:
-            pipe.eval(redis_scripts.WRITE, len(plan.streams), *plan.streams, *plan.writes)
+            pipe.eval(scripts.WRITE, len(plan.streams), *plan.streams, *plan.writes)
         if plan.offsets:
             positions: Any = {offset_field(t): format_committed(c) for t, c in plan.offsets.items()}
             pipe.hset(gk.offsets, mapping=positions)
