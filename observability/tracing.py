@@ -63,11 +63,6 @@ PRE_PROCESS_STAGES: Final = frozenset({"deserialize", "validate", "admission"})
 _active: Tracer | None = None
 
 
-def _system(url: str) -> str:
-    """``messaging.system`` of a store URL: its scheme (kafka, redis, memory)."""
-    return url.partition(":")[0]
-
-
 _ENVELOPE_FIELDS = (
     "id", "type", "schema_version", "correlation_id", "causation_ids", "partition_key", "tenant",
     "produced_by", "created_at", "traceparent",
@@ -137,7 +132,7 @@ class AgentInfo:
     ) -> AgentInfo:
         """The info of ``agent`` (consumer group ``group``) on ``board``."""
         return cls(
-            _system(board.store.url),
+            board.store.system,
             group,
             agent,
             board.settings.partitions,
@@ -473,7 +468,7 @@ class _ActiveSends(Sends):
         if board is None:
             return
         end_ns = time.time_ns()
-        system = _system(board.store.url)
+        system = board.store.system
         partitions, for_type = board.settings.partitions, board.topics.for_type
         status = "OK" if exc is None else "ERROR"
         message = None if exc is None else _error_message(exc)
