@@ -107,10 +107,14 @@ class MemoryStore(Store):
 
     def __init__(self, url: str = "memory://", *, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         super().__init__(url)
-        self._lock = threading.RLock()
-        self._topics: dict[str, list[list[Entry]]] = {}
+        # Shared with this store's members (one module, one lock): they read and change these.
+        self.lock = threading.RLock()
+        """Guards everything below: one lock-protected step per operation."""
+        self.logs: dict[str, list[list[Entry]]] = {}
+        """Per topic, per partition, the entries."""
         self._compacted: set[str] = set()
-        self._groups: dict[str, _Group] = {}
+        self.groups: dict[str, _Group] = {}
+        """Consumer groups: members, assignment, committed offsets and state."""
         self._subscribers: dict[str, set[MemoryMember]] = {}
         self._member_seq = itertools.count(1)
         self.max_record_bytes = max_record_bytes
@@ -121,10 +125,10 @@ class MemoryStore(Store):
             self._snapshot.lock()
             loaded = self._snapshot.load()
             if loaded is not None:
-                self._topics = loaded.topics
+                self.logs = loaded.topics
                 self._compacted = loaded.compacted
                 for name, committed in loaded.committed.items():
-                    self._groups[name] = _Group(
+                    self.groups[name] = _Group(
                         committed=committed, state=loaded.state.get(name, {})
                     )
 
@@ -134,64 +138,64 @@ class MemoryStore(Store):
     ) -> None:
         if partitions < 1:
             raise TopicError(f"a topic needs at least one partition, got {partitions}")
-        with self._lock:
-            self._check_open()
-            created = [t for t in topics if t not in self._topics]
+        with self.lock:
+            self.check_open()
+            created = [t for t in topics if t not in self.logs]
             for topic in created:
-                self._topics[topic] = [[] for _ in range(partitions)]
+                self.logs[topic] = [[] for _ in range(partitions)]
                 if compacted:
                     self._compacted.add(topic)
             if created:
-                for group in self._groups.values():
+                for group in self.groups.values():
                     if any(t in m.topics for m in group.members.values() for t in created):
                         self._rebalance(group)
 
     def topic_partitions(self, topic: str) -> int | None:
-        with self._lock:
-            parts = self._topics.get(topic)
+        with self.lock:
+            parts = self.logs.get(topic)
             return len(parts) if parts is not None else None
 
     def list_topics(self) -> list[str]:
-        with self._lock:
-            return sorted(self._topics)
+        with self.lock:
+            return sorted(self.logs)
 
     # -- records --------------------------------------------------------------------------
     def publish(self, records: Sequence[OutgoingRecord]) -> list[tuple[TopicPartition, int]]:
-        with self._lock:
-            self._check_open()
+        with self.lock:
+            self.check_open()
             check_record_sizes(records, self.max_record_bytes)
             self._check_topics(records)
             positions = self._append(records, time.time())
         return positions
 
     def read(self, tp: TopicPartition, start: int, max_records: int) -> list[Record]:
-        with self._lock:
+        with self.lock:
             log = self._log(tp)
             first = max(0, start)
             return records_of(tp.topic, tp.partition, first, log[first : first + max_records])
 
     def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
-        with self._lock:
+        with self.lock:
             return {
                 TopicPartition(topic, p): len(log)
                 for topic in topics
-                if topic in self._topics
-                for p, log in enumerate(self._topics[topic])
+                if topic in self.logs
+                for p, log in enumerate(self.logs[topic])
             }
 
     # -- groups ---------------------------------------------------------------------------
     def group_offsets(self, group: str) -> dict[TopicPartition, CommittedOffset]:
-        with self._lock:
-            found = self._groups.get(group)
+        with self.lock:
+            found = self.groups.get(group)
             return dict(found.committed) if found is not None else {}
 
     def list_groups(self) -> list[str]:
-        with self._lock:
-            return sorted(n for n, g in self._groups.items() if g.members or g.committed)
+        with self.lock:
+            return sorted(n for n, g in self.groups.items() if g.members or g.committed)
 
     def group_topics(self, group: str) -> set[str]:
-        with self._lock:
-            found = self._groups.get(group)
+        with self.lock:
+            found = self.groups.get(group)
             if found is None:
                 return set()
             return {t for m in found.members.values() for t in m.topics}
@@ -204,11 +208,11 @@ class MemoryStore(Store):
         *,
         member_name: str = "",
     ) -> MemoryMember:
-        with self._lock:
-            self._check_open()
+        with self.lock:
+            self.check_open()
             member_id = f"{group}.{member_name or 'member'}-{next(self._member_seq)}"
             member = MemoryMember(self, group, member_id, tuple(topics), listener)
-            grp = self._groups.setdefault(group, _Group())
+            grp = self.groups.setdefault(group, _Group())
             grp.members[member_id] = member
             for topic in topics:
                 self._subscribers.setdefault(topic, set()).add(member)
@@ -216,30 +220,31 @@ class MemoryStore(Store):
         return member
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             if self._closed:
                 return
             self._closed = True
-            members = [m for g in self._groups.values() for m in g.members.values()]
+            members = [m for g in self.groups.values() for m in g.members.values()]
         for member in members:
             member.notify()
         if self._snapshot is not None:
-            with self._lock:
+            with self.lock:
                 self._snapshot.save(
-                    self._topics,
+                    self.logs,
                     self._compacted,
-                    {n: g.committed for n, g in self._groups.items()},
-                    {n: g.state for n, g in self._groups.items()},
+                    {n: g.committed for n, g in self.groups.items()},
+                    {n: g.state for n, g in self.groups.items()},
                 )
             self._snapshot.unlock()
 
     # -- internals (called with the lock held) ---------------------------------------------
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise :class:`StoreClosedError` once the store is closed (hold :attr:`lock`)."""
         if self._closed:
             raise StoreClosedError(f"store {self.url} is closed")
 
     def _log(self, tp: TopicPartition) -> list[Entry]:
-        parts = self._topics.get(tp.topic)
+        parts = self.logs.get(tp.topic)
         if parts is None:
             raise TopicError(f"topic {tp.topic} does not exist")
         if not 0 <= tp.partition < len(parts):
@@ -248,7 +253,7 @@ class MemoryStore(Store):
 
     def _check_topics(self, records: Iterable[OutgoingRecord]) -> None:
         for rec in records:
-            parts = self._topics.get(rec.topic)
+            parts = self.logs.get(rec.topic)
             if parts is None:
                 raise TopicError(f"topic {rec.topic} does not exist")
             if rec.partition is not None and not 0 <= rec.partition < len(parts):
@@ -259,7 +264,7 @@ class MemoryStore(Store):
     ) -> list[tuple[TopicPartition, int]]:
         positions: list[tuple[TopicPartition, int]] = []
         touched: set[str] = set()
-        topics = self._topics
+        topics = self.logs
         for rec in records:
             parts = topics[rec.topic]
             p = rec.partition if rec.partition is not None else partition_for(rec.key, len(parts))
@@ -276,7 +281,7 @@ class MemoryStore(Store):
     def _rebalance(self, group: _Group) -> None:
         """Range-assign every subscribed partition; start moving those whose owner changes."""
         subscriptions = {mid: m.topics for mid, m in group.members.items()}
-        counts = {topic: len(parts) for topic, parts in self._topics.items()}
+        counts = {topic: len(parts) for topic, parts in self.logs.items()}
         target = group.target = range_assign(subscriptions, counts)
         for tp, new_owner in target.items():
             current = group.owner.get(tp)
@@ -293,15 +298,17 @@ class MemoryStore(Store):
         group.owner[tp] = new_owner
         group.members[new_owner].assign(tp)
 
-    def _release(self, member: MemoryMember, partitions: Iterable[TopicPartition]) -> None:
-        group = self._groups[member.group]
+    def release(self, member: MemoryMember, partitions: Iterable[TopicPartition]) -> None:
+        """``member`` gives up ``partitions`` (hold :attr:`lock`)."""
+        group = self.groups[member.group]
         for tp in partitions:
             if group.owner.get(tp) == member.member_id:
                 del group.owner[tp]
                 self._hand_over(group, tp)
 
-    def _leave(self, member: MemoryMember) -> None:
-        group = self._groups.get(member.group)
+    def leave(self, member: MemoryMember) -> None:
+        """``member`` leaves its group (hold :attr:`lock`)."""
+        group = self.groups.get(member.group)
         if group is None or group.members.get(member.member_id) is not member:
             return
         del group.members[member.member_id]
@@ -312,9 +319,9 @@ class MemoryStore(Store):
             del group.owner[tp]
         self._rebalance(group)
 
-    def _commit(self, member: MemoryMember, commit: AtomicCommit) -> None:
+    def apply_commit(self, member: MemoryMember, commit: AtomicCommit) -> None:
         """Check ownership and topics, then apply ``commit`` (sizes were checked already)."""
-        group = self._groups[member.group]
+        group = self.groups[member.group]
         mine = member.member_id
         for tp in commit.offsets:
             if group.owner.get(tp) != mine:
@@ -388,7 +395,7 @@ class MemoryMember(GroupMember):
             if remaining <= 0:
                 return records
             loop = asyncio.get_running_loop()
-            with self._store._lock:
+            with self._store.lock:
                 if self._has_work():
                     continue
                 waiter: asyncio.Future[None] = loop.create_future()
@@ -398,13 +405,13 @@ class MemoryMember(GroupMember):
             except TimeoutError:
                 pass
             finally:
-                with self._store._lock:
+                with self._store.lock:
                     self._waiter = self._waiter_loop = None
 
     def _has_work(self) -> bool:
         if self._to_assign or self._to_revoke or self._closed or self._interrupted:
             return True
-        store_topics = self._store._topics
+        store_topics = self._store.logs
         for tp in self._owned:
             if tp not in self._paused and self._positions[tp] < len(
                 store_topics[tp.topic][tp.partition]
@@ -415,9 +422,9 @@ class MemoryMember(GroupMember):
     async def _run_rebalance_callbacks(self) -> None:
         store = self._store
         if self._to_revoke:
-            with store._lock:
+            with store.lock:
                 revoked, self._to_revoke = self._to_revoke, []
-                group = store._groups[self.group]
+                group = store.groups[self.group]
                 revoked = [
                     tp
                     for tp in revoked
@@ -426,16 +433,16 @@ class MemoryMember(GroupMember):
                 ]
             if revoked:
                 await self._listener.on_revoked(revoked)
-                with store._lock:
+                with store.lock:
                     self._owned = [tp for tp in self._owned if tp not in revoked]
                     for tp in revoked:
                         self._positions.pop(tp, None)
                         self._paused.discard(tp)
-                    store._release(self, revoked)
+                    store.release(self, revoked)
         if self._to_assign:
-            with store._lock:
+            with store.lock:
                 assigned, self._to_assign = self._to_assign, []
-                group = store._groups[self.group]
+                group = store.groups[self.group]
                 assigned = [tp for tp in assigned if group.owner.get(tp) == self.member_id]
                 for tp in assigned:
                     done = group.committed.get(tp)
@@ -448,11 +455,11 @@ class MemoryMember(GroupMember):
 
     def _fetch(self, max_records: int) -> list[Record]:
         out: list[Record] = []
-        with self._store._lock:
+        with self._store.lock:
             owned = self._owned
             if not owned or self._closed:
                 return out
-            topics = self._store._topics
+            topics = self._store.logs
             n = len(owned)
             start = self._rotation % n
             self._rotation += 1
@@ -472,36 +479,36 @@ class MemoryMember(GroupMember):
         return out
 
     async def _commit(self, commit: AtomicCommit) -> None:
-        with self._store._lock:
-            self._store._check_open()
-            self._store._commit(self, commit)
+        with self._store.lock:
+            self._store.check_open()
+            self._store.apply_commit(self, commit)
 
     async def committed(
         self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, CommittedOffset]:
-        with self._store._lock:
-            group = self._store._groups[self.group]
+        with self._store.lock:
+            group = self._store.groups[self.group]
             return {tp: group.committed[tp] for tp in partitions if tp in group.committed}
 
     async def load_state(self, partition: int) -> dict[str, bytes]:
-        with self._store._lock:
-            return dict(self._store._groups[self.group].state.get(partition, {}))
+        with self._store.lock:
+            return dict(self._store.groups[self.group].state.get(partition, {}))
 
     def assignment(self) -> frozenset[TopicPartition]:
-        with self._store._lock:
+        with self._store.lock:
             return frozenset(self._owned)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        with self._store._lock:
+        with self._store.lock:
             if tp in self._positions:
                 self._positions[tp] = offset
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
-        with self._store._lock:
+        with self._store.lock:
             self._paused.update(partitions)
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
-        with self._store._lock:
+        with self._store.lock:
             self._paused.difference_update(partitions)
             self.notify()
 
@@ -525,11 +532,11 @@ class MemoryMember(GroupMember):
             loop.call_soon_threadsafe(_wake, waiter)
 
     async def close(self) -> None:
-        with self._store._lock:
+        with self._store.lock:
             if self._closed:
                 return
             self._closed = True
-            self._store._leave(self)
+            self._store.leave(self)
             self._owned = []
             self._positions.clear()
         self.notify()

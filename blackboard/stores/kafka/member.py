@@ -272,7 +272,7 @@ class KafkaMember(GroupMember):
                         messages += self._consumer.consume(want - 1, 0)
             except KafkaException as exc:
                 raise translate(exc, "consume") from exc
-            records = [self._record(m) for m in messages if m.error() is None]
+            records = [record_of(m) for m in messages if m.error() is None]
             for m in messages:
                 if m.error() is not None:
                     log.warning("consumer error", group=self.group, error=str(m.error()))
@@ -300,19 +300,6 @@ class KafkaMember(GroupMember):
 
     def read_positions(self) -> dict[TopicPartition, int]:
         return self._positions
-
-    @staticmethod
-    def _record(m: Any) -> Record:
-        _, ts = m.timestamp()
-        return Record(
-            m.topic(),
-            m.partition(),
-            m.offset(),
-            m.key(),
-            m.value(),
-            tuple(m.headers() or ()),
-            ts / 1000.0,
-        )
 
     # -- commits (transaction thread) -----------------------------------------------------
     def _superseded_error(self) -> SupersededError | None:
@@ -600,3 +587,17 @@ class KafkaMember(GroupMember):
         if self._producer is not None:
             self._producer.flush(5)
         self._drop_producer(wedged=False)
+
+
+def record_of(m: Any) -> Record:
+    """The :class:`Record` of a consumed confluent-kafka message."""
+    _, ts = m.timestamp()
+    return Record(
+        m.topic(),
+        m.partition(),
+        m.offset(),
+        m.key(),
+        m.value(),
+        tuple(m.headers() or ()),
+        ts / 1000.0,
+    )

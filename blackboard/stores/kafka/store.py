@@ -36,7 +36,7 @@ from blackboard.records import (
 )
 from blackboard.store import GroupMember, RebalanceListener, Store
 from blackboard.stores.kafka.errors import translate
-from blackboard.stores.kafka.member import KafkaMember
+from blackboard.stores.kafka.member import KafkaMember, record_of
 from blackboard.stores.kafka.settings import KafkaSettings
 
 ADMIN_TIMEOUT_S = 15.0
@@ -73,7 +73,9 @@ def _still_pending(what: str) -> StoreUnavailableError:
 def _maybe_written(err: Any) -> bool:
     """Whether a failed delivery may still have been written (the idempotent producer gave up
     waiting for an answer), rather than refused."""
-    return bool(err.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT))
+    # librdkafka names its local (client-side) error codes with a leading underscore.
+    timed_out = (KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT)  # noqa: SLF001
+    return bool(err.code() in timed_out)
 
 
 class KafkaStore(Store):
@@ -261,7 +263,7 @@ class KafkaStore(Store):
                 while len(out) < max_records:
                     for m in reader.consume(min(500, max_records - len(out)), 0.05):
                         if m.error() is None:
-                            out.append(KafkaMember._record(m))
+                            out.append(record_of(m))
                     position = reader.position([KafkaTP(tp.topic, tp.partition)])[0].offset
                     if (out and out[-1].offset + 1 >= end) or position >= end:
                         break
