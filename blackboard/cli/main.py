@@ -131,10 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``blackboard`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
     from blackboard.cli import commands
 
     try:
+        configure_logging(args.log_level)
         handler = getattr(commands, f"cmd_{args.command}")
         code: int = handler(args)
         return code
