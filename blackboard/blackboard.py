@@ -23,7 +23,7 @@ from blackboard.artifacts import (
     make_envelope,
 )
 from blackboard.envsettings import EnvSettings, nested
-from blackboard.errors import ArtifactError, ConfigError, DeliveryUnknownError
+from blackboard.errors import ConfigError, DeliveryUnknownError
 from blackboard.records import OutgoingRecord, Record, TopicPartition
 from blackboard.store import LagRow, Store
 from blackboard.stores import DEFAULT_URL, open_store
@@ -248,13 +248,6 @@ class Blackboard:
         name = art_type if isinstance(art_type, str) else self.registry.of(art_type).name
         for record in self.records(name):
             yield decode(record, self.registry)
-
-    def try_decode(self, record: Record) -> Artifact[BaseModel] | ArtifactError:
-        """Decode a record, returning the error instead of raising it."""
-        try:
-            return decode(record, self.registry)
-        except ArtifactError as exc:
-            return exc
 
     def lag(self, groups: Sequence[str] | None = None) -> list[LagRow]:
         """Per group, topic and partition: end offset, committed offset, lag; of ``groups``,

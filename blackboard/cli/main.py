@@ -8,7 +8,6 @@ naming it and exit code 2.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -145,11 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-
-
-def run_async(coro: Any) -> Any:
-    """Run a coroutine to completion (helper for commands)."""
-    return asyncio.run(coro)
 
 
 if __name__ == "__main__":
