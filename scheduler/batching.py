@@ -164,8 +164,8 @@ class BatchSettings(EnvSettings):
 
     batch: Annotated[tuple[BatchOverride, ...], NoDecode] = Field(
         default=(),
-        description="batch sizes and windows per type, `[AGENT/]TYPE=[SIZE][:WINDOW]` "
-        "comma-separated, e.g. `Order=50:200ms,Refund=:2s` (`--batch` replaces it)",
+        description="batch sizes and windows per type, entries `[AGENT/]TYPE=[SIZE][:WINDOW]`, "
+        "e.g. `Order=50:200ms,Refund=:2s` (`blackboard worker --batch` replaces it)",
     )
 
     @field_validator("batch", mode="before")

@@ -100,8 +100,8 @@ class BackpressureSettings(EnvSettings):
     )
     ignore_agents: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="comma-separated agents whose groups' lag never throttles (e.g. retired "
-        "ones): agent names, not group names, so one list serves every prefix",
+        description="agents whose groups' lag never throttles a publisher (e.g. retired ones): "
+        "agent names, not group names, so one list serves every prefix",
     )
 
     @field_validator("ignore_agents", mode="before")
