@@ -1,5 +1,5 @@
 """Spans of the processing loop, written per process as Arrow segments, merged into DuckDB for
-canned analyses (DESIGN.md §6; docs/ARCHITECTURE.md, Observability).
+canned analyses (docs/DESIGN.md §6; docs/ARCHITECTURE.md, Observability).
 
 - :mod:`~observability.tracing` turns tracing on (:func:`~observability.tracing.start_tracing`)
   and holds the hooks the runner and the blackboard call;
