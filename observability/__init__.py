@@ -8,7 +8,8 @@ canned analyses (docs/DESIGN.md §6; docs/ARCHITECTURE.md, Observability).
 - :mod:`~observability.segments` where runs live, merging and opening them;
 - :mod:`~observability.analyses` the canned analyses, :mod:`~observability.report` their text;
 - :mod:`~observability.otel` the OpenTelemetry SDK side (provider, OTLP, conversions);
-- :mod:`~observability.runs` and :mod:`~observability.settings` what a run is, queue sizes;
+- :mod:`~observability.runs` what a run is; :mod:`~observability.settings` its variables and
+  the queue sizes;
 - :mod:`~observability.context` the current span, for log lines.
 
 Importing this package imports none of DuckDB, Arrow or the SDK: the runner imports the hooks
