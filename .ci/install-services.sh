@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what the integration tests need to run real servers without Docker (DESIGN.md
+# Install what the integration tests need to run real servers without Docker (docs/DESIGN.md
 # section 7), idempotently: redis-server (the binary only: the system service is not used),
 # chromium (for the dashboard's browser tests), a JDK 17+ and Maven, then the pinned Kafka
 # jars into the cache (${KAFKA_BLACKBOARD_CACHE:-~/.cache/kafka-blackboard}). Progress goes to

@@ -32,6 +32,7 @@ from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import TypeRegistry, artifact, output_id
 from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.redact import redact_url
 
 registry = TypeRegistry()
 ASPECTS = ("novelty", "feasibility", "impact")
@@ -219,7 +220,7 @@ def summarize(board: Blackboard, started: float, *, seed: int, ideas: int) -> di
         1 for art in board.read("research.Verdict") if getattr(art.payload, "accepted", False)
     )
     return {
-        "store": board.store.url,
+        "store": redact_url(board.store.url),
         "seed": seed,
         "ideas": ideas,
         "artifacts": dict(sorted(counts.items())),

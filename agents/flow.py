@@ -1,4 +1,4 @@
-"""Which partitions a runner reads, and how much (DESIGN.md §4, step 3): a bounded buffer of
+"""Which partitions a runner reads, and how much (docs/DESIGN.md §4, step 3): a bounded buffer of
 records read but not committed, partitions paused while the buffer stays full, while one runs
 too far ahead of its lowest unfinished offset, or while the circuit is open, and seeks back to
 committed offsets after a failed commit.

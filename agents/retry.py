@@ -1,5 +1,5 @@
 """How an agent retries a failing handler: attempts, capped exponential backoff with jitter,
-which exceptions are worth another try, and a time limit per call (DESIGN.md §5)."""
+which exceptions are worth another try, and a time limit per call (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 

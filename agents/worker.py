@@ -25,6 +25,7 @@ from agents.taskdump import log_task_stacks
 from blackboard.blackboard import Blackboard
 from blackboard.errors import AppLoadError, ConfigError
 from blackboard.logs import get_logger
+from blackboard.redact import redact_url
 from scheduler.batching import BatchSettings, resolve
 from scheduler.ledger import Ledger, NullLedger
 from scheduler.policies import PolicyLike, as_spec
@@ -155,7 +156,7 @@ class Worker:
             "worker started",
             app=self.app.name,
             agents=[r.spec.name for r in self.runners],
-            store=self.board.store.url,
+            store=redact_url(self.board.store.url),
         )
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -189,7 +189,7 @@ def artifact(
 
 @dataclass(slots=True)
 class Envelope:
-    """What the blackboard knows about an artifact besides its payload (DESIGN.md §1).
+    """What the blackboard knows about an artifact besides its payload (docs/DESIGN.md §1).
 
     Read-only by convention (not a frozen dataclass: a frozen one costs ~5x as much to build,
     and two are built per record an agent handles)."""
@@ -266,7 +266,7 @@ def make_envelope(
     traceparent: str | None = None,
     created_at: datetime | None = None,
 ) -> Envelope:
-    """Build an envelope, filling the defaults of DESIGN.md §1.
+    """Build an envelope, filling the defaults of docs/DESIGN.md §1.
 
     The id defaults to a fresh random one, the correlation id to the artifact's own id and
     the partition key to the correlation id.

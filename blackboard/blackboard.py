@@ -10,7 +10,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
 
 from blackboard.artifacts import (
     DEFAULT_TENANT,
@@ -21,8 +22,8 @@ from blackboard.artifacts import (
     default_registry,
     make_envelope,
 )
-from blackboard.envsettings import settings_from_env
-from blackboard.errors import ArtifactError, ConfigError, DeliveryUnknownError
+from blackboard.envsettings import EnvSettings, nested
+from blackboard.errors import ConfigError, DeliveryUnknownError
 from blackboard.records import OutgoingRecord, Record, TopicPartition
 from blackboard.store import LagRow, Store
 from blackboard.stores import DEFAULT_URL, open_store
@@ -32,34 +33,33 @@ from observability import tracing
 from scheduler.throttle import Backpressure, BackpressureSettings
 
 
-class BlackboardSettings(BaseModel):
+class BlackboardSettings(EnvSettings):
     """Where the blackboard lives, how its topics are laid out, and how its publishers throttle
-    on lag (``backpressure``, off by default: :mod:`scheduler.throttle`)."""
+    on lag (``backpressure``, off by default: :mod:`scheduler.throttle`).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    :meth:`from_env` reads ``BLACKBOARD_URL``, ``BLACKBOARD_PREFIX``, ``BLACKBOARD_PARTITIONS``
+    and the ``BLACKBOARD_BACKPRESSURE*`` variables
+    (:class:`~scheduler.throttle.BackpressureSettings`); explicit values win
+    (:mod:`blackboard.envsettings`).
+    """
 
-    url: str = DEFAULT_URL
-    prefix: str = Field(default="bb", pattern=r"^[A-Za-z0-9._-]+$")
-    partitions: int = Field(default=8, ge=1, le=10_000)
-    backpressure: BackpressureSettings = BackpressureSettings()
+    model_config = SettingsConfigDict(env_prefix="BLACKBOARD_")
 
-    @classmethod
-    def from_env(cls, **overrides: Any) -> BlackboardSettings:
-        """Settings from ``BLACKBOARD_URL``, ``BLACKBOARD_PREFIX``, ``BLACKBOARD_PARTITIONS``
-        and the ``BLACKBOARD_BACKPRESSURE*`` variables (:class:`BackpressureSettings`), with
-        explicit non-None ``overrides`` winning.
-
-        Raises:
-            ConfigError: a value is invalid (one line naming it).
-        """
-        env = {
-            "url": "BLACKBOARD_URL",
-            "prefix": "BLACKBOARD_PREFIX",
-            "partitions": "BLACKBOARD_PARTITIONS",
-        }
-        if overrides.get("backpressure") is None:
-            overrides = {**overrides, "backpressure": BackpressureSettings.from_env()}
-        return settings_from_env(cls, env, overrides)
+    url: str = Field(
+        default=DEFAULT_URL,
+        description="the store: `memory://[/path]`, `kafka://host:port[,host:port]`, "
+        "`redis://[user:password@]host:port/db`",
+    )
+    prefix: str = Field(
+        default="bb", pattern=r"^[A-Za-z0-9._-]+$", description="topic and group name prefix"
+    )
+    partitions: int = Field(
+        default=8, ge=1, le=10_000, description="partitions of every artifact topic"
+    )
+    backpressure: BackpressureSettings = Field(
+        default_factory=nested(BackpressureSettings),
+        description="publish throttles on lag (their own variables)",
+    )
 
 
 class Blackboard:
@@ -248,13 +248,6 @@ class Blackboard:
         name = art_type if isinstance(art_type, str) else self.registry.of(art_type).name
         for record in self.records(name):
             yield decode(record, self.registry)
-
-    def try_decode(self, record: Record) -> Artifact[BaseModel] | ArtifactError:
-        """Decode a record, returning the error instead of raising it."""
-        try:
-            return decode(record, self.registry)
-        except ArtifactError as exc:
-            return exc
 
     def lag(self, groups: Sequence[str] | None = None) -> list[LagRow]:
         """Per group, topic and partition: end offset, committed offset, lag; of ``groups``,

@@ -1,4 +1,4 @@
-"""Operating the dead-letter topics (DESIGN.md §5): list, show, replay and purge.
+"""Operating the dead-letter topics (docs/DESIGN.md §5): list, show, replay and purge.
 
 A dead letter stays in its ``<topic>.dlq`` log; what an operator did with it is recorded in the
 compacted topic ``<prefix>._dlq_dispositions`` (key: the entry id), so every store keeps the

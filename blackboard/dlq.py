@@ -1,4 +1,4 @@
-"""Dead letters (DESIGN.md §5): the original record byte-for-byte plus ``bb.dlq.*`` headers."""
+"""Dead letters (docs/DESIGN.md §5): the original record byte-for-byte plus ``bb.dlq.*`` headers."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ Stage = Literal["deserialize", "validate", "process", "timeout", "join", "produc
 H_STAGE = "bb.dlq.stage"
 H_ATTEMPT = "bb.dlq.attempt"
 H_FIRST_FAILURE = "bb.dlq.first_failure_ts"
-#: Replay headers (DESIGN.md §5): the dead letter a record was replayed from, the replay's id
+#: Replay headers (docs/DESIGN.md §5): the dead letter a record was replayed from, the replay's id
 #: and time; plus the attempts and first failure so far, so a record that fails again returns
 #: to the DLQ with its history.
 H_REPLAY_OF = "bb.replay.of"

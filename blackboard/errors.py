@@ -12,8 +12,10 @@
     │   ├── DuplicateTypeError      two models registered under one name and version
     │   ├── InvalidArtifactError    a payload that does not validate (keeps field errors)
     │   └── DecodeError             bytes that are not a well-formed artifact record
-    ├── AgentError
-    │   └── UndeclaredOutputError   a handler published a type it did not declare
+    ├── AgentError                  an agent defined or used wrongly
+    │   └── UnretryableError        no retry can fix it: dead-lettered at once
+    │       ├── UndeclaredOutputError  a handler published a type it did not declare
+    │       └── JoinError           a record that cannot take part in its join
     ├── TraceError                  traces cannot be written, found or read
     └── StoreError                  carries the backend's error code when it has one
         ├── StoreUnavailableError   the server cannot be reached

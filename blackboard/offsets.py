@@ -1,4 +1,4 @@
-"""Out-of-order completion inside a partition (DESIGN.md §4).
+"""Out-of-order completion inside a partition (docs/DESIGN.md §4).
 
 Records of one partition may finish in any order. The offset a group commits is the lowest
 one still unfinished; the offsets above it that did finish travel in the commit's metadata and

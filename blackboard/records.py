@@ -106,7 +106,7 @@ class StateUpdate:
 
 @dataclass(slots=True)
 class AtomicCommit:
-    """Everything one commit makes visible together, or not at all (DESIGN.md §3)."""
+    """Everything one commit makes visible together, or not at all (docs/DESIGN.md §3)."""
 
     outputs: list[OutgoingRecord] = field(default_factory=list)
     offsets: dict[TopicPartition, CommittedOffset] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""The store contract every backend implements (DESIGN.md §3).
+"""The store contract every backend implements (docs/DESIGN.md §3).
 
 A :class:`Store` holds partitioned, append-only topics and consumer groups. A
 :class:`GroupMember` is one member of one consumer group: the store spreads the group's

@@ -1,6 +1,6 @@
-"""Topic names (DESIGN.md §2): ``<prefix>.<type>``, ``<topic>.dlq``, ``<prefix>.<agent>.state``,
-and the blackboard's own bookkeeping topics ``<prefix>._<name>`` (agent status, DLQ
-dispositions), which hold no artifacts."""
+"""Topic names (docs/DESIGN.md §2): ``<prefix>.<type>``, ``<topic>.dlq``,
+``<prefix>.<agent>.state``, and the blackboard's own bookkeeping topics ``<prefix>._<name>``
+(agent status, DLQ dispositions), which hold no artifacts."""
 
 from __future__ import annotations
 

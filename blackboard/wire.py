@@ -1,4 +1,4 @@
-"""The wire form of an artifact (DESIGN.md §1): key = partition key, value = JSON payload,
+"""The wire form of an artifact (docs/DESIGN.md §1): key = partition key, value = JSON payload,
 envelope fields as UTF-8 string headers. A plain Kafka consumer sees clean JSON, and a record
 that a plain producer writes with these headers is accepted."""
 

@@ -76,7 +76,7 @@ else:  # run as a script: python compose/kafka_local.py
 KAFKA_VERSION = "4.0.1"
 """Pinned Apache Kafka release; ``compose/kafka/pom.xml`` has the same default."""
 LEGACY_KAFKA_VERSION = "3.9.1"
-"""The other release the fault tests run on (DESIGN.md section 7: 4.0.x and 3.9.x)."""
+"""The other release the fault tests run on (docs/DESIGN.md section 7: 4.0.x and 3.9.x)."""
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 MIN_JAVA = 17  # Kafka 4.x brokers need Java 17+.

@@ -11,7 +11,7 @@ Why not insert into DuckDB here, as each batch is made: DuckDB spends ~5 µs of 
 row on an insert (27 columns), several times what making the span costs, and that CPU is taken
 from the worker it observes; writing the Arrow batch costs under 1 µs a span and mostly
 outside the GIL. A segment is also readable while its process runs (a DuckDB file open for
-writing cannot be opened by any other process, DESIGN.md §6), so a live run can be analysed.
+writing cannot be opened by any other process, docs/DESIGN.md §6), so a live run can be analysed.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from blackboard.errors import ConfigError
+from blackboard.redact import redact_url
+from observability.settings import RunSettings
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Distributions whose versions a run records (those installed).
@@ -48,9 +50,14 @@ def check_run_id(run_id: str) -> str:
 
 def git_sha() -> str | None:
     """The source tree's commit (``-dirty`` when it has changes), or None outside a checkout.
-    ``BLACKBOARD_GIT_SHA`` wins (for installed copies whose checkout is elsewhere)."""
-    if os.environ.get("BLACKBOARD_GIT_SHA"):
-        return os.environ["BLACKBOARD_GIT_SHA"]
+    ``BLACKBOARD_GIT_SHA`` wins (for installed copies whose checkout is elsewhere).
+
+    Raises:
+        ConfigError: a run variable is invalid (:class:`~observability.settings.RunSettings`).
+    """
+    given = RunSettings.from_env().git_sha
+    if given:
+        return given
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=40"],
@@ -88,7 +95,7 @@ class RunInfo:
         scenario: what ran (the demo, an app's name, a benchmark).
         policy: the admission policy (``fifo`` until the scheduler brings others).
         seed: the seed of simulated latencies and data, if any.
-        store: the store URL.
+        store: the store URL, its password masked (:func:`~blackboard.redact.redact_url`).
         config: settings worth comparing runs by.
         git_sha: the source's commit.
         versions: Python and library versions.
@@ -122,13 +129,13 @@ class RunInfo:
         Raises:
             ConfigError: the run id cannot name a directory.
         """
-        rid = check_run_id(run_id or os.environ.get("BLACKBOARD_RUN_ID") or new_run_id())
+        rid = check_run_id(run_id or RunSettings.from_env().run_id or new_run_id())
         return cls(
             run_id=rid,
             scenario=scenario,
             policy=policy,
             seed=seed,
-            store=store,
+            store=None if store is None else redact_url(store),
             config=dict(config or {}),
             git_sha=git_sha(),
             versions=versions(),

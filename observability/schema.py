@@ -4,7 +4,7 @@ A span travels from the hot path to the exporter as a plain tuple (a *span row*)
 are the columns below in order, plus its links: building a tuple costs a fraction of building an
 OpenTelemetry SDK span (which validates every attribute under a lock), and the exporter turns a
 batch of rows into Arrow columns with one transposition. The OpenTelemetry attributes of
-DESIGN.md §6 are columns of their own (:data:`ATTRIBUTE_COLUMNS`), so analyses need no JSON;
+docs/DESIGN.md §6 are columns of their own (:data:`ATTRIBUTE_COLUMNS`), so analyses need no JSON;
 anything else a span carries goes to the ``attributes`` JSON column.
 
 This module imports neither DuckDB nor Arrow: the runner imports it on every start.
@@ -61,7 +61,7 @@ STATUS, STATUS_MESSAGE, ATTRIBUTES = (
     _INDEX["attributes"],
 )
 
-#: OpenTelemetry attribute name -> column (DESIGN.md §6; ours carry the ``bb.`` prefix).
+#: OpenTelemetry attribute name -> column (docs/DESIGN.md §6; ours carry the ``bb.`` prefix).
 ATTRIBUTE_COLUMNS: Final[dict[str, str]] = {
     "messaging.operation.type": "operation",
     "messaging.system": "system",

@@ -1,15 +1,41 @@
-"""How the span exporter queues and batches (pydantic settings, from the environment)."""
+"""Tracing settings from the environment: which run a process traces into and where
+(:class:`RunSettings`), and how the span exporter queues and batches (:class:`TraceSettings`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from blackboard.envsettings import settings_from_env
+from blackboard.envsettings import EnvSettings
 
 
-class TraceSettings(BaseModel):
+class RunSettings(EnvSettings):
+    """Where traced runs go and what names them: :meth:`from_env` reads ``BLACKBOARD_TRACES``,
+    ``BLACKBOARD_RUN_ID`` and ``BLACKBOARD_GIT_SHA``; explicit values (``--traces``,
+    ``--run-id``) win."""
+
+    model_config = SettingsConfigDict(env_prefix="BLACKBOARD_")
+    what = "run setting"
+
+    traces: Path | None = Field(
+        default=None,
+        description="traces directory: `demo` and `worker` trace into it, `traces` and the "
+        "dashboard read it (unset: no tracing; `traces` reads `./traces`)",
+    )
+    run_id: str | None = Field(
+        default=None,
+        description="the run a process traces under, shared by workers started apart "
+        "(unset: a new id per process)",
+    )
+    git_sha: str | None = Field(
+        default=None,
+        description="the commit a run records (unset: `git describe` of the source tree)",
+    )
+
+
+class TraceSettings(EnvSettings):
     """Queue and batch sizes of the span exporter.
 
     The queue must hold what is ended while one batch is written: at ~40,000 spans/s (the
@@ -18,25 +44,24 @@ class TraceSettings(BaseModel):
     queue full is dropped and counted, never lost silently.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="BLACKBOARD_TRACES_")
+    what = "trace setting"
 
-    max_queue: int = Field(default=100_000, ge=1, description="spans waiting to be written")
-    batch_size: int = Field(default=8192, ge=1, description="spans per Arrow batch and INSERT")
-    flush_interval_s: float = Field(
-        default=0.25, gt=0, description="longest time a span waits for its batch"
+    max_queue: int = Field(
+        default=100_000,
+        ge=1,
+        validation_alias="BLACKBOARD_TRACES_QUEUE",
+        description="spans waiting to be written",
     )
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> TraceSettings:
-        """Settings from ``BLACKBOARD_TRACES_QUEUE``, ``BLACKBOARD_TRACES_BATCH`` and
-        ``BLACKBOARD_TRACES_FLUSH_S``, explicit non-None ``overrides`` winning.
-
-        Raises:
-            ConfigError: a value is invalid (one line naming it).
-        """
-        env = {
-            "max_queue": "BLACKBOARD_TRACES_QUEUE",
-            "batch_size": "BLACKBOARD_TRACES_BATCH",
-            "flush_interval_s": "BLACKBOARD_TRACES_FLUSH_S",
-        }
-        return settings_from_env(cls, env, overrides, "trace setting")
+    batch_size: int = Field(
+        default=8192,
+        ge=1,
+        validation_alias="BLACKBOARD_TRACES_BATCH",
+        description="spans per Arrow batch and INSERT",
+    )
+    flush_interval_s: float = Field(
+        default=0.25,
+        gt=0,
+        validation_alias="BLACKBOARD_TRACES_FLUSH_S",
+        description="longest time a span waits for its batch",
+    )

@@ -79,7 +79,6 @@ class Ticket(Generic[T]):
     item: T
     info: Admission
     seq: int
-    pushed_at: float
     position: int
     pops_at_push: int
     estimate_s: float | None = None
@@ -106,7 +105,7 @@ class ReadyQueue(ABC, Generic[T]):
     # -- the interface the runner uses ------------------------------------------------------
     def push(self, item: T, info: Admission, now: float) -> None:
         """Queue ``item`` (admitted at ``now``, in seconds of the loop's clock)."""
-        ticket = Ticket(item, info, next(self._seq), now, len(self), self._pops)
+        ticket = Ticket(item, info, next(self._seq), len(self), self._pops)
         self.push_ticket(ticket, now)
         self.ledger.queued(info, ticket.estimate_s)
 

@@ -9,8 +9,8 @@ In code, a batch agent names a :class:`BatchControl` per consumed type::
 
 Operators override them without touching code, per worker process, with
 ``blackboard worker … --batch Order=50:200ms`` or ``BLACKBOARD_BATCH="Order=50:200ms"``
-(:class:`BatchSettings`; an explicit ``--batch`` replaces the variable, as explicit values
-replace variables in :mod:`blackboard.envsettings`). An override is
+(:class:`BatchSettings`; an explicit ``--batch`` replaces the variable, as values given in
+code replace variables in :mod:`blackboard.envsettings`). An override is
 ``[AGENT/]TYPE=[SIZE][:WINDOW]``: TYPE is a registered type name (``shop.Order``), its last
 dotted part (``Order``) or its model's class name; SIZE a whole number >= 1; WINDOW a number
 with ``ms`` (the default unit), ``s`` or ``m``; either may be left out to keep the code's
@@ -22,19 +22,18 @@ one :class:`~blackboard.errors.ConfigError` line.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from blackboard.envsettings import EnvSettings
 from blackboard.errors import AgentError, ConfigError
 
-#: The environment variable holding batch overrides (``Order=50:200ms,Refund=10:1s``).
-BATCH_ENV = "BLACKBOARD_BATCH"
 _FORM = "[AGENT/]TYPE=SIZE:WINDOW, e.g. Order=50:200ms"
 _ENTRY = re.compile(
     r"^(?:(?P<agent>[^/=\s]+)/)?(?P<type>[^/=\s]+)=(?P<size>[^:]*)(?::(?P<win>.*))?$"
@@ -157,12 +156,17 @@ def parse_overrides(value: str | Sequence[str]) -> tuple[BatchOverride, ...]:
     return tuple(out)
 
 
-class BatchSettings(BaseModel):
+class BatchSettings(EnvSettings):
     """A worker's batch overrides, from ``--batch`` or ``BLACKBOARD_BATCH``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="BLACKBOARD_")
+    what = "batch setting"
 
-    batch: tuple[BatchOverride, ...] = ()
+    batch: Annotated[tuple[BatchOverride, ...], NoDecode] = Field(
+        default=(),
+        description="batch sizes and windows per type, entries `[AGENT/]TYPE=[SIZE][:WINDOW]`, "
+        "e.g. `Order=50:200ms,Refund=:2s` (`blackboard worker --batch` replaces it)",
+    )
 
     @field_validator("batch", mode="before")
     @classmethod
@@ -178,7 +182,7 @@ class BatchSettings(BaseModel):
         return value
 
     @classmethod
-    def from_env(cls, batch: str | Sequence[str] | None = None) -> BatchSettings:
+    def from_env(cls, batch: str | Sequence[str] | None = None, **overrides: Any) -> Self:
         """Settings from ``batch`` (e.g. the ``--batch`` values) if given, else from
         ``BLACKBOARD_BATCH`` (unset or empty: no overrides).
 
@@ -188,14 +192,20 @@ class BatchSettings(BaseModel):
         """
         if batch is not None:
             return cls.parse(batch)
-        try:
-            return cls.parse(os.environ.get(BATCH_ENV, ""))
-        except ConfigError as exc:
-            raise ConfigError(f"{BATCH_ENV}: {exc}") from None
+        return super().from_env(**overrides)
 
     @classmethod
-    def parse(cls, value: str | Sequence[str]) -> BatchSettings:
-        """Settings from override text alone (the environment is not read).
+    def config_error(cls, exc: ValidationError) -> ConfigError:
+        """``BLACKBOARD_BATCH: <what is wrong>`` for a bad override (explicit ones are parsed
+        before the environment is read, so this one came from the variable)."""
+        err = exc.errors()[0]
+        if err["type"] != "batch_override":
+            return super().config_error(exc)
+        return ConfigError(f"{cls.variable('batch')}: {err['msg']}")
+
+    @classmethod
+    def parse(cls, value: str | Sequence[str]) -> Self:
+        """Settings from override text alone (the environment is not used).
 
         Raises:
             ConfigError: a malformed entry.

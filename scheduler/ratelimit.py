@@ -17,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from blackboard.envsettings import settings_from_env
+from blackboard.envsettings import EnvSettings
 from blackboard.errors import ConfigError
+from blackboard.redact import redact_url
 from blackboard.stores import is_embedded
 
 if TYPE_CHECKING:
@@ -55,22 +57,18 @@ class Limiter(Protocol):
         ...
 
 
-class RateLimitSettings(BaseModel):
-    """The worker's default for where rate-limit state is shared (``BLACKBOARD_RATE_LIMIT_URL``:
-    a ``redis://`` URL; unset: each runner keeps its buckets in memory)."""
+class RateLimitSettings(EnvSettings):
+    """The worker's default for where rate-limit state is shared, for agents whose
+    :class:`RateLimit` does not say (:meth:`from_env`: ``BLACKBOARD_RATE_LIMIT_URL``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="BLACKBOARD_RATE_LIMIT_")
+    what = "rate limit setting"
 
-    url: str | None = None
-
-    @classmethod
-    def from_env(cls) -> RateLimitSettings:
-        """Settings from ``BLACKBOARD_RATE_LIMIT_URL``.
-
-        Raises:
-            ConfigError: a value is invalid.
-        """
-        return settings_from_env(cls, {"url": "BLACKBOARD_RATE_LIMIT_URL"}, {}, "rate limit")
+    url: str | None = Field(
+        default=None,
+        description="a `redis://` URL every worker of an agent shares its buckets through "
+        "(unset: each runner keeps its buckets in memory)",
+    )
 
 
 @dataclass(slots=True)
@@ -152,7 +150,8 @@ class RateLimit:
             return RateLimiter(self._bucket(self.requests_per_s), self._bucket(self.tokens_per_s))
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
-                f"a rate limit is shared through redis:// (or kept in memory://), not {url!r}"
+                "a rate limit is shared through redis:// (or kept in memory://), "
+                f"not {redact_url(url)!r}"
             )
         return _redis_limiter(self, url, scope)
 

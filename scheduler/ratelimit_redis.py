@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from blackboard.aio import cancel_and_wait
 from blackboard.errors import ConfigError, StoreUnavailableError
+from blackboard.redact import redact_url
 
 if TYPE_CHECKING:
     from scheduler.ratelimit import RateLimit
@@ -108,13 +109,14 @@ class RedisRateLimiter:
 
     def __init__(self, limit: RateLimit, url: str, scope: str) -> None:
         self.url = url
+        self._shown = shown = redact_url(url)  # messages and task names never show a password
         self._ttl_ms = int(1000 * max(60.0, 10 * limit.burst_s))
         self.requests = self._shared(scope, "requests", limit.requests_per_s, limit)
         self.tokens = self._shared(scope, "tokens", limit.tokens_per_s, limit)
         try:
             self._client = redis.asyncio.Redis.from_url(url, protocol=2)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"bad rate-limit Redis URL {url!r}: {exc}") from exc
+            raise ConfigError(f"bad rate-limit Redis URL {shown!r}: {exc}") from exc
         self._script = self._client.register_script(TAKE)
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -139,11 +141,11 @@ class RedisRateLimiter:
         except (RedisError, OSError) as exc:
             await self._client.aclose()
             raise StoreUnavailableError(
-                f"cannot reach the rate-limit Redis at {self.url}: {exc}",
+                f"cannot reach the rate-limit Redis at {self._shown}: {exc}",
                 code="CONNECTION",
                 retriable=True,
             ) from exc
-        self._task = asyncio.create_task(self._refill(), name=f"ratelimit:{self.url}")
+        self._task = asyncio.create_task(self._refill(), name=f"ratelimit:{self._shown}")
 
     async def close(self) -> None:
         """Stop refilling, give back the unspent lease, pay what is owed, disconnect."""
@@ -249,7 +251,7 @@ class RedisRateLimiter:
                     self._failing_since = now
                 if now - self._failing_since >= UNAVAILABLE_S:
                     raise StoreUnavailableError(
-                        f"the rate-limit Redis at {self.url} has been unreachable for "
+                        f"the rate-limit Redis at {self._shown} has been unreachable for "
                         f"{UNAVAILABLE_S:g}s: {exc}",
                         code="CONNECTION",
                         retriable=True,

@@ -35,11 +35,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from blackboard.envsettings import settings_from_env
+from blackboard.envsettings import EnvSettings
 from blackboard.errors import StoreClosedError
 from blackboard.logs import get_logger
 from scheduler.backpressure import AimdController, Throttle, expected_wait_s, rate
@@ -54,49 +55,54 @@ log = get_logger("backpressure")
 DRAIN_SAMPLES = 4  # drain rate = committed delta over the last 4 samples (3 intervals)
 REPORT_EVERY = 5  # while not normal, re-report the state every 5 sample intervals
 
-ENV = {
-    "enabled": "BLACKBOARD_BACKPRESSURE",
-    "target_wait_s": "BLACKBOARD_BACKPRESSURE_TARGET_WAIT_S",
-    "max_rate": "BLACKBOARD_BACKPRESSURE_MAX_RATE",
-    "min_rate": "BLACKBOARD_BACKPRESSURE_MIN_RATE",
-    "increase": "BLACKBOARD_BACKPRESSURE_INCREASE",
-    "decrease": "BLACKBOARD_BACKPRESSURE_DECREASE",
-    "sample_interval_s": "BLACKBOARD_BACKPRESSURE_SAMPLE_INTERVAL_S",
-    "burst_s": "BLACKBOARD_BACKPRESSURE_BURST_S",
-    "ignore_agents": "BLACKBOARD_BACKPRESSURE_IGNORE_AGENTS",
-}
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # as agents.agent checks names
 
 
-class BackpressureSettings(BaseModel):
+class BackpressureSettings(EnvSettings):
     """How publishers throttle on their consumers' lag (off by default).
 
-    Attributes:
-        enabled: throttle publishes at all.
-        target_wait_s: the expected wait (lag / drain rate) above which the rate decreases.
-        max_rate: records/s per target type when nobody is behind.
-        min_rate: below this rate a publisher pauses until the wait falls.
-        increase: records/s added per sample under the target (default ``max_rate / 10``).
-        decrease: factor applied per sample over the target.
-        sample_interval_s: how often lag is read (a publish never reads it itself otherwise).
-        burst_s: seconds' worth of the rate a publisher may spend at once.
-        ignore_agents: agents whose consumer groups' lag never throttles a publisher (e.g.
-            agents retired for good, whose groups keep their offsets): agent names, not
-            group names, so one list serves every prefix; a comma-separated string is split
-            (the environment's form).
+    :meth:`from_env` reads ``BLACKBOARD_BACKPRESSURE`` (``1`` / ``true`` turns it on) and
+    ``BLACKBOARD_BACKPRESSURE_<FIELD>``; explicit values win (:mod:`blackboard.envsettings`).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="BLACKBOARD_BACKPRESSURE_")
+    what = "backpressure setting"
 
-    enabled: bool = False
-    target_wait_s: float = Field(default=30.0, gt=0)
-    max_rate: float = Field(default=10_000.0, gt=0)
-    min_rate: float = Field(default=1.0, gt=0)
-    increase: float | None = Field(default=None, gt=0)
-    decrease: float = Field(default=0.5, gt=0, lt=1)
-    sample_interval_s: float = Field(default=1.0, gt=0)
-    burst_s: float = Field(default=1.0, gt=0)
-    ignore_agents: tuple[str, ...] = ()
+    enabled: bool = Field(
+        default=False,
+        validation_alias="BLACKBOARD_BACKPRESSURE",
+        description="throttle publishes on their consumers' lag at all",
+    )
+    target_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="expected wait (lag / drain rate) above which the rate decreases",
+    )
+    max_rate: float = Field(
+        default=10_000.0, gt=0, description="records/s per target type when nobody is behind"
+    )
+    min_rate: float = Field(
+        default=1.0, gt=0, description="below this rate a publisher pauses until the wait falls"
+    )
+    increase: float | None = Field(
+        default=None,
+        gt=0,
+        description="records/s added per sample under the target (unset: `max_rate / 10`)",
+    )
+    decrease: float = Field(
+        default=0.5, gt=0, lt=1, description="factor applied per sample over the target"
+    )
+    sample_interval_s: float = Field(
+        default=1.0, gt=0, description="how often lag is read (a publish never reads it)"
+    )
+    burst_s: float = Field(
+        default=1.0, gt=0, description="seconds' worth of the rate a publisher may spend at once"
+    )
+    ignore_agents: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="agents whose groups' lag never throttles a publisher (e.g. retired ones): "
+        "agent names, not group names, so one list serves every prefix",
+    )
 
     @field_validator("ignore_agents", mode="before")
     @classmethod
@@ -118,16 +124,6 @@ class BackpressureSettings(BaseModel):
         if self.min_rate > self.max_rate:
             raise ValueError(f"min_rate {self.min_rate:g} is above max_rate {self.max_rate:g}")
         return self
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> BackpressureSettings:
-        """Settings from ``BLACKBOARD_BACKPRESSURE`` (``1`` / ``true`` turns it on) and
-        ``BLACKBOARD_BACKPRESSURE_<FIELD>``, explicit non-None ``overrides`` winning.
-
-        Raises:
-            ConfigError: a value is invalid (one line naming it).
-        """
-        return settings_from_env(cls, ENV, overrides, what="backpressure setting")
 
     def controller(self) -> AimdController:
         """A fresh AIMD controller with these settings."""

@@ -19,7 +19,7 @@ Fixtures:
 
 Helper: :func:`unique_name` for a fresh topic prefix, group or stream name per test.
 
-Where a server comes from (DESIGN.md section 7), decided once per run, the first time a
+Where a server comes from (docs/DESIGN.md section 7), decided once per run, the first time a
 test asks for it:
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` if set (must answer a TCP connect);

@@ -8,7 +8,6 @@ naming it and exit code 2.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -131,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``blackboard`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
     from blackboard.cli import commands
 
     try:
+        configure_logging(args.log_level)
         handler = getattr(commands, f"cmd_{args.command}")
         code: int = handler(args)
         return code
@@ -145,11 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-
-
-def run_async(coro: Any) -> Any:
-    """Run a coroutine to completion (helper for commands)."""
-    return asyncio.run(coro)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,8 +74,15 @@ def add_traces_parser(sub: Any) -> None:
 
 
 def tracing_dir(value: str | None) -> str | None:
-    """The traces directory a command was given (``--traces``, else ``BLACKBOARD_TRACES``)."""
-    return value or os.environ.get("BLACKBOARD_TRACES") or None
+    """The traces directory a command was given (``--traces``, else ``BLACKBOARD_TRACES``).
+
+    Raises:
+        ConfigError: a run variable is invalid.
+    """
+    from observability.settings import RunSettings
+
+    traces = RunSettings.from_env(traces=value or None).traces
+    return None if traces is None else str(traces)
 
 
 def start_command_tracing(

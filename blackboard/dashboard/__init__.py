@@ -4,7 +4,7 @@ server-sent events for live updates.
 
 ::
 
-    settings.py   DashboardSettings, the start-up check (no key off loopback: refused)
+    settings.py   DashboardSettings, the key from BLACKBOARD_API_KEY, the start-up check
     auth.py       the API key: required for changes, and for reads off loopback
     health.py     Burrow-style partition health over sampled committed offsets
     sampler.py    samples lag and end offsets every interval; overview, group, topic views

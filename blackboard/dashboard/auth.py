@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
-from blackboard.dashboard.settings import DashboardSettings
+from blackboard.dashboard.settings import API_KEY_ENV, DashboardSettings
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -30,7 +30,7 @@ def key_ok(settings: DashboardSettings, request: Request) -> bool:
     given = presented_key(request)
     if not settings.api_key or not given:
         return False
-    return hmac.compare_digest(given.encode(), settings.api_key.encode())
+    return hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode())
 
 
 def may_read(settings: DashboardSettings, request: Request) -> bool:
@@ -41,7 +41,7 @@ def may_read(settings: DashboardSettings, request: Request) -> bool:
 def change_refusal(settings: DashboardSettings, request: Request) -> str | None:
     """Why a change is refused, or None when it may go ahead."""
     if not settings.api_key:
-        return "changes are disabled: start the dashboard with BLACKBOARD_API_KEY set"
+        return f"changes are disabled: start the dashboard with {API_KEY_ENV} set"
     if not key_ok(settings, request):
         return f"a valid API key is required ({HEADER} header)"
     return None

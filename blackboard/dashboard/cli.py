@@ -51,16 +51,13 @@ def run_dashboard(args: argparse.Namespace) -> int:
     Raises:
         ConfigError: refused settings (e.g. a non-loopback address without a key).
     """
-    import os
-
     from blackboard.blackboard import Blackboard, BlackboardSettings
     from blackboard.dashboard.server import serve
 
-    traces = args.traces or os.environ.get("BLACKBOARD_TRACES") or None
     settings = DashboardSettings.from_env(
         host=args.host,
         port=args.port,
-        traces=Path(traces) if traces else None,
+        traces=Path(args.traces) if args.traces else None,
         audit_log=Path(args.audit_log),
         sample_interval_s=args.interval,
         window=args.window,

@@ -1,15 +1,17 @@
-"""Dashboard settings and the start-up check on where it binds."""
+"""Dashboard settings, its API key from the environment, and the start-up check on where it
+binds."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from blackboard.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
-API_KEY_ENV = "BLACKBOARD_API_KEY"
+from blackboard.envsettings import EnvSettings
+from blackboard.errors import ConfigError
+from observability.settings import RunSettings
 
 
 def is_loopback(host: str) -> bool:
@@ -22,8 +24,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class DashboardSettings:
+class ApiKeySettings(EnvSettings):
+    """The dashboard's API key from ``BLACKBOARD_API_KEY``, kept as a :class:`SecretStr` so it
+    never shows in a repr, a log line or an error message."""
+
+    model_config = SettingsConfigDict(env_prefix="BLACKBOARD_")
+    what = "dashboard setting"
+
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="the dashboard's API key: changes (replay, purge) need it, and reads off "
+        "loopback (unset: changes refused, and binding off loopback refused)",
+    )
+
+
+#: The variable holding the dashboard's key.
+API_KEY_ENV = ApiKeySettings.variable("api_key")
+
+
+class DashboardSettings(BaseModel):
     """How the dashboard runs.
 
     Attributes:
@@ -37,9 +56,11 @@ class DashboardSettings:
         lag_threshold: lag one worker is expected to absorb (desired worker count).
     """
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     host: str = "127.0.0.1"
     port: int = 8321
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     traces: Path | None = None
     audit_log: Path = Path("blackboard-audit.jsonl")
     sample_interval_s: float = 2.0
@@ -48,14 +69,19 @@ class DashboardSettings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> DashboardSettings:
-        """Settings with the key from ``BLACKBOARD_API_KEY`` and non-None ``overrides``.
+        """Settings with the key from ``BLACKBOARD_API_KEY`` (:class:`ApiKeySettings`), the
+        runs from ``BLACKBOARD_TRACES`` (:class:`~observability.settings.RunSettings`), and
+        non-None ``overrides`` winning.
 
         Raises:
             ConfigError: see :meth:`check`.
         """
-        values: dict[str, object] = {"api_key": os.environ.get(API_KEY_ENV) or None}
+        values: dict[str, object] = {
+            "api_key": ApiKeySettings.from_env().api_key,
+            "traces": RunSettings.from_env().traces,
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)  # type: ignore[arg-type]  # keys are the fields above
+        settings = cls.model_validate(values)
         settings.check()
         return settings
 

@@ -3,7 +3,7 @@
 Only merged files are opened: :func:`observability.segments.open_runs` first merges a run's
 segments (Arrow streams the workers append to) into ``<run>/run.duckdb`` in a fresh file
 swapped in atomically, then attaches that file read-only. The dashboard never opens a DuckDB
-file a worker is writing (DESIGN.md §6); a run still being written shows as partial.
+file a worker is writing (docs/DESIGN.md §6); a run still being written shows as partial.
 """
 
 from __future__ import annotations

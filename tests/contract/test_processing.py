@@ -1,4 +1,4 @@
-"""Processing-loop contract (DESIGN.md §4) on every backend: exactly-once effects through
+"""Processing-loop contract (docs/DESIGN.md §4) on every backend: exactly-once effects through
 crashes, out-of-order completion, rebalances, dead letters and clean stops."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Dead-letter replay and purge (DESIGN.md §5) on every backend."""
+"""Dead-letter replay and purge (docs/DESIGN.md §5) on every backend."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retries, time limits and the circuit breaker (DESIGN.md §5) on every backend."""
+"""Retries, time limits and the circuit breaker (docs/DESIGN.md §5) on every backend."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Store contract: the behaviour every backend must show (DESIGN.md §3)."""
+"""Store contract: the behaviour every backend must show (docs/DESIGN.md §3)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The real servers behave as the stores rely on: Kafka transactions and Redis streams.
 
 These tests check the test infrastructure itself (``tests/services.py`` and the launchers in
-``compose/``) against the semantics DESIGN.md section 3 builds on: a ``read_committed``
+``compose/``) against the semantics docs/DESIGN.md section 3 builds on: a ``read_committed``
 consumer sees a transaction's records all at once and only after the commit, data survives
 a crash of the server, and Redis streams round-trip through a consumer group.
 """

@@ -1,4 +1,4 @@
-"""The ``kafka://`` backend: Apache Kafka through confluent-kafka (DESIGN.md §3).
+"""The ``kafka://`` backend: Apache Kafka through confluent-kafka (docs/DESIGN.md §3).
 
 - :mod:`~blackboard.stores.kafka.store` — :class:`KafkaStore`: topics, publishing, reads,
   last stable offsets, committed offsets read with ``require_stable``.

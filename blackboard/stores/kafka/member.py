@@ -1,5 +1,5 @@
 """A consumer-group member on Kafka: a ``read_committed`` consumer and the worker slot's
-transactional producer (DESIGN.md §3, §4).
+transactional producer (docs/DESIGN.md §3, §4).
 
 Threads: ``consume()`` blocks, so it runs on the member's poll thread; librdkafka calls the
 rebalance callbacks inside it, and they hand the work to the event loop (the runner's listener)

@@ -1,4 +1,4 @@
-"""The ``redis://`` backend: Redis Streams through redis-py (DESIGN.md §3).
+"""The ``redis://`` backend: Redis Streams through redis-py (docs/DESIGN.md §3).
 
 - :mod:`~blackboard.stores.redis.store` — :class:`RedisStore`: topics, publishing, reads,
   end offsets, lag with the Redis consumer groups' own figures, trimming.

@@ -1,4 +1,4 @@
-"""A consumer-group member on Redis Streams (DESIGN.md §3, §4).
+"""A consumer-group member on Redis Streams (docs/DESIGN.md §3, §4).
 
 Redis has no group coordinator, so the member runs the group protocol itself:
 
