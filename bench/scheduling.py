@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from blackboard.logs import configure_logging
-from scheduler.sim.report import Estimate, estimate, percentile, tenant_p99
-from scheduler.sim.run import RunResult, run_real, simulate
-from scheduler.sim.workload import Burst, Experiment, Service, Tenant
+from blackboard.shell.sim.report import Estimate, estimate, percentile, tenant_p99
+from blackboard.shell.sim.run import RunResult, run_real, simulate
+from blackboard.shell.sim.workload import Burst, Experiment, Service, Tenant
 
 
 def _runs(spec: Experiment, policy: str, seeds: int, load: float) -> list[RunResult]:

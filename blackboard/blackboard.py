@@ -6,9 +6,8 @@ them back and look at lag; workers use it to find their topics.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
@@ -22,25 +21,25 @@ from blackboard.artifacts import (
     default_registry,
     make_envelope,
 )
-from blackboard.envsettings import EnvSettings, nested
+from blackboard.envsettings import EnvSettings
 from blackboard.errors import ConfigError, DeliveryUnknownError
+from blackboard.publishing import HookFactory, Publish, PublishHook, make_hooks
 from blackboard.records import OutgoingRecord, Record, TopicPartition
 from blackboard.store import LagRow, Store
 from blackboard.stores import DEFAULT_URL, open_store
 from blackboard.topics import TopicNames
 from blackboard.wire import decode, encode_headers, encode_payload
-from observability import tracing
-from scheduler.throttle import Backpressure, BackpressureSettings
+
+H = TypeVar("H", bound=PublishHook)
 
 
 class BlackboardSettings(EnvSettings):
-    """Where the blackboard lives, how its topics are laid out, and how its publishers throttle
-    on lag (``backpressure``, off by default: :mod:`scheduler.throttle`).
+    """Where the blackboard lives and how its topics are laid out.
 
-    :meth:`from_env` reads ``BLACKBOARD_URL``, ``BLACKBOARD_PREFIX``, ``BLACKBOARD_PARTITIONS``
-    and the ``BLACKBOARD_BACKPRESSURE*`` variables
-    (:class:`~scheduler.throttle.BackpressureSettings`); explicit values win
-    (:mod:`blackboard.envsettings`).
+    :meth:`from_env` reads ``BLACKBOARD_URL``, ``BLACKBOARD_PREFIX`` and
+    ``BLACKBOARD_PARTITIONS``; explicit values win (:mod:`blackboard.envsettings`). How
+    publishers throttle on lag is a publish hook's own setting
+    (:class:`~scheduler.throttle.BackpressureSettings`, ``BLACKBOARD_BACKPRESSURE*``).
     """
 
     model_config = SettingsConfigDict(env_prefix="BLACKBOARD_")
@@ -56,10 +55,6 @@ class BlackboardSettings(EnvSettings):
     partitions: int = Field(
         default=8, ge=1, le=10_000, description="partitions of every artifact topic"
     )
-    backpressure: BackpressureSettings = Field(
-        default_factory=nested(BackpressureSettings),
-        description="publish throttles on lag (their own variables)",
-    )
 
 
 class Blackboard:
@@ -70,6 +65,11 @@ class Blackboard:
             open :class:`Store`; default from settings.
         registry: the artifact types known here (default: everything ``@artifact`` registered).
         settings: prefix and partition count; default from the environment.
+        hooks: makers of the publish hooks (:mod:`blackboard.publishing`); default: those the
+            installed packages declare (backpressure and send spans, each off unless set up).
+
+    Raises:
+        ConfigError: a setting or a publish hook's setting is invalid.
     """
 
     def __init__(
@@ -78,6 +78,7 @@ class Blackboard:
         *,
         registry: TypeRegistry | None = None,
         settings: BlackboardSettings | None = None,
+        hooks: Sequence[HookFactory] | None = None,
     ) -> None:
         url = store if isinstance(store, str) else store.url if isinstance(store, Store) else None
         if settings is None:
@@ -89,13 +90,12 @@ class Blackboard:
         self.registry = registry or default_registry
         self.topics = TopicNames(self.settings.prefix)
         self._ready: set[str] = set()
-        bp = self.settings.backpressure
-        #: External publishes' throttles (None while backpressure is off).
-        self.backpressure = (
-            Backpressure(self.store, bp, group_prefix=self.topics.prefix + ".")
-            if bp.enabled
-            else None
-        )
+        #: What happens around each publish besides the store call, in order.
+        self.publish_hooks = make_hooks(self, hooks)
+
+    def hook(self, kind: type[H]) -> H | None:
+        """This blackboard's publish hook of type ``kind``, if it has one."""
+        return next((h for h in self.publish_hooks if isinstance(h, kind)), None)
 
     # -- topics ---------------------------------------------------------------------------
     def topic(self, art_type: ArtifactType | type[BaseModel] | str) -> str:
@@ -178,7 +178,10 @@ class Blackboard:
         envelopes: list[Envelope] = []
         records: list[OutgoingRecord] = []
         types: list[ArtifactType] = []
-        sends = tracing.sends(correlation_id)  # send spans; a no-op while tracing is off
+        hooks = self.publish_hooks
+        publish = Publish(self, correlation_id, envelopes, records)
+        for hook in hooks:
+            hook.begin(publish)
         for i, payload in enumerate(payloads):
             art_type = self.registry.of(type(payload))  # the model validated when built
             env = make_envelope(
@@ -188,20 +191,27 @@ class Blackboard:
                 causation_ids=causation_ids,
                 partition_key=partition_keys[i] if partition_keys is not None else partition_key,
                 tenant=tenant,
-                traceparent=sends.traceparent(),
+                traceparent=_traceparent(hooks, publish) if hooks else None,
             )
             envelopes.append(env)
             types.append(art_type)
             records.append(self.record_for(env, payload))
         self.ensure_topics(types)
-        bp = self.backpressure
-        throttles = bp.acquire(Counter(r.topic for r in records)) if bp is not None else None
+        for hook in hooks:
+            hook.before_send(publish)  # backpressure may wait here
+        error: BaseException | None = None
         try:
-            with sends.publishing(self, envelopes, throttles):
-                self.store.publish(records)
+            self.store.publish(records)
         except DeliveryUnknownError as exc:
             exc.artifact_ids = tuple(envelopes[i].id for i in exc.unconfirmed)
+            error = exc
             raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            for hook in reversed(hooks):
+                hook.after_send(publish, error)
         return envelopes
 
     def publish_json(self, type_name: str, data: Any, **kwargs: Any) -> Envelope:
@@ -261,8 +271,8 @@ class Blackboard:
 
     def close(self) -> None:
         """Close the store (a publish waiting on backpressure fails)."""
-        if self.backpressure is not None:
-            self.backpressure.close()
+        for hook in self.publish_hooks:
+            hook.close()
         self.store.close()
 
     def __enter__(self) -> Blackboard:
@@ -270,3 +280,12 @@ class Blackboard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _traceparent(hooks: Sequence[PublishHook], publish: Publish) -> str | None:
+    """The next envelope's ``traceparent``: the first hook's that gives one."""
+    for hook in hooks:
+        found = hook.traceparent(publish)
+        if found is not None:
+            return found
+    return None

@@ -3,7 +3,7 @@
 Every variable is one field of one :class:`EnvSettings` subclass, declared in the layer that
 owns it (``blackboard``, ``scheduler``, ``observability``); the variable is the class's
 ``env_prefix`` plus the field name in capitals, or the field's ``validation_alias``.
-``python -m blackboard.cli.envdocs`` prints them all as the README's table.
+``python -m blackboard.shell.cli.envdocs`` prints them all as the README's table.
 
 :meth:`EnvSettings.from_env` reads the variables (unset or empty ones are skipped, names match
 in any case), lets explicit values win and reports a bad value as one

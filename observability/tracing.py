@@ -41,6 +41,7 @@ import orjson
 
 from blackboard.artifacts import Envelope
 from blackboard.errors import TraceError
+from blackboard.publishing import Publish, PublishHook
 from blackboard.records import partition_for
 from blackboard.spancontext import current_span
 from observability.schema import SpanRow, format_traceparent, parse_traceparent
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
     from observability.exporter import SpanBatcher, SpanCounts
     from observability.runs import RunInfo
     from observability.settings import TraceSettings
-    from scheduler.throttle import TopicThrottle
 
 #: The policy decision every admitted record gets until the scheduler decides otherwise.
 ADMITTED: Final = "admitted"
@@ -394,7 +394,7 @@ class Sends:
         self,
         board: Blackboard,
         envelopes: Sequence[Envelope],
-        throttles: Mapping[str, TopicThrottle] | None = None,
+        attributes: Mapping[str, Mapping[str, object]] | None = None,
     ) -> Sends:
         """Use as ``with sends.publishing(board, envelopes): store.publish(...)``: the spans
         cover the store call and carry its error, if any, and each target topic's
@@ -418,12 +418,12 @@ NO_SENDS: Final = Sends()
 
 class _ActiveSends(Sends):
     __slots__ = (
+        "_attributes",
         "_board",
         "_envelopes",
         "_ids",
         "_parent_id",
         "_start_ns",
-        "_throttles",
         "_trace_id",
         "_tracer",
     )
@@ -440,7 +440,7 @@ class _ActiveSends(Sends):
         self._ids: list[tuple[str, str]] = []
         self._board: Blackboard | None = None
         self._envelopes: Sequence[Envelope] = ()
-        self._throttles: Mapping[str, TopicThrottle] | None = None
+        self._attributes: Mapping[str, Mapping[str, object]] | None = None
         self._start_ns = time.time_ns()
 
     def traceparent(self) -> str | None:
@@ -453,9 +453,9 @@ class _ActiveSends(Sends):
         self,
         board: Blackboard,
         envelopes: Sequence[Envelope],
-        throttles: Mapping[str, TopicThrottle] | None = None,
+        attributes: Mapping[str, Mapping[str, object]] | None = None,
     ) -> Sends:
-        self._board, self._envelopes, self._throttles = board, envelopes, throttles
+        self._board, self._envelopes, self._attributes = board, envelopes, attributes
         return self
 
     def __exit__(
@@ -475,7 +475,7 @@ class _ActiveSends(Sends):
         error_type = None if exc is None else _error_type(exc)
         outcome = "ok" if exc is None else "failed"
         start, parent_id, emit = self._start_ns, self._parent_id, self._tracer.emit
-        extras = _throttle_attributes(self._throttles)
+        extras = {t: orjson.dumps(a).decode() for t, a in (self._attributes or {}).items()}
         for (trace_id, span_id), env in zip(self._ids, self._envelopes, strict=False):
             topic = for_type(env.type)
             emit(
@@ -487,13 +487,6 @@ class _ActiveSends(Sends):
                     env.produced_by, outcome, None, error_type, extras.get(topic), None,
                 )
             )  # fmt: skip
-
-
-def _throttle_attributes(throttles: Mapping[str, TopicThrottle] | None) -> dict[str, str]:
-    """Per topic, the ``attributes`` JSON of a send span: the backpressure state."""
-    if not throttles:
-        return {}
-    return {t: orjson.dumps(th.attributes()).decode() for t, th in throttles.items()}
 
 
 # -- the hooks --------------------------------------------------------------------------------
@@ -565,6 +558,34 @@ def sends(correlation_id: str | None = None) -> Sends:
     if tracer is None:
         return NO_SENDS
     return _ActiveSends(tracer, correlation_id is not None)
+
+
+class SendSpans(PublishHook):
+    """The publish hook of a blackboard's send spans: one per artifact published, from the
+    start of the publish (a backpressure wait included) to the store's answer, with each
+    target topic's backpressure state; nothing while tracing is off."""
+
+    order = 90  # last to start timing the store call, first to hear its answer
+
+    def begin(self, publish: Publish) -> None:
+        found = sends(publish.correlation_id)
+        if found is not NO_SENDS:
+            publish.scratch[self] = found
+
+    def traceparent(self, publish: Publish) -> str | None:
+        found: Sends | None = publish.scratch.get(self)
+        return found.traceparent() if found is not None else None
+
+    def after_send(self, publish: Publish, error: BaseException | None) -> None:
+        found: Sends | None = publish.scratch.get(self)
+        if found is not None:
+            found.publishing(publish.board, publish.envelopes, publish.attributes)
+            found.__exit__(type(error) if error is not None else None, error, None)
+
+
+def publish_hook(board: Blackboard) -> PublishHook:
+    """The send-span hook of ``board`` (entry point ``kafka_blackboard.publish_hooks``)."""
+    return SendSpans()
 
 
 def settled(

@@ -32,7 +32,7 @@ import math
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
@@ -43,6 +43,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from blackboard.envsettings import EnvSettings
 from blackboard.errors import StoreClosedError
 from blackboard.logs import get_logger
+from blackboard.publishing import HookFactory, Publish, PublishHook
 from scheduler.backpressure import AimdController, Throttle, expected_wait_s, rate
 from scheduler.ratelimit import Limiter, TokenBucket
 
@@ -449,6 +450,53 @@ class ThrottledLimiter:
             await self.inner.close()
 
 
+class BackpressureHook(PublishHook):
+    """The publish hook of a blackboard's external publishes: each waits while the consumers
+    of its target types are behind, and its send spans carry each topic's state."""
+
+    order = 10  # waits before the send spans time the store call
+
+    def __init__(self, backpressure: Backpressure) -> None:
+        self.backpressure = backpressure
+
+    @property
+    def settings(self) -> BackpressureSettings:
+        """The settings it throttles with (agents' runners on the board use the same)."""
+        return self.backpressure.settings
+
+    def before_send(self, publish: Publish) -> None:
+        counts = Counter(r.topic for r in publish.records)
+        for topic, throttle in self.backpressure.acquire(counts).items():
+            publish.attributes.setdefault(topic, {}).update(throttle.attributes())
+
+    def close(self) -> None:
+        self.backpressure.close()
+
+
+def backpressure(settings: BackpressureSettings) -> HookFactory:
+    """The maker of a blackboard's backpressure hook with ``settings`` (``Blackboard(...,
+    hooks=[backpressure(settings)])``); it makes none while ``settings`` are off."""
+
+    def make(board: Blackboard) -> PublishHook | None:
+        if not settings.enabled:
+            return None
+        return BackpressureHook(
+            Backpressure(board.store, settings, group_prefix=board.topics.prefix + ".")
+        )
+
+    return make
+
+
+def publish_hook(board: Blackboard) -> PublishHook | None:
+    """Backpressure from the ``BLACKBOARD_BACKPRESSURE*`` variables (entry point
+    ``kafka_blackboard.publish_hooks``; None while off).
+
+    Raises:
+        ConfigError: a variable is invalid.
+    """
+    return backpressure(BackpressureSettings.from_env())(board)
+
+
 def agent_limiter(
     board: Blackboard,
     group: str,
@@ -457,15 +505,17 @@ def agent_limiter(
     on_change: Callable[[], None],
 ) -> ThrottledLimiter | None:
     """The rate limiter of an agent runner with backpressure on the topics of the types it
-    publishes (None when backpressure is off or the agent publishes nothing).
+    publishes, with the settings of the board's own backpressure (None when the board has none
+    or the agent publishes nothing).
 
     Lag is read inline on the embedded store (an in-process computation) and on a thread on
     the others (a network call must not block the event loop).
     """
-    settings = board.settings.backpressure
+    hook = board.hook(BackpressureHook)
     topics = sorted({board.topics.for_type(name) for name in publishes})
-    if not settings.enabled or not topics:
+    if hook is None or not topics:
         return None
+    settings = hook.settings
     backpressure = Backpressure(
         board.store,
         settings,

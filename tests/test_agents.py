@@ -11,7 +11,7 @@ from agents.agent import App
 from agents.context import Context
 from blackboard.artifacts import TypeRegistry, artifact
 from blackboard.errors import AgentError
-from blackboard.testing import TestBoard
+from blackboard.shell.testing import TestBoard
 
 reg = TypeRegistry()
 

@@ -26,15 +26,15 @@ from agents.agent import App
 from agents.context import Context
 from blackboard.artifacts import TypeRegistry, artifact
 from blackboard.blackboard import Blackboard, BlackboardSettings
-from blackboard.cli.lag_command import lag_document, parse_duration, sample_lag
 from blackboard.errors import ConfigError, StoreClosedError
 from blackboard.records import AtomicCommit, CommittedOffset, TopicPartition
+from blackboard.shell.cli.lag_command import lag_document, parse_duration, sample_lag
+from blackboard.shell.testing import TestBoard
 from blackboard.status import read_status
 from blackboard.store import GroupMember, Store
-from blackboard.testing import TestBoard
 from observability import tracing
 from observability.runs import RunInfo
-from scheduler.throttle import Backpressure, BackpressureSettings
+from scheduler.throttle import Backpressure, BackpressureHook, BackpressureSettings, backpressure
 from tests.contract.helpers import Listener
 
 registry = TypeRegistry()
@@ -50,7 +50,7 @@ class Result(BaseModel):
     n: int
 
 
-CLI = [sys.executable, "-m", "blackboard.cli.main"]
+CLI = [sys.executable, "-m", "blackboard.shell.cli.main"]
 TOPIC = "bb.bp.Job"
 SETTINGS = BackpressureSettings(
     enabled=True,
@@ -72,10 +72,25 @@ class FakeClock:
 
 
 def _board(partitions: int = 2, **bp: Any) -> Blackboard:
-    settings = BlackboardSettings(
-        partitions=partitions, backpressure=SETTINGS.model_copy(update=bp)
+    return Blackboard(
+        "memory://",
+        registry=registry,
+        settings=BlackboardSettings(partitions=partitions),
+        hooks=[tracing.publish_hook, backpressure(SETTINGS.model_copy(update=bp))],
     )
-    return Blackboard("memory://", registry=registry, settings=settings)
+
+
+def _use(board: Blackboard, bp: Backpressure) -> Backpressure:
+    """Make ``bp`` (a fake clock's, say) the board's backpressure."""
+    others = [h for h in board.publish_hooks if not isinstance(h, BackpressureHook)]
+    board.publish_hooks = tuple(sorted([BackpressureHook(bp), *others], key=lambda h: h.order))
+    return bp
+
+
+def _own(board: Blackboard) -> Backpressure:
+    hook = board.hook(BackpressureHook)
+    assert hook is not None
+    return hook.backpressure
 
 
 async def _member(store: Store, group: str, topic: str = TOPIC) -> GroupMember:
@@ -96,20 +111,22 @@ async def _commit(member: GroupMember, offsets: dict[int, int], topic: str = TOP
 def test_settings_are_off_by_default_and_come_from_code_or_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert BlackboardSettings().backpressure.enabled is False
-    assert Blackboard("memory://", registry=registry).backpressure is None
+    assert BackpressureSettings().enabled is False
+    assert Blackboard("memory://", registry=registry).hook(BackpressureHook) is None
     monkeypatch.setenv("BLACKBOARD_BACKPRESSURE", "true")
     monkeypatch.setenv("BLACKBOARD_BACKPRESSURE_TARGET_WAIT_S", "2.5")
     monkeypatch.setenv("BLACKBOARD_BACKPRESSURE_SAMPLE_INTERVAL_S", "0.2")
-    settings = BlackboardSettings.from_env(url="memory://")
-    assert settings.backpressure.enabled and settings.backpressure.target_wait_s == 2.5
-    assert settings.backpressure.sample_interval_s == 0.2
-    code = BlackboardSettings.from_env(backpressure=BackpressureSettings(max_rate=7.0))
-    assert code.backpressure.max_rate == 7.0 and not code.backpressure.enabled  # code wins
+    hook = Blackboard("memory://", registry=registry).hook(BackpressureHook)
+    assert hook is not None and hook.settings.target_wait_s == 2.5
+    assert hook.settings.sample_interval_s == 0.2
+    code = BackpressureSettings.from_env(max_rate=7.0)
+    assert code.max_rate == 7.0 and code.enabled  # code wins, the rest from the environment
+    explicit = [backpressure(BackpressureSettings(max_rate=7.0))]  # code says off: off
+    assert Blackboard("memory://", registry=registry, hooks=explicit).hook(BackpressureHook) is None
     monkeypatch.setenv("BLACKBOARD_BACKPRESSURE_MIN_RATE", "500")
     monkeypatch.setenv("BLACKBOARD_BACKPRESSURE_MAX_RATE", "50")
     with pytest.raises(ConfigError, match="min_rate 500 is above max_rate 50"):
-        BlackboardSettings.from_env()
+        Blackboard("memory://", registry=registry)
 
 
 def test_a_bad_value_stops_start_up_with_one_line() -> None:
@@ -131,7 +148,7 @@ async def test_a_publisher_throttles_while_a_slow_consumer_is_behind_and_recover
     clock = FakeClock()
     board = _board()
     bp = Backpressure(board.store, SETTINGS, group_prefix="bb.", clock=clock)
-    board.backpressure = bp
+    _use(board, bp)
     board.ensure_topics([registry.get("bp.Job")])
     slow = await _member(board.store, "bb.slow")
     # The backlog comes from another publisher (this one's bucket would wait on real time).
@@ -185,7 +202,7 @@ async def test_lag_is_read_once_per_sample_interval_not_per_publish() -> None:
         return lag(*args, **kwargs)
 
     board.store.lag = counting  # type: ignore[method-assign]
-    board.backpressure = Backpressure(board.store, SETTINGS, group_prefix="bb.", clock=clock)
+    _use(board, Backpressure(board.store, SETTINGS, group_prefix="bb.", clock=clock))
     for i in range(50):
         board.publish(Job(n=i))
     assert calls == 1
@@ -199,7 +216,7 @@ async def test_a_publisher_pauses_while_nothing_drains_and_close_or_ctrl_c_ends_
     clock = FakeClock()
     board = _board()
     bp = Backpressure(board.store, SETTINGS, group_prefix="bb.", clock=clock)
-    board.backpressure = bp
+    _use(board, bp)
     board.ensure_topics([registry.get("bp.Job")])
     stuck = await _member(board.store, "bb.stuck")
     board.publish_many([Job(n=i) for i in range(20)])
@@ -213,9 +230,9 @@ async def test_a_publisher_pauses_while_nothing_drains_and_close_or_ctrl_c_ends_
 
     # A publisher blocked on a real clock: close() ends its wait at once.
     real = _board(sample_interval_s=60.0)
-    real.backpressure = Backpressure(real.store, SETTINGS, group_prefix="bb.")
-    real.backpressure.throttle(TOPIC).controller.rate = 0.0  # paused
-    real.backpressure.wait_s({TOPIC: 1})  # the first sample is taken: next in 60 s
+    _use(real, Backpressure(real.store, SETTINGS, group_prefix="bb."))
+    _own(real).throttle(TOPIC).controller.rate = 0.0  # paused
+    _own(real).wait_s({TOPIC: 1})  # the first sample is taken: next in 60 s
     task = asyncio.get_running_loop().run_in_executor(None, real.publish, Job(n=1))
     await asyncio.sleep(0.1)
     started = time.monotonic()
@@ -232,8 +249,7 @@ async def test_ignored_agents_groups_never_throttle_and_the_others_still_do() ->
     until its agent is named in ``ignore_agents``; then only the other groups count, and a
     second stuck group that is not named still pauses the publisher."""
     board = _board(ignore_agents=("retired",))  # the Blackboard's own throttle, real settings
-    bp = board.backpressure
-    assert bp is not None
+    bp = _own(board)
     board.ensure_topics([registry.get("bp.Job")])
     retired = await _member(board.store, "bb.retired")
     board.publish_many([Job(n=i) for i in range(20)])  # sampled once, on the real clock
@@ -272,7 +288,7 @@ def test_ignored_agents_come_from_code_or_the_environment_and_bad_names_fail_in_
     for bad, name in (("novelty,,x", "''"), ("bb novelty", "'bb novelty'")):
         monkeypatch.setenv("BLACKBOARD_BACKPRESSURE_IGNORE_AGENTS", bad)
         with pytest.raises(ConfigError) as info:
-            BlackboardSettings.from_env()
+            Blackboard("memory://", registry=registry)
         line = str(info.value)
         assert line.startswith(f"invalid backpressure setting ignore_agents: {name} is not an")
         assert "\n" not in line
@@ -402,7 +418,7 @@ async def test_an_agent_throttles_its_outputs_and_reports_the_state() -> None:
 async def test_send_spans_carry_the_throttle_state(tmp_path: Path) -> None:
     clock = FakeClock()
     board = _board()
-    board.backpressure = Backpressure(board.store, SETTINGS, group_prefix="bb.", clock=clock)
+    _use(board, Backpressure(board.store, SETTINGS, group_prefix="bb.", clock=clock))
     board.ensure_topics([registry.get("bp.Job")])
     stuck = await _member(board.store, "bb.stuck")
     trace = tracing.start_tracing(tmp_path, RunInfo.create(scenario="bp"))
@@ -606,20 +622,16 @@ async def test_on_kafka_an_agent_pauses_while_its_consumer_is_stuck_and_resumes(
     import uuid
 
     from agents.worker import Worker
-    from blackboard.testing import FAST_SETTINGS
+    from blackboard.shell.testing import FAST_SETTINGS
 
     url = f"kafka://{kafka_bootstrap}"
     prefix = f"bp{uuid.uuid4().hex[:10]}"
-    settings = BlackboardSettings(
-        url=url,
-        prefix=prefix,
-        partitions=2,
-        backpressure=SETTINGS.model_copy(
-            update={"target_wait_s": 0.5, "sample_interval_s": 0.2, "max_rate": 100.0,
-                    "min_rate": 5.0, "increase": 100.0, "burst_s": 0.05}
-        ),
+    settings = BlackboardSettings(url=url, prefix=prefix, partitions=2)
+    bp = SETTINGS.model_copy(
+        update={"target_wait_s": 0.5, "sample_interval_s": 0.2, "max_rate": 100.0,
+                "min_rate": 5.0, "increase": 100.0, "burst_s": 0.05}
     )  # fmt: skip
-    board = Blackboard(url, registry=registry, settings=settings)
+    board = Blackboard(url, registry=registry, settings=settings, hooks=[backpressure(bp)])
     app = App("bp", registry=registry)
     release = asyncio.Event()
 

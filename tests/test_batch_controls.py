@@ -168,7 +168,7 @@ def test_the_single_type_form_still_works_and_names_its_type() -> None:
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "blackboard.cli.main", "worker", "agents.demo:app", *args],
+        [sys.executable, "-m", "blackboard.shell.cli.main", "worker", "agents.demo:app", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "blackboard.cli.main"]
+CLI = [sys.executable, "-m", "blackboard.shell.cli.main"]
 
 
 def run(

@@ -15,12 +15,12 @@ from starlette.requests import Request
 
 from agents.agent import App
 from agents.context import Context
-from blackboard.dashboard.auth import change_refusal, may_read
-from blackboard.dashboard.sampler import Sampler
-from blackboard.dashboard.server import DashboardServer
-from blackboard.dashboard.settings import DashboardSettings, is_loopback
 from blackboard.errors import ConfigError
-from blackboard.testing import TestBoard
+from blackboard.shell.dashboard.auth import change_refusal, may_read
+from blackboard.shell.dashboard.sampler import Sampler
+from blackboard.shell.dashboard.server import DashboardServer
+from blackboard.shell.dashboard.settings import DashboardSettings, is_loopback
+from blackboard.shell.testing import TestBoard
 from scheduler.backpressure import (
     Sample,
     desired_workers,

@@ -27,11 +27,11 @@ from agents.retry import RetryPolicy
 from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard, BlackboardSettings
-from blackboard.dashboard.server import DashboardServer
-from blackboard.dashboard.settings import DashboardSettings
 from blackboard.deadletters import DeadLetters
 from blackboard.records import TopicPartition
-from scheduler.throttle import BackpressureSettings
+from blackboard.shell.dashboard.server import DashboardServer
+from blackboard.shell.dashboard.settings import DashboardSettings
+from scheduler.throttle import BackpressureSettings, backpressure
 from tests.contract.types import Result, Task, registry
 from tests.services import in_ci, unique_name
 from tests.test_cli import CLI
@@ -218,7 +218,7 @@ def test_throttled_publishers_show_on_the_overview_and_the_consuming_group_live(
         enabled=True, target_wait_s=0.2, sample_interval_s=0.05, max_rate=500.0, min_rate=5.0,
         increase=200.0, decrease=0.5, burst_s=0.02,
     )  # fmt: skip
-    board = Blackboard("memory://", registry=registry, settings=BlackboardSettings(backpressure=bp))
+    board = Blackboard("memory://", registry=registry, hooks=[backpressure(bp)])
     overview_url = ""
 
     def paused() -> bool:

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blackboard.cli import envdocs
+from blackboard.shell.cli import envdocs
 
 if TYPE_CHECKING:
     import pytest
@@ -43,7 +43,7 @@ KNOWN = {
 
 def test_the_readme_table_is_the_generated_one() -> None:
     text = README.read_text()
-    fix = "python -m blackboard.cli.envdocs --write README.md"
+    fix = "python -m blackboard.shell.cli.envdocs --write README.md"
     assert envdocs.replaced(text, envdocs.render()) == text, f"README's table is stale: {fix}"
 
 

@@ -13,17 +13,18 @@ import pytest
 from pydantic import SecretStr
 
 from blackboard.blackboard import BlackboardSettings
-from blackboard.dashboard.settings import ApiKeySettings, DashboardSettings
 from blackboard.envsettings import EnvSettings
 from blackboard.errors import ConfigError
 from blackboard.logs import LogSettings, configure_logging
 from blackboard.redact import redact_url
+from blackboard.shell.dashboard.settings import ApiKeySettings, DashboardSettings
 from observability.runs import RunInfo, git_sha
 from observability.settings import RunSettings, TraceSettings
 from scheduler.ratelimit import RateLimit, RateLimitSettings
+from scheduler.throttle import BackpressureSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "blackboard.cli.main"]
+CLI = [sys.executable, "-m", "blackboard.shell.cli.main"]
 
 
 def test_code_built_settings_ignore_the_environment_and_from_env_reads_it(
@@ -34,10 +35,10 @@ def test_code_built_settings_ignore_the_environment_and_from_env_reads_it(
     monkeypatch.setenv("BLACKBOARD_PARTITIONS", "3")
     monkeypatch.setenv("BLACKBOARD_BACKPRESSURE", "1")
     assert BlackboardSettings() == BlackboardSettings(url="memory://", prefix="bb", partitions=8)
-    assert not BlackboardSettings().backpressure.enabled
+    assert not BackpressureSettings().enabled
     read = BlackboardSettings.from_env()
     assert (read.url, read.prefix, read.partitions) == ("memory:///elsewhere", "team-a", 3)
-    assert read.backpressure.enabled
+    assert BackpressureSettings.from_env().enabled
     given = BlackboardSettings.from_env(prefix="mine", partitions=None)  # None: not given
     assert (given.prefix, given.partitions) == ("mine", 3)
 
@@ -56,7 +57,7 @@ def test_empty_variables_are_unset_and_names_match_in_any_case(
     [
         (BlackboardSettings, "BLACKBOARD_PARTITIONS", "many", "invalid setting partitions: "),
         (BlackboardSettings, "BLACKBOARD_PREFIX", "a b", "invalid setting prefix: "),
-        (BlackboardSettings, "BLACKBOARD_BACKPRESSURE", "maybe", "invalid backpressure setting "),
+        (BackpressureSettings, "BLACKBOARD_BACKPRESSURE", "maybe", "invalid backpressure setting "),
         (TraceSettings, "BLACKBOARD_TRACES_QUEUE", "0", "invalid trace setting max_queue: "),
         (TraceSettings, "BLACKBOARD_TRACES_FLUSH_S", "-1", "invalid trace setting flush_"),
     ],

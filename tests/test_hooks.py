@@ -13,7 +13,7 @@ from agents.hooks import Hook, Hooks
 from agents.retry import RetryPolicy
 from blackboard.artifacts import Envelope
 from blackboard.records import AtomicCommit
-from blackboard.testing import TestBoard
+from blackboard.shell.testing import TestBoard
 from tests.contract.types import Result, Task, registry
 
 

@@ -24,7 +24,7 @@ from agents.retry import RetryPolicy
 from blackboard.artifacts import TypeRegistry, artifact
 from blackboard.errors import TraceError
 from blackboard.records import OutgoingRecord
-from blackboard.testing import TestBoard
+from blackboard.shell.testing import TestBoard
 from observability import analyses, segments, tracing
 from observability.exporter import SegmentWriter, SpanBatcher
 from observability.runs import RunInfo
@@ -262,7 +262,7 @@ def test_a_full_queue_drops_spans_and_the_summary_says_so(traces: Path) -> None:
 
 def test_segments_of_several_processes_merge_into_one_run(tmp_path: Path) -> None:
     traces = tmp_path / "traces"
-    cli = [sys.executable, "-m", "blackboard.cli.main", "demo", "--ideas", "5", "--json"]
+    cli = [sys.executable, "-m", "blackboard.shell.cli.main", "demo", "--ideas", "5", "--json"]
     env = {**os.environ, "BLACKBOARD_TRACES": str(traces), "BLACKBOARD_RUN_ID": "shared-run"}
     procs = [
         subprocess.Popen([*cli, "--seed", str(seed)], env=env, stdout=subprocess.PIPE, text=True)
@@ -391,7 +391,7 @@ def test_otlp_export_when_the_standard_variables_are_set(
 
 def test_the_runtime_imports_no_tracing_library_until_tracing_starts() -> None:
     code = (
-        "import sys, agents, blackboard, blackboard.cli.main\n"
+        "import sys, agents, blackboard, blackboard.shell.cli.main\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('duckdb', 'pyarrow')"
         " or m.startswith('opentelemetry.sdk')]\n"
         "print(heavy)"

@@ -35,7 +35,7 @@ from tests.services import unique_name
 
 pytestmark = pytest.mark.redis
 
-CLI = [sys.executable, "-m", "blackboard.cli.main"]
+CLI = [sys.executable, "-m", "blackboard.shell.cli.main"]
 ENV = {**os.environ, "BLACKBOARD_URL": ""}
 #: Sessions long enough that no heartbeat lands during a test unless it waits for one.
 QUIET = "session_timeout_ms=60000&heartbeat_interval_ms=20000"

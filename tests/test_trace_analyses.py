@@ -157,7 +157,7 @@ def test_t_quantile_matches_tables() -> None:
         assert math.isclose(analyses.t_quantile(0.975, df), expected, rel_tol=2e-3), df
 
 
-CLI = [sys.executable, "-m", "blackboard.cli.main"]
+CLI = [sys.executable, "-m", "blackboard.shell.cli.main"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -168,8 +168,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_traces_command_prints_one_json_document_per_query(
     known: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from blackboard.cli.main import build_parser
-    from blackboard.cli.trace_commands import cmd_traces
+    from blackboard.shell.cli.main import build_parser
+    from blackboard.shell.cli.trace_commands import cmd_traces
 
     _write(known, "r2", [_span(1, start_ms=0, dur_ms=5)])
     for query in analyses.QUERIES:  # in process: the parser and the command as main runs them
@@ -189,9 +189,9 @@ def test_the_traces_command_prints_one_json_document_per_query(
 
 
 def test_the_traces_command_s_errors_are_one_line(known: Path, tmp_path: Path) -> None:
-    from blackboard.cli.main import build_parser
-    from blackboard.cli.trace_commands import cmd_traces
     from blackboard.errors import BlackboardError
+    from blackboard.shell.cli.main import build_parser
+    from blackboard.shell.cli.trace_commands import cmd_traces
 
     cases = [
         ("traces", "nope", "--traces", str(known)),
@@ -218,6 +218,6 @@ def test_the_traces_command_s_errors_are_one_line(known: Path, tmp_path: Path) -
 
 
 def test_query_names_in_the_parser_match_the_analyses() -> None:
-    from blackboard.cli.trace_commands import QUERY_NAMES
+    from blackboard.shell.cli.trace_commands import QUERY_NAMES
 
     assert set(QUERY_NAMES) == set(analyses.QUERIES)

@@ -29,7 +29,7 @@ from observability import segments, tracing
 from observability.runs import RunInfo
 from observability.schema import parse_traceparent
 
-CLI = [sys.executable, "-m", "blackboard.cli.main"]
+CLI = [sys.executable, "-m", "blackboard.shell.cli.main"]
 
 
 def test_a_traced_worker_logs_json_lines_with_the_span_s_ids(tmp_path: Path) -> None:

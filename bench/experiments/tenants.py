@@ -1,7 +1,7 @@
 """Two tenants with weights 3 : 1 and equal arrivals, overloaded, and a burst from one of them:
 ``blackboard experiment bench/experiments/tenants.py``."""
 
-from scheduler.sim.workload import Burst, Experiment, Service, Tenant
+from blackboard.shell.sim.workload import Burst, Experiment, Service, Tenant
 
 EXPERIMENT = Experiment(
     name="tenants",

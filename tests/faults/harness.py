@@ -92,7 +92,7 @@ class Cluster:
         cmd = [
             sys.executable,
             "-m",
-            "blackboard.cli.main",
+            "blackboard.shell.cli.main",
             "worker",
             "tests.faults.faultapp:app",
             "--store",

@@ -15,9 +15,9 @@ from agents.context import Context
 from agents.worker import Worker
 from blackboard.artifacts import TypeRegistry, artifact
 from blackboard.errors import ConfigError
-from blackboard.testing import FAST_SETTINGS, TestBoard
+from blackboard.shell.sim.loop import run_virtual
+from blackboard.shell.testing import FAST_SETTINGS, TestBoard
 from scheduler import Admission, Decision, Ledger, PolicySpec, make_queue
-from scheduler.sim.loop import run_virtual
 
 #: Service time of one record of each tenant: "heavy" records cost four times "light" ones.
 COST = {"heavy": 4.0, "light": 1.0, "gold": 2.0}

@@ -18,7 +18,7 @@ from agents.worker import Worker
 from blackboard.artifacts import TypeRegistry, artifact
 from blackboard.blackboard import Blackboard, BlackboardSettings
 from blackboard.errors import ConfigError, StoreUnavailableError
-from blackboard.testing import FAST_SETTINGS
+from blackboard.shell.testing import FAST_SETTINGS
 from compose.redis_local import RedisLocal, RedisLocalError
 from scheduler import RateLimit, ratelimit_redis
 from scheduler.ratelimit import RateLimiter

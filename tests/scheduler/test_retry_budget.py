@@ -17,10 +17,10 @@ from agents.retry import RetryPolicy
 from agents.worker import Worker
 from blackboard.artifacts import Envelope, TypeRegistry, artifact
 from blackboard.errors import ConfigError
-from blackboard.testing import TestBoard
+from blackboard.shell.sim.loop import run_virtual
+from blackboard.shell.testing import TestBoard
 from observability import tracing
 from scheduler import RetryBudget
-from scheduler.sim.loop import run_virtual
 
 reg = TypeRegistry()
 

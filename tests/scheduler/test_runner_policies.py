@@ -10,7 +10,7 @@ from agents.agent import App
 from agents.context import Context
 from agents.worker import Worker
 from blackboard.artifacts import TypeRegistry, artifact
-from blackboard.testing import FAST_SETTINGS, TestBoard
+from blackboard.shell.testing import FAST_SETTINGS, TestBoard
 from scheduler import Admission, Ledger, PolicySpec, RateLimit
 
 reg = TypeRegistry()

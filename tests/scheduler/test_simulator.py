@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from blackboard.cli.main import main
-from scheduler.sim.loop import run_virtual
-from scheduler.sim.report import percentile
-from scheduler.sim.run import simulate
-from scheduler.sim.workload import Experiment, Service, Tenant, generate, load_spec
+from blackboard.shell.cli.main import main
+from blackboard.shell.sim.loop import run_virtual
+from blackboard.shell.sim.report import percentile
+from blackboard.shell.sim.run import simulate
+from blackboard.shell.sim.workload import Experiment, Service, Tenant, generate, load_spec
 
 
 def test_virtual_time_jumps_to_the_next_timer() -> None:

@@ -47,7 +47,7 @@ def _app_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from blackboard.cli.trace_commands import add_traces_parser, add_tracing_options
+    from blackboard.shell.cli.trace_commands import add_traces_parser, add_tracing_options
 
     parser = argparse.ArgumentParser(
         prog="blackboard", description="A blackboard of typed artifacts for agents."
@@ -110,18 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
         "lag", help="lag per group partition; Burrow health and desired workers over a window"
     )
     _store_args(p)
-    from blackboard.cli.lag_command import add_lag_arguments
+    from blackboard.shell.cli.lag_command import add_lag_arguments
 
     add_lag_arguments(p)
 
-    from blackboard.cli.dlq_commands import add_dlq_parser
+    from blackboard.shell.cli.dlq_commands import add_dlq_parser
 
     add_dlq_parser(sub, _store_args)
     add_traces_parser(sub)
-    from scheduler.experiment import add_experiment_parser
+    from blackboard.shell.experiment import add_experiment_parser
 
     add_experiment_parser(sub)
-    from blackboard.dashboard.cli import add_dashboard_parser
+    from blackboard.shell.dashboard.cli import add_dashboard_parser
 
     add_dashboard_parser(sub, _store_args)
     return parser
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``blackboard`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from blackboard.cli import commands
+    from blackboard.shell.cli import commands
 
     try:
         configure_logging(args.log_level)

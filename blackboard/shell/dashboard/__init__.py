@@ -18,6 +18,6 @@ server-sent events for live updates.
 
 from __future__ import annotations
 
-from blackboard.dashboard.settings import DashboardSettings
+from blackboard.shell.dashboard.settings import DashboardSettings
 
 __all__ = ["DashboardSettings"]

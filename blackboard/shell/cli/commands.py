@@ -14,13 +14,13 @@ import orjson
 
 from blackboard.artifacts import TypeRegistry
 from blackboard.blackboard import Blackboard, BlackboardSettings
-from blackboard.cli.dlq_commands import cmd_dlq
-from blackboard.cli.main import print_json
-from blackboard.cli.trace_commands import cmd_traces, start_command_tracing, tracing_dir
 from blackboard.errors import ArtifactError, ConfigError, DecodeError
 from blackboard.records import Record
+from blackboard.shell.cli.dlq_commands import cmd_dlq
+from blackboard.shell.cli.main import print_json
+from blackboard.shell.cli.trace_commands import cmd_traces, start_command_tracing, tracing_dir
+from blackboard.shell.experiment import cmd_experiment
 from blackboard.wire import decode_envelope
-from scheduler.experiment import cmd_experiment
 
 PUBLISH_CHUNK = 100  # artifacts per publish call of `blackboard publish`
 
@@ -201,15 +201,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    """Serve the web dashboard until Ctrl-C (``blackboard/dashboard``)."""
-    from blackboard.dashboard.cli import run_dashboard
+    """Serve the web dashboard until Ctrl-C (``blackboard/shell/dashboard``)."""
+    from blackboard.shell.dashboard.cli import run_dashboard
 
     return run_dashboard(args)
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    """Print per-group lag, health and desired workers (``blackboard/cli/lag_command.py``)."""
-    from blackboard.cli import lag_command
+    """Print per-group lag, health and desired workers (``blackboard/shell/cli/lag_command.py``)."""
+    from blackboard.shell.cli import lag_command
 
     with _board(args) as board:
         return lag_command.cmd_lag(args, board)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from blackboard.blackboard import Blackboard
-from blackboard.cli.main import print_json
 from blackboard.errors import ConfigError
+from blackboard.shell.cli.main import print_json
 from blackboard.status import AgentStatus, read_status
 from blackboard.store import LagRow
 from scheduler.backpressure import GroupHealth, LagWindows

@@ -13,10 +13,10 @@ from agents.collect import JoinSet
 from agents.context import Context
 from agents.retry import RetryPolicy
 from blackboard.artifacts import TypeRegistry, artifact
+from blackboard.shell.sim.workload import Experiment
 from scheduler.base import Admission
 from scheduler.ledger import Ledger
 from scheduler.policies import PolicySpec
-from scheduler.sim.workload import Experiment
 
 SIM_TYPES = TypeRegistry()
 #: Simulated handlers never fail; one attempt, no time limit.

@@ -13,11 +13,11 @@ from types import FrameType
 import uvicorn
 
 from blackboard.blackboard import Blackboard
-from blackboard.dashboard.app import create_app
-from blackboard.dashboard.sampler import Sampler
-from blackboard.dashboard.settings import DashboardSettings
 from blackboard.errors import ConfigError
 from blackboard.logs import get_logger
+from blackboard.shell.dashboard.app import create_app
+from blackboard.shell.dashboard.sampler import Sampler
+from blackboard.shell.dashboard.settings import DashboardSettings
 
 log = get_logger("dashboard")
 

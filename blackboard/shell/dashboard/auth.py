@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
-from blackboard.dashboard.settings import API_KEY_ENV, DashboardSettings
+from blackboard.shell.dashboard.settings import API_KEY_ENV, DashboardSettings
 
 if TYPE_CHECKING:
     from starlette.requests import Request

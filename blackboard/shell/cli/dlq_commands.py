@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from blackboard.blackboard import Blackboard, BlackboardSettings
-from blackboard.cli.main import print_json
 from blackboard.deadletters import (
     DeadLetter,
     DeadLetterFilter,
@@ -21,6 +20,7 @@ from blackboard.deadletters import (
 )
 from blackboard.errors import ConfigError
 from blackboard.logs import get_logger
+from blackboard.shell.cli.main import print_json
 
 log = get_logger("dlq")
 

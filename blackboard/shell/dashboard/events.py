@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from blackboard.dashboard.sampler import Sampler
+from blackboard.shell.dashboard.sampler import Sampler
 
 KEEPALIVE_S = 15.0
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blackboard.cli.main import print_json
 from blackboard.errors import ConfigError
 from blackboard.logs import get_logger
+from blackboard.shell.cli.main import print_json
 
 if TYPE_CHECKING:
     from observability.tracing import Tracing

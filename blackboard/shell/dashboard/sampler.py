@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from blackboard.blackboard import Blackboard
-from blackboard.dashboard.settings import DashboardSettings
 from blackboard.deadletters import DeadLetters
 from blackboard.logs import get_logger
+from blackboard.shell.dashboard.settings import DashboardSettings
 from blackboard.status import read_status
 from blackboard.store import LagRow
 from blackboard.topics import DLQ_SUFFIX

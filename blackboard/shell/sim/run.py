@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.shell.sim.agents import Observations, SimJob, SimTask, build_app
+from blackboard.shell.sim.loop import LoopClock, run_virtual
+from blackboard.shell.sim.workload import Experiment, Job, generate
 from scheduler.policies import as_spec
-from scheduler.sim.agents import Observations, SimJob, SimTask, build_app
-from scheduler.sim.loop import LoopClock, run_virtual
-from scheduler.sim.workload import Experiment, Job, generate
 
 #: Runner settings in simulation: commits every 10 virtual ms, a buffer that holds the backlog.
 SIM_SETTINGS = RunnerSettings(

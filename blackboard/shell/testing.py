@@ -25,7 +25,9 @@ from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import Artifact, Envelope
 from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.publishing import installed_factories
 from blackboard.records import Record, TopicPartition
+from scheduler import throttle
 from scheduler.throttle import BackpressureSettings
 
 M = TypeVar("M", bound=BaseModel)
@@ -56,10 +58,12 @@ class TestBoard:
         settings: RunnerSettings | None = None,
         backpressure: BackpressureSettings | None = None,
     ) -> None:
-        board_settings = BlackboardSettings(
-            url=url, partitions=partitions, backpressure=backpressure or BackpressureSettings()
-        )
-        self.board = Blackboard(url, registry=app.registry, settings=board_settings)
+        board_settings = BlackboardSettings(url=url, partitions=partitions)
+        # The installed publish hooks, but backpressure as given here (not from the shell's
+        # variables: a test says what it wants).
+        hooks = [f for f in installed_factories() if f is not throttle.publish_hook]
+        hooks.append(throttle.backpressure(backpressure or BackpressureSettings()))
+        self.board = Blackboard(url, registry=app.registry, settings=board_settings, hooks=hooks)
         self.worker = Worker(app, self.board, settings or FAST_SETTINGS)
         self._task: asyncio.Task[None] | None = None
 

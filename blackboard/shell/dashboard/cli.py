@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from blackboard.dashboard.settings import API_KEY_ENV, DashboardSettings
+from blackboard.shell.dashboard.settings import API_KEY_ENV, DashboardSettings
 
 
 def add_dashboard_parser(sub: Any, store_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -52,7 +52,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
         ConfigError: refused settings (e.g. a non-loopback address without a key).
     """
     from blackboard.blackboard import Blackboard, BlackboardSettings
-    from blackboard.dashboard.server import serve
+    from blackboard.shell.dashboard.server import serve
 
     settings = DashboardSettings.from_env(
         host=args.host,

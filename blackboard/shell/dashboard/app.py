@@ -21,14 +21,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from blackboard.blackboard import Blackboard
-from blackboard.dashboard import dlq, traces
-from blackboard.dashboard.audit import AuditLog
-from blackboard.dashboard.auth import change_refusal, may_read
-from blackboard.dashboard.events import stream
-from blackboard.dashboard.sampler import Sampler
-from blackboard.dashboard.settings import DashboardSettings
 from blackboard.errors import BlackboardError, ConfigError, StoreError, TraceError
 from blackboard.logs import get_logger
+from blackboard.shell.dashboard import dlq, traces
+from blackboard.shell.dashboard.audit import AuditLog
+from blackboard.shell.dashboard.auth import change_refusal, may_read
+from blackboard.shell.dashboard.events import stream
+from blackboard.shell.dashboard.sampler import Sampler
+from blackboard.shell.dashboard.settings import DashboardSettings
 
 log = get_logger("dashboard")
 

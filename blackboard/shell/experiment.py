@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from blackboard.errors import ConfigError
+from blackboard.shell.sim.report import Summary, render, summarise
+from blackboard.shell.sim.run import RunResult, simulate
+from blackboard.shell.sim.workload import Experiment, load_spec
 from scheduler.policies import as_spec
-from scheduler.sim.report import Summary, render, summarise
-from scheduler.sim.run import RunResult, simulate
-from scheduler.sim.workload import Experiment, load_spec
 
 
 def add_experiment_parser(sub: Any) -> None:
@@ -78,7 +78,7 @@ def _one(spec: Experiment, policy: str, seed: int, load: float, traces: Path | N
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     """``blackboard experiment``."""
-    from blackboard.cli.main import print_json
+    from blackboard.shell.cli.main import print_json
 
     spec = load_spec(args.spec)
     if args.jobs is not None:

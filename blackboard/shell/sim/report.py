@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from scheduler.sim.run import RunResult
+from blackboard.shell.sim.run import RunResult
 
 
 def percentile(values: Sequence[float], q: float) -> float:

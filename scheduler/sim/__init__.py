@@ -1,2 +1,0 @@
-"""The simulator: the real :class:`agents.worker.Worker` and ready-queue policies on the
-embedded store, under a virtual clock, with seeded workloads (see :mod:`scheduler.sim.run`)."""
