@@ -185,3 +185,23 @@ def test_no_module_reads_a_blackboard_variable_by_hand() -> None:
         if _BARE_READ.search(line)
     ]
     assert hits == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://u:hunter2@127.0.0.1:1/0?trim_interval_s=-5",  # a bad option of ours
+        "redis://u:hunter2@127.0.0.1:notaport/0",  # the client refuses it
+        "kafka://?sasl.password=hunter2",  # no broker
+        "kafka://h:1?sasl.password=hunter2&transactional.id=x",  # a key the store sets
+        "kafka://hostonly?sasl.password=hunter2",  # not host:port
+        "nosuch://u:hunter2@h",  # an unknown scheme
+    ],
+)
+def test_a_bad_store_url_is_refused_without_its_password(url: str) -> None:
+    from blackboard.stores import open_store
+
+    with pytest.raises(ConfigError) as info:
+        open_store(url).close()
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)
+    assert "\n" not in str(info.value)

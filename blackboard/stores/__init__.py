@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from blackboard.errors import MissingDependencyError, UnknownStoreError
+from blackboard.redact import redact_url
 from blackboard.store import Store
 
 
@@ -89,7 +90,9 @@ def backend_for(url: str) -> Backend:
     scheme = urlsplit(url).scheme
     if "://" not in url or scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in BACKENDS)
-        raise UnknownStoreError(f"unknown store URL {url!r}: the scheme must be one of {known}")
+        raise UnknownStoreError(
+            f"unknown store URL {redact_url(url)!r}: the scheme must be one of {known}"
+        )
     return BACKENDS[scheme]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from blackboard.errors import ConfigError
+from blackboard.redact import redact_url
 
 #: Throughput and latency defaults (override any of them from the URL).
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -117,11 +118,13 @@ class KafkaSettings:
         parts = urlsplit(url)
         hosts = parts.netloc
         if not hosts:
-            raise ConfigError(f"kafka store URL {url!r} names no broker: use kafka://host:port")
+            raise ConfigError(
+                f"kafka store URL {redact_url(url)!r} names no broker: use kafka://host:port"
+            )
         for host in hosts.split(","):
             name, _, port = host.rpartition(":")
             if not name or not port.isdigit():
-                raise ConfigError(f"kafka store URL {url!r}: {host!r} is not host:port")
+                raise ConfigError(f"kafka store URL {redact_url(url)!r}: {host!r} is not host:port")
         common: dict[str, str] = {}
         scoped: dict[str, dict[str, str]] = {"producer": {}, "consumer": {}, "admin": {}}
         txn_prefix = ""
@@ -131,7 +134,8 @@ class KafkaSettings:
                 txn_prefix = value
             elif key in _STORE_MANAGED or rest in _STORE_MANAGED:
                 raise ConfigError(
-                    f"kafka store URL {url!r}: {key} is set by the store per worker slot"
+                    f"kafka store URL {redact_url(url)!r}: {key} is set by the store per "
+                    "worker slot"
                     + (f"; use {TRANSACTIONAL_ID_PREFIX}=..." if "transactional" in key else "")
                 )
             elif scope in scoped and rest:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from blackboard.errors import ConfigError
 from blackboard.records import TopicPartition
+from blackboard.redact import redact_url
 from blackboard.store import MAX_RECORD_BYTES
 
 _OURS = frozenset(
@@ -79,7 +80,7 @@ class RedisSettings(BaseModel):
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'url'}: {e['msg']}" for e in exc.errors()
             )
-            raise ConfigError(f"bad redis store URL {url!r}: {problems}") from exc
+            raise ConfigError(f"bad redis store URL {redact_url(url)!r}: {problems}") from exc
 
     @property
     def address(self) -> str:

@@ -39,6 +39,7 @@ from blackboard.records import (
     TopicPartition,
     partition_for,
 )
+from blackboard.redact import redact_url
 from blackboard.store import GroupMember, LagRow, RebalanceListener, Store, check_record_sizes
 from blackboard.stores.redis import scripts
 from blackboard.stores.redis.entries import entry_fields, offset_of, record_from, text
@@ -109,7 +110,7 @@ class RedisStore(Store):
                 self.settings.connection_url, retry=Retry(NoBackoff(), 0), protocol=2
             )
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"bad redis store URL {url!r}: {exc}") from exc
+            raise ConfigError(f"bad redis store URL {redact_url(url)!r}: {exc}") from exc
         self._partitions: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
