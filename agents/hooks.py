@@ -13,9 +13,10 @@ The points, in the order a record meets them:
   :meth:`Hook.first_call`, :meth:`Hook.before_attempt`, :meth:`Hook.attempt_started`,
   :meth:`Hook.call_returned`, :meth:`Hook.attempt_ended` (or :meth:`Hook.attempt_cancelled`),
   and :meth:`Hook.before_retry` before another try;
-- *admission* and *commit*: :meth:`Hook.rejected` for a record dead-lettered before any
-  handler saw it, :meth:`Hook.output` for every output, :meth:`Hook.committed` after each
-  commit the runner made (the runner commits; hooks only observe).
+- *admission* and *commit*: :meth:`Hook.admitting` for every decoded record (False skips it),
+  :meth:`Hook.rejected` for a record dead-lettered before any handler saw it,
+  :meth:`Hook.output` for every output, :meth:`Hook.committed` after each commit the runner
+  made (the runner commits; hooks only observe).
 
 A hook instance belongs to one runner (one agent in one worker process).
 """
@@ -91,6 +92,11 @@ class Hook:
         long its oldest record waited."""
 
     # -- admission and commit ------------------------------------------------------------------
+    def admitting(self, envelope: Envelope) -> bool:
+        """A record decoded: False skips it (finished and committed without a handler call,
+        like a record another agent's replay was meant for); visibility checks go here."""
+        return True
+
     def rejected(self, record: Record, stage: str, error: BaseException) -> None:
         """A record is dead-lettered (before a handler saw it, for the pre-process stages)."""
 
@@ -131,6 +137,7 @@ class Hooks:
         self.attempt_cancelled = of("attempt_cancelled")
         self.before_retry = of("before_retry")
         self.released = of("released")
+        self.admitting = of("admitting")
         self.rejected = of("rejected")
         self.output = of("output")
         self.committed = of("committed")

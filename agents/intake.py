@@ -26,6 +26,7 @@ from scheduler.joins import completes_join
 if TYPE_CHECKING:
     from agents.agent import AgentSpec
     from agents.flow import FlowControl
+    from agents.hooks import Hook
     from agents.partitions import Partitions
     from blackboard.blackboard import Blackboard
 
@@ -47,6 +48,7 @@ class Intake:
         finish: takes an outcome for the next commit.
         dead_letter: makes a record's dead letter.
         now: the event loop's clock.
+        admitting: the hooks that may skip a decoded record.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Intake:
         finish: Callable[[Outcome], None],
         dead_letter: DeadLetterer,
         now: Callable[[], float],
+        admitting: tuple[Hook, ...] = (),
     ) -> None:
         self.spec = spec
         self.board = board
@@ -72,6 +75,7 @@ class Intake:
         self.finish = finish
         self.dead_letter = dead_letter
         self.now = now
+        self.admitting = admitting
         self.plain = isinstance(ready, PlainFifoQueue)
         self.join_probe = spec.collector is not None and spec.collector.kind == "join"
         self.parked: dict[OrderKey, deque[Item]] = {}
@@ -86,7 +90,7 @@ class Intake:
         partitions, registry = self.partitions, self.board.registry
         progress, epochs = partitions.progress, partitions.epoch
         topics, collector, ordered = self.topics, self.spec.collector, self.spec.ordered
-        plain = self.plain
+        plain, admitting = self.plain, self.admitting
         touched: set[TopicPartition] = set()
         polled = time.monotonic()
         tp = TopicPartition("", -1)
@@ -126,6 +130,11 @@ class Intake:
                 self.reject(item, "validate", exc)
                 continue
             item.artifact = art
+            if admitting and not all(h.admitting(art.envelope) for h in admitting):
+                self.stats.skipped += 1
+                self.unclaim_replay(item)
+                self.finish(Outcome(item))  # not this agent's to see: done, no handler call
+                continue
             if collector is not None:
                 try:
                     item.key = collector.order_key(art)

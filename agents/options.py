@@ -1,5 +1,6 @@
 """How an agent runs, as one value: :class:`AgentOptions` (what ``App.agent``, ``App.join`` and
-``App.batch`` take as ``options=`` or as the same names as keywords, :class:`RunOptions`)."""
+``App.batch`` take as ``options=`` or as the same names as keywords, :class:`RunOptions`); and
+how a worker runs its agents, :class:`WorkerOptions` (likewise, :class:`WorkerKeywords`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from agents.breaker import BreakerPolicy
 from agents.hooks import Hook
 from agents.retry import DEFAULT_RETRY, RetryPolicy
 from blackboard.errors import AgentError
+from scheduler.batching import BatchSettings
 from scheduler.policies import PolicyLike, PolicySpec, as_spec
 from scheduler.ratelimit import RateLimit
 from scheduler.retrybudget import RetryBudget
@@ -82,4 +84,54 @@ class AgentOptions:
             values["policy"] = as_spec(values["policy"])  # type: ignore[arg-type]
         if "hooks" in values:
             values["hooks"] = tuple(values["hooks"])  # type: ignore[arg-type]
+        return replace(base, **values)  # type: ignore[arg-type]
+
+
+class WorkerKeywords(TypedDict, total=False):
+    """The :class:`WorkerOptions` fields, as keyword arguments."""
+
+    agents: Sequence[str] | None
+    slot: str
+    gc_gen0_threshold: int | None
+    policy: PolicyLike | None
+    batch: BatchSettings | None
+    retry_budget: RetryBudget | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How a worker runs its agents.
+
+    Attributes:
+        agents: names of the agents to run (None: all).
+        slot: this worker's slot label (member names; transactional ids on Kafka).
+        gc_gen0_threshold: while the worker runs, the garbage collector's first-generation
+            threshold. Buffered records are young objects that outlive collections, and every
+            young collection walks them again: CPython's default 700 spends ~25% of the time
+            collecting at full speed, 5,000 still ~15% on the Kafka benchmark, 100,000 ~1%
+            (most records are freed by reference counting before a collection comes). The
+            price is cyclic garbage of up to that many objects. None leaves it alone.
+        policy: the scheduling policy of agents that name none (None: ``fifo``); the runners
+            share one :class:`scheduler.Ledger` of service statistics.
+        batch: operators' overrides of batch sizes and windows per type
+            (:class:`scheduler.batching.BatchSettings`; None: from ``BLACKBOARD_BATCH``).
+        retry_budget: the retry budget of agents that set none (None: none).
+    """
+
+    agents: tuple[str, ...] | None = None
+    slot: str = "0"
+    gc_gen0_threshold: int | None = 100_000
+    policy: PolicyLike | None = None
+    batch: BatchSettings | None = None
+    retry_budget: RetryBudget | None = None
+
+    @classmethod
+    def of(cls, options: WorkerOptions | None = None, **given: object) -> WorkerOptions:
+        """``options`` (default: the defaults) with the keyword arguments given on top."""
+        base = options or cls()
+        if not given:
+            return base
+        values = dict(given)
+        if values.get("agents") is not None:
+            values["agents"] = tuple(values["agents"])  # type: ignore[arg-type]
         return replace(base, **values)  # type: ignore[arg-type]

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Literal
 
 from blackboard.errors import AgentError, UnretryableError
+
+#: How a retry's backoff is spread: uniformly in [0, backoff] (``full``) or not at all.
+Jitter = Literal["full", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +35,7 @@ class RetryPolicy:
     max_attempts: int = 3
     backoff_ms: float = 200.0
     max_backoff_ms: float = 10_000.0
-    jitter: str = "full"
+    jitter: Jitter = "full"
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     no_retry_on: tuple[type[BaseException], ...] = field(default=(UnretryableError,))
     timeout_s: float | None = None

@@ -178,6 +178,7 @@ class AgentRunner:
             finish,
             self._attempts.dead_letter,
             now,
+            self.hooks.admitting,
         )
         self._slots = Slots(
             spec.concurrency,

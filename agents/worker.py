@@ -14,11 +14,12 @@ import importlib
 import signal
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Unpack
 
 from agents.agent import AgentSpec, App
 from agents.clock import SYSTEM_CLOCK, Clock
+from agents.options import WorkerKeywords, WorkerOptions
 from agents.runner import AgentRunner
 from agents.settings import RunnerSettings
 from agents.taskdump import log_task_stacks
@@ -28,7 +29,7 @@ from blackboard.logs import get_logger
 from blackboard.redact import redact_url
 from scheduler.batching import BatchSettings, resolve
 from scheduler.ledger import Ledger, NullLedger
-from scheduler.policies import PolicyLike, as_spec
+from scheduler.policies import as_spec
 from scheduler.retrybudget import RetryBudget
 
 log = get_logger("worker")
@@ -69,21 +70,10 @@ class Worker:
         app: the agents.
         board: where they read and write.
         settings: polling and commit settings for every runner.
-        agents: names of the agents to run (default: all).
-        slot: this worker's slot label (member names; transactional ids on Kafka).
-        gc_gen0_threshold: while the worker runs, the garbage collector's first-generation
-            threshold. Buffered records are young objects that outlive collections, and every
-            young collection walks them again: CPython's default 700 spends ~25% of the time
-            collecting at full speed, 5,000 still ~15% on the Kafka benchmark, 100,000 ~1%
-            (most records are freed by reference counting before a collection comes). The
-            price is cyclic garbage of up to that many objects. None leaves it alone.
+        options: which agents, the slot, default policy and retry budget, batch overrides
+            (:class:`agents.options.WorkerOptions`), or the same names as keywords on top.
         clock: the wall clock of join timeouts and batch windows (tests pass a
             :class:`agents.clock.ManualClock`).
-        policy: the scheduling policy of agents that name none (default ``fifo``); the
-            runners share one :class:`scheduler.Ledger` of service statistics.
-        retry_budget: the retry budget of agents that set none (default: none).
-        batch: operators' overrides of batch sizes and windows per type
-            (:class:`scheduler.batching.BatchSettings`; None: from ``BLACKBOARD_BATCH``).
 
     Raises:
         ConfigError: an unknown agent, or a batch override that is malformed or names a type
@@ -96,15 +86,12 @@ class Worker:
         board: Blackboard,
         settings: RunnerSettings | None = None,
         *,
-        agents: Sequence[str] | None = None,
-        slot: str = "0",
-        gc_gen0_threshold: int | None = 100_000,
+        options: WorkerOptions | None = None,
         clock: Clock = SYSTEM_CLOCK,
-        policy: PolicyLike | None = None,
-        batch: BatchSettings | None = None,
-        retry_budget: RetryBudget | None = None,
+        **given: Unpack[WorkerKeywords],
     ) -> None:
-        names = list(agents) if agents else list(app.agents)
+        self.options = opts = WorkerOptions.of(options, **given)
+        names = list(opts.agents) if opts.agents else list(app.agents)
         unknown = [n for n in names if n not in app.agents]
         if unknown:
             raise ConfigError(
@@ -116,25 +103,25 @@ class Worker:
             board.registry.merge(app.registry)
         self.app = app
         self.board = board
-        batch = batch if batch is not None else BatchSettings.from_env()
+        batch = opts.batch if opts.batch is not None else BatchSettings.from_env()
         agent_specs = _with_batch_overrides(app, batch)
-        default = as_spec(policy)
+        default = as_spec(opts.policy)
         specs = [as_spec(app.agents[n].policy or default) for n in names]
         # Service statistics feed the other policies; an all-fifo worker does without them.
         self.ledger = Ledger() if any(s.parts != (False, "fifo") for s in specs) else NullLedger()
         self.runners = [
             AgentRunner(
                 board,
-                _with_budget(agent_specs[n], retry_budget),
+                _with_budget(agent_specs[n], opts.retry_budget),
                 settings,
-                slot=slot,
+                slot=opts.slot,
                 clock=clock,
                 policy=default,
                 ledger=self.ledger,
             )
             for n in names
         ]
-        self._gc_gen0 = gc_gen0_threshold
+        self._gc_gen0 = opts.gc_gen0_threshold
 
     async def run(self, *, handle_signals: bool = False) -> None:
         """Run every runner until :meth:`stop` (or SIGTERM/SIGINT when ``handle_signals``;
