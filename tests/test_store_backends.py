@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from bench.kafka_pipeline import is_redis
-from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.blackboard import Blackboard
 from blackboard.errors import UnknownStoreError
 from blackboard.stores import BACKENDS, backend_for, is_embedded, store_class
 from blackboard.stores.memory import MemoryStore
 from scheduler.ratelimit import RateLimit, RateLimiter
-from scheduler.throttle import BackpressureSettings, agent_limiter
+from scheduler.throttle import BackpressureSettings, agent_limiter, backpressure
 
 
 @pytest.mark.parametrize("scheme", list(BACKENDS))
@@ -45,8 +45,7 @@ def test_backpressure_reads_lag_inline_only_on_an_embedded_store(
     store_type: type[MemoryStore],
 ) -> None:
     store = store_type()
-    settings = BlackboardSettings(backpressure=BackpressureSettings(enabled=True))
-    board = Blackboard(store, settings=settings)
+    board = Blackboard(store, hooks=[backpressure(BackpressureSettings(enabled=True))])
     limiter = agent_limiter(board, "bb.a", ["some.Type"], None, lambda: None)
     assert limiter is not None
     assert limiter.backpressure._background is not store.embedded
