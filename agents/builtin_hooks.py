@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from agents.hooks import Hook
 from observability import tracing
+from observability.spans import ADMITTED, AgentInfo, Span
 
 if TYPE_CHECKING:
     from agents.attempt import Call
@@ -141,7 +142,7 @@ class TracingHook(Hook):
     """Spans (:mod:`observability.tracing`): one process span per attempt, a send span per
     output, a settle span per commit, and one for records dead-lettered before any handler."""
 
-    def __init__(self, agent: tracing.AgentInfo) -> None:
+    def __init__(self, agent: AgentInfo) -> None:
         self.agent = agent
 
     def attempt_started(self, call: Call) -> None:
@@ -151,13 +152,13 @@ class TracingHook(Hook):
             call.envelope,
             call.attempt,
             call.polled_at,
-            call.note or call.decision or tracing.ADMITTED,
+            call.note or call.decision or ADMITTED,
             call.queue_wait_ms,
         )
 
     def attempt_ended(self, call: Call, error: BaseException | None, stage: str | None) -> None:
         span = call.span
-        if isinstance(span, tracing.Span):
+        if isinstance(span, Span):
             span.end(error, stage=stage, retry=call.retrying)
 
     def released(self, why: object, queue_wait_ms: float) -> None:

@@ -45,11 +45,11 @@ from blackboard.errors import SupersededError
 from blackboard.logs import get_logger
 from blackboard.records import Record, TopicPartition
 from blackboard.store import GroupMember
-from observability.tracing import AgentInfo
+from observability.spans import AgentInfo
 from scheduler.base import ReadyQueue
 from scheduler.ledger import Ledger, NullLedger
 from scheduler.policies import PolicyLike, as_spec, make_queue
-from scheduler.throttle import agent_limiter
+from scheduler.throttle_hooks import agent_limiter
 
 log = get_logger("runner")
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from blackboard.blackboard import Blackboard
 from blackboard.status import AgentStatus, publish_status
 
 if TYPE_CHECKING:
-    from scheduler.throttle import ThrottledLimiter
+    from scheduler.throttle_hooks import ThrottledLimiter
 
 
 class StatusReporter:

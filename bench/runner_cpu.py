@@ -26,7 +26,7 @@ from agents.settings import RunnerSettings
 from agents.worker import Worker
 from bench.pipeline import A, build_app, registry
 from blackboard.blackboard import Blackboard, BlackboardSettings
-from blackboard.stores.memory import MemoryStore
+from blackboard.stores.memory.store import MemoryStore
 
 
 class WireMemoryStore(MemoryStore):

@@ -34,7 +34,8 @@ from blackboard.status import read_status
 from blackboard.store import GroupMember, Store
 from observability import tracing
 from observability.runs import RunInfo
-from scheduler.throttle import Backpressure, BackpressureHook, BackpressureSettings, backpressure
+from scheduler.throttle import Backpressure, BackpressureSettings
+from scheduler.throttle_hooks import BackpressureHook, backpressure
 from tests.contract.helpers import Listener
 
 registry = TypeRegistry()
@@ -266,7 +267,7 @@ async def test_ignored_agents_groups_never_throttle_and_the_others_still_do() ->
         bp.wait_s({TOPIC: 1}, now)
     assert t.state == "paused" and t.group == "bb.stuck"
     # The agent runner's throttle (agent_limiter) takes the same list: ignored + own group.
-    from scheduler.throttle import agent_limiter
+    from scheduler.throttle_hooks import agent_limiter
 
     limiter = agent_limiter(board, "bb.fast", ["bp.Job"], None, lambda: None)
     assert limiter is not None
@@ -677,7 +678,7 @@ async def test_an_agents_throttle_keeps_its_own_rate_limit_in_charge() -> None:
     """The backpressure limiter wraps the agent's own limiter (which may live in Redis): the
     own limit still gates starts and gets the reported tokens, open and close reach it."""
     from scheduler.ratelimit import RateLimit
-    from scheduler.throttle import ThrottledLimiter
+    from scheduler.throttle_hooks import ThrottledLimiter
 
     class Recording:
         def __init__(self) -> None:

@@ -31,7 +31,8 @@ from blackboard.deadletters import DeadLetters
 from blackboard.records import TopicPartition
 from blackboard.shell.dashboard.server import DashboardServer
 from blackboard.shell.dashboard.settings import DashboardSettings
-from scheduler.throttle import BackpressureSettings, backpressure
+from scheduler.throttle import BackpressureSettings
+from scheduler.throttle_hooks import backpressure
 from tests.contract.types import Result, Task, registry
 from tests.services import in_ci, unique_name
 from tests.test_cli import CLI

@@ -9,9 +9,10 @@ from bench.kafka_pipeline import is_redis
 from blackboard.blackboard import Blackboard
 from blackboard.errors import UnknownStoreError
 from blackboard.stores import BACKENDS, backend_for, is_embedded, store_class
-from blackboard.stores.memory import MemoryStore
+from blackboard.stores.memory.store import MemoryStore
 from scheduler.ratelimit import RateLimit, RateLimiter
-from scheduler.throttle import BackpressureSettings, agent_limiter, backpressure
+from scheduler.throttle import BackpressureSettings
+from scheduler.throttle_hooks import agent_limiter, backpressure
 
 
 @pytest.mark.parametrize("scheme", list(BACKENDS))

@@ -58,7 +58,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     backend.scheme: backend
     for backend in (
-        Backend("memory", "blackboard.stores.memory", "MemoryStore"),
+        Backend("memory", "blackboard.stores.memory.store", "MemoryStore"),
         Backend(
             "kafka",
             "blackboard.stores.kafka.store",

@@ -19,7 +19,7 @@ from blackboard.errors import ConfigError
 from blackboard.records import CommittedOffset, TopicPartition
 
 if TYPE_CHECKING:
-    from blackboard.stores.memory import Entry
+    from blackboard.stores.memory.log import Entry
 
 _FORMAT = 1
 
@@ -104,7 +104,7 @@ class SnapshotFile:
         state: dict[str, dict[int, dict[str, bytes]]],
     ) -> None:
         """Write the contents atomically (temporary file, then rename)."""
-        from blackboard.stores.memory import records_of
+        from blackboard.stores.memory.log import records_of
 
         data = {
             "format": _FORMAT,

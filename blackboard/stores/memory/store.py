@@ -1,39 +1,17 @@
-"""``memory://`` — the embedded, in-process store and the default.
-
-Full semantics in one process: partitioned logs, consumer groups whose members split the
-partitions (range assignment per topic, so equal partition numbers of co-partitioned topics go
-to the same member), committed offsets with metadata, per-group state, and atomic commits made
-in one lock-protected step, so readers never see part of a commit.
-
-A rebalance works as Kafka's does: when members come or go, a partition that must move is first
-revoked from its owner inside the owner's next ``poll`` (the owner may still commit for it),
-then assigned to its new owner at the committed offset. A member that leaves hands its
-partitions over at once, without committing.
-
-Log entries are tuples of plain values (bytes, strings, numbers, datetimes), which CPython's
-garbage collector stops tracking, so a store holding millions of records does not slow every
-full collection down; :class:`Record` objects are built only for what is read.
-
-``memory:///path/to/file`` keeps the store in a file: loaded on open, written on close, and
-locked against a second process meanwhile (for the CLI on the embedded store).
-"""
+"""The embedded store: partitioned logs, consumer groups and atomic commits in one process
+(see :mod:`blackboard.stores.memory`)."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeAlias
 
-from blackboard.artifacts import Envelope
 from blackboard.errors import FencedError, StoreClosedError, TopicError
 from blackboard.records import (
     AtomicCommit,
     CommittedOffset,
-    Headers,
     OutgoingRecord,
     Record,
     TopicPartition,
@@ -41,61 +19,14 @@ from blackboard.records import (
 )
 from blackboard.store import (
     MAX_RECORD_BYTES,
-    GroupMember,
     RebalanceListener,
     Store,
     check_record_sizes,
 )
 from blackboard.stores.assignment import range_assign
+from blackboard.stores.memory.log import Entry, Group, entry_of, records_of
+from blackboard.stores.memory.member import MemoryMember
 from blackboard.stores.snapshot import SnapshotFile
-
-#: One log entry: key, value, explicit headers, append time, envelope fields (or None).
-Entry: TypeAlias = tuple[bytes | None, bytes | None, Headers, float, tuple[Any, ...] | None]
-
-
-def _entry(rec: OutgoingRecord, now: float) -> Entry:
-    env = rec.envelope
-    fields = None
-    if env is not None:
-        fields = (
-            env.id,
-            env.type,
-            env.schema_version,
-            env.correlation_id,
-            env.causation_ids,
-            env.partition_key,
-            env.tenant,
-            env.produced_by,
-            env.created_at,
-            env.traceparent,
-        )
-    return (rec.key, rec.value, rec.headers, now, fields)
-
-
-def records_of(topic: str, partition: int, start: int, entries: list[Entry]) -> list[Record]:
-    """Records for the log ``entries`` of ``topic[partition]``, the first at offset ``start``."""
-    return [
-        Record(
-            topic,
-            partition,
-            offset,
-            key,
-            value,
-            headers,
-            ts,
-            Envelope(*fields) if fields is not None else None,
-        )
-        for offset, (key, value, headers, ts, fields) in enumerate(entries, start)
-    ]
-
-
-@dataclass(slots=True)
-class _Group:
-    members: dict[str, MemoryMember] = field(default_factory=dict)
-    owner: dict[TopicPartition, str] = field(default_factory=dict)
-    target: dict[TopicPartition, str] = field(default_factory=dict)
-    committed: dict[TopicPartition, CommittedOffset] = field(default_factory=dict)
-    state: dict[int, dict[str, bytes]] = field(default_factory=dict)
 
 
 class MemoryStore(Store):
@@ -113,7 +44,7 @@ class MemoryStore(Store):
         self.logs: dict[str, list[list[Entry]]] = {}
         """Per topic, per partition, the entries."""
         self._compacted: set[str] = set()
-        self.groups: dict[str, _Group] = {}
+        self.groups: dict[str, Group] = {}
         """Consumer groups: members, assignment, committed offsets and state."""
         self._subscribers: dict[str, set[MemoryMember]] = {}
         self._member_seq = itertools.count(1)
@@ -128,9 +59,7 @@ class MemoryStore(Store):
                 self.logs = loaded.topics
                 self._compacted = loaded.compacted
                 for name, committed in loaded.committed.items():
-                    self.groups[name] = _Group(
-                        committed=committed, state=loaded.state.get(name, {})
-                    )
+                    self.groups[name] = Group(committed=committed, state=loaded.state.get(name, {}))
 
     # -- topics ---------------------------------------------------------------------------
     def create_topics(
@@ -212,7 +141,7 @@ class MemoryStore(Store):
             self.check_open()
             member_id = f"{group}.{member_name or 'member'}-{next(self._member_seq)}"
             member = MemoryMember(self, group, member_id, tuple(topics), listener)
-            grp = self.groups.setdefault(group, _Group())
+            grp = self.groups.setdefault(group, Group())
             grp.members[member_id] = member
             for topic in topics:
                 self._subscribers.setdefault(topic, set()).add(member)
@@ -270,7 +199,7 @@ class MemoryStore(Store):
             p = rec.partition if rec.partition is not None else partition_for(rec.key, len(parts))
             log = parts[p]
             offset = len(log)
-            log.append(_entry(rec, now))
+            log.append(entry_of(rec, now))
             positions.append((TopicPartition(rec.topic, p), offset))
             touched.add(rec.topic)
         for topic in touched:
@@ -278,7 +207,7 @@ class MemoryStore(Store):
                 member.notify()
         return positions
 
-    def _rebalance(self, group: _Group) -> None:
+    def _rebalance(self, group: Group) -> None:
         """Range-assign every subscribed partition; start moving those whose owner changes."""
         subscriptions = {mid: m.topics for mid, m in group.members.items()}
         counts = {topic: len(parts) for topic, parts in self.logs.items()}
@@ -290,7 +219,7 @@ class MemoryStore(Store):
             elif current != new_owner:
                 group.members[current].revoke(tp)
 
-    def _hand_over(self, group: _Group, tp: TopicPartition) -> None:
+    def _hand_over(self, group: Group, tp: TopicPartition) -> None:
         """Give an unowned partition to its target member."""
         new_owner = group.target.get(tp)
         if new_owner is None:
@@ -346,202 +275,3 @@ class MemoryStore(Store):
                 entries.pop(update.key, None)
             else:
                 entries[update.key] = update.value
-
-
-class MemoryMember(GroupMember):
-    """A member of a consumer group of the embedded store."""
-
-    def __init__(
-        self,
-        store: MemoryStore,
-        group: str,
-        member_id: str,
-        topics: tuple[str, ...],
-        listener: RebalanceListener,
-    ) -> None:
-        super().__init__(group, member_id, max_record_bytes=store.max_record_bytes)
-        self.topics = topics
-        self._store = store
-        self._listener = listener
-        self._owned: list[TopicPartition] = []
-        self._positions: dict[TopicPartition, int] = {}
-        self._paused: set[TopicPartition] = set()
-        self._to_assign: list[TopicPartition] = []
-        self._to_revoke: list[TopicPartition] = []
-        self._waiter: asyncio.Future[None] | None = None
-        self._waiter_loop: asyncio.AbstractEventLoop | None = None
-        self._rotation = 0
-        self._interrupted = False
-
-    # Called by the store with its lock held.
-    def assign(self, tp: TopicPartition) -> None:
-        self._to_assign.append(tp)
-        self.notify()
-
-    def revoke(self, tp: TopicPartition) -> None:
-        if tp not in self._to_revoke:
-            self._to_revoke.append(tp)
-        self.notify()
-
-    async def poll(self, max_records: int, timeout: float) -> list[Record]:
-        deadline = time.monotonic() + timeout
-        while True:
-            await self._run_rebalance_callbacks()
-            records = self._fetch(max_records)
-            if records or self._closed or self._interrupted:
-                self._interrupted = False
-                return records
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return records
-            loop = asyncio.get_running_loop()
-            with self._store.lock:
-                if self._has_work():
-                    continue
-                waiter: asyncio.Future[None] = loop.create_future()
-                self._waiter, self._waiter_loop = waiter, loop
-            try:
-                await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                pass
-            finally:
-                with self._store.lock:
-                    self._waiter = self._waiter_loop = None
-
-    def _has_work(self) -> bool:
-        if self._to_assign or self._to_revoke or self._closed or self._interrupted:
-            return True
-        store_topics = self._store.logs
-        for tp in self._owned:
-            if tp not in self._paused and self._positions[tp] < len(
-                store_topics[tp.topic][tp.partition]
-            ):
-                return True
-        return False
-
-    async def _run_rebalance_callbacks(self) -> None:
-        store = self._store
-        if self._to_revoke:
-            with store.lock:
-                revoked, self._to_revoke = self._to_revoke, []
-                group = store.groups[self.group]
-                revoked = [
-                    tp
-                    for tp in revoked
-                    if group.owner.get(tp) == self.member_id
-                    and group.target.get(tp) != self.member_id
-                ]
-            if revoked:
-                await self._listener.on_revoked(revoked)
-                with store.lock:
-                    self._owned = [tp for tp in self._owned if tp not in revoked]
-                    for tp in revoked:
-                        self._positions.pop(tp, None)
-                        self._paused.discard(tp)
-                    store.release(self, revoked)
-        if self._to_assign:
-            with store.lock:
-                assigned, self._to_assign = self._to_assign, []
-                group = store.groups[self.group]
-                assigned = [tp for tp in assigned if group.owner.get(tp) == self.member_id]
-                for tp in assigned:
-                    done = group.committed.get(tp)
-                    self._positions[tp] = done.offset if done is not None else 0
-                    if tp not in self._owned:
-                        self._owned.append(tp)
-                self._owned.sort()
-            if assigned:
-                await self._listener.on_assigned(assigned)
-
-    def _fetch(self, max_records: int) -> list[Record]:
-        out: list[Record] = []
-        with self._store.lock:
-            owned = self._owned
-            if not owned or self._closed:
-                return out
-            topics = self._store.logs
-            n = len(owned)
-            start = self._rotation % n
-            self._rotation += 1
-            for i in range(n):
-                tp = owned[(start + i) % n]
-                if tp in self._paused:
-                    continue
-                log = topics[tp.topic][tp.partition]
-                pos = self._positions[tp]
-                if pos >= len(log):
-                    continue
-                chunk = log[pos : pos + (max_records - len(out))]
-                self._positions[tp] = pos + len(chunk)
-                out.extend(records_of(tp.topic, tp.partition, pos, chunk))
-                if len(out) >= max_records:
-                    break
-        return out
-
-    async def _commit(self, commit: AtomicCommit) -> None:
-        with self._store.lock:
-            self._store.check_open()
-            self._store.apply_commit(self, commit)
-
-    async def committed(
-        self, partitions: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, CommittedOffset]:
-        with self._store.lock:
-            group = self._store.groups[self.group]
-            return {tp: group.committed[tp] for tp in partitions if tp in group.committed}
-
-    async def load_state(self, partition: int) -> dict[str, bytes]:
-        with self._store.lock:
-            return dict(self._store.groups[self.group].state.get(partition, {}))
-
-    def assignment(self) -> frozenset[TopicPartition]:
-        with self._store.lock:
-            return frozenset(self._owned)
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        with self._store.lock:
-            if tp in self._positions:
-                self._positions[tp] = offset
-
-    def pause(self, partitions: Iterable[TopicPartition]) -> None:
-        with self._store.lock:
-            self._paused.update(partitions)
-
-    def resume(self, partitions: Iterable[TopicPartition]) -> None:
-        with self._store.lock:
-            self._paused.difference_update(partitions)
-            self.notify()
-
-    def wakeup(self) -> None:
-        self._interrupted = True
-        self.notify()
-
-    def notify(self) -> None:
-        """Let a waiting poll look again (new records, a rebalance); thread-safe."""
-        waiter, loop = self._waiter, self._waiter_loop
-        if waiter is None or loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            if not waiter.done():
-                waiter.set_result(None)
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(_wake, waiter)
-
-    async def close(self) -> None:
-        with self._store.lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._store.leave(self)
-            self._owned = []
-            self._positions.clear()
-        self.notify()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
