@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from agents.context import Context, KeyedState
 from agents.work import Item, Outcome
 from blackboard.dlq import ReplayInfo, Stage, dead_letter
-from blackboard.errors import RecordTooLargeError
+from blackboard.errors import HookError, RecordTooLargeError
 from blackboard.records import (
     OutgoingRecord,
     Record,
@@ -32,7 +32,7 @@ from blackboard.records import (
 
 if TYPE_CHECKING:
     from agents.agent import AgentSpec, HandlerResult
-    from agents.hooks import Hooks
+    from agents.hooks import Hook, Hooks
     from agents.partitions import Partitions
     from agents.work import RunnerStats
     from blackboard.artifacts import Envelope
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: What a call runs for one attempt, given that attempt's context.
-Invoke = Callable[[Context], Awaitable["HandlerResult"]]
+#: What a call runs for one attempt, given the call and that attempt's context.
+Invoke = Callable[["Call", Context], Awaitable["HandlerResult"]]
 
 
 @dataclass(slots=True)
@@ -51,23 +51,28 @@ class Call:
     Attributes:
         record: the record it is about (a timer's: the oldest held part).
         envelope: that record's envelope (the retry budget and spans read it).
-        epochs: the partitions it depends on and their epochs: if one moves, the call is left
-            unfinished.
-        invoke: runs the handler for one attempt.
+        epochs: the partitions it depends on and their epochs, if more than the item's own
+            (a timer's): if one moves, the call is left unfinished.
+        invoke: runs the handler for one attempt (None: ``handler(payload, ctx)``).
         parts: the records dead-lettered if it fails for good.
         item: the record's :class:`Item` (None for a timer).
-        attempt: the attempt about to run (1 for a first delivery).
-        gated: the start gate let its first attempt through (rate limit spent already).
+        attempt: the attempt about to run (the store's delivery count on the first).
+        gated: the start gate let its first attempt through (a rate limit spent its turn).
+        first: the attempt about to run is the call's first.
     """
 
     record: Record
     envelope: Envelope
-    epochs: dict[TopicPartition, int]
-    invoke: Invoke
+    epochs: dict[TopicPartition, int] | None
+    invoke: Invoke | None
     parts: Sequence[Record]
     item: Item | None = None
     attempt: int = 1
     gated: bool = False
+    first: bool = True
+    handler: Any = None
+    """With ``invoke`` None: the handler, called with ``payload``."""
+    payload: Any = None
     replay: ReplayInfo | None = None
     polled_at: float | None = None
     decision: object = None
@@ -85,18 +90,26 @@ class Call:
     """Set on a failed attempt: whether the call will be tried again."""
     note: object = None
     """What a hook says about this attempt's start instead of ``decision`` (a deferral)."""
-    context: Context | None = None
     span: object = None
     """A hook's handle on the attempt (tracing's span)."""
     engine: Attempts | None = field(default=None, repr=False)
     """What runs the call (set by :meth:`Attempts.run`)."""
+
+    def at_epochs(self) -> bool:
+        """Whether every partition the call depends on is still at its epoch."""
+        engine = self.engine
+        assert engine is not None
+        item = self.item
+        if item is not None:
+            return engine.partitions.epoch.get(item.tp) == item.epoch
+        return engine.partitions.at(self.epochs or {})
 
     def current(self) -> bool:
         """Whether no stop is asked and every partition the call depends on is still at its
         epoch."""
         engine = self.engine
         assert engine is not None
-        return not engine.stopping() and engine.partitions.at(self.epochs)
+        return not engine.stopping() and self.at_epochs()
 
     async def pause(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking early on stop; whether the call is still current."""
@@ -149,98 +162,150 @@ class Attempts:
 
     async def run(self, call: Call) -> Outcome | None:
         """Try ``call`` until it succeeds or fails for good (its outcome, for the next commit),
-        or must be left unfinished (None)."""
+        or must be left unfinished (None: a stop, or its partition moved). A hook that raises,
+        or refuses a call that is still current (which would strand its record), fails the
+        call for good: its records go to the DLQ, stage ``process``.
+
+        One function, not one per attempt: it runs for every record, and each awaited
+        coroutine costs as much as a few lines here."""
         call.engine = self
-        hooks, policy = self.hooks, self.spec.retry
-        for hook in hooks.first_call:
-            hook.first_call(call)
+        hooks, policy, spec = self.hooks, self.spec.retry, self.spec
+        epoch, item = self.partitions.epoch, call.item
         try:
+            if hooks.first_call:
+                for hook in hooks.first_call:
+                    hook.first_call(call)
             while True:
-                if not self.partitions.at(call.epochs):
+                if (
+                    epoch.get(item.tp) != item.epoch
+                    if item is not None
+                    else not self.partitions.at(call.epochs or {})
+                ):
                     return None  # rewound or lost: read again later
                 for hook in hooks.before_attempt:
-                    if not await hook.before_attempt(call):
+                    allowed = hook.before_attempt(call)
+                    if allowed is not True and (allowed is False or not await allowed):
+                        gates = hooks.before_attempt
+                        self._refused(call, hook, gates[: gates.index(hook)])
                         return None
-                outcome = await self._attempt(call)
-                if outcome is not None:
+                # -- one attempt
+                ctx = Context(spec, self.board.registry, call.envelope, call.record, call.attempt)
+                if call.inputs:
+                    ctx.inputs = call.inputs
+                if call.state_base is not None or call.state_after is not None:
+                    ctx.bind_state(call.state_base, call.state_after)
+                # No Timeout object (nor its current_task() lookup) per call unless one is set.
+                limit = asyncio.timeout(policy.timeout_s) if policy.timeout_s else None
+                if hooks.attempt_started:
+                    for hook in hooks.attempt_started:
+                        hook.attempt_started(call)
+                invoke = call.invoke
+                called = self.now()
+                try:
+                    try:
+                        if limit is None:
+                            result = await (
+                                call.handler(call.payload, ctx)
+                                if invoke is None
+                                else invoke(call, ctx)
+                            )
+                        else:
+                            async with limit:
+                                result = await (
+                                    call.handler(call.payload, ctx)
+                                    if invoke is None
+                                    else invoke(call, ctx)
+                                )
+                    finally:
+                        call.service_s += self.now() - called
+                        if hooks.call_returned:
+                            for hook in hooks.call_returned:
+                                hook.call_returned(call, ctx)
+                    outputs = self.outputs(ctx, result)
+                except RecordTooLargeError as exc:  # the output, not a dependency, is at fault
+                    call.retrying = False
+                    for hook in hooks.attempt_ended:
+                        hook.attempt_ended(call, exc, "produce")
+                    return self._failed(call, "produce", exc)
+                except Exception as exc:
+                    if not self._failed_attempt(call, exc, limit):
+                        return self._failed(
+                            call,
+                            "timeout" if limit is not None and limit.expired() else "process",
+                            exc,
+                        )
+                else:
+                    call.retrying = False
+                    outcome = (
+                        Outcome(item, outputs)
+                        if item is not None
+                        else Outcome(None, outputs, epochs=call.epochs)
+                    )
+                    touched = ctx.used_state
+                    if touched is not None:
+                        self.partitions.keep_writes(touched, call.record.partition, outcome)
+                    for hook in hooks.attempt_ended:
+                        hook.attempt_ended(call, None, None)
                     return outcome
-                # Failed and to be tried again.
+                # -- failed, to be tried again
                 self.stats.retries += 1
+                call.first = False
                 if not await call.pause(policy.backoff_s(call.attempt)):
                     return None
                 call.note = None
                 for hook in hooks.before_retry:
                     if not await hook.before_retry(call):
+                        self._refused(call, hook, ())
                         return None
                 call.attempt += 1
         except asyncio.CancelledError:
             for hook in hooks.attempt_cancelled:
                 hook.attempt_cancelled(call)
             raise
-
-    async def _attempt(self, call: Call) -> Outcome | None:
-        """One attempt: its outcome, or None if it failed and is to be tried again."""
-        hooks, policy = self.hooks, self.spec.retry
-        ctx = Context(self.spec, self.board.registry, call.envelope, call.record, call.attempt)
-        if call.inputs:
-            ctx.inputs = call.inputs
-        if call.state_base is not None or call.state_after is not None:
-            ctx.bind_state(call.state_base, call.state_after)
-        call.context = ctx
-        # No Timeout object (nor its current_task() lookup) per call unless one is set.
-        limit = asyncio.timeout(policy.timeout_s) if policy.timeout_s else None
-        for hook in hooks.attempt_started:
-            hook.attempt_started(call)
-        called = self.now()
-        try:
-            try:
-                if limit is None:
-                    result = await call.invoke(ctx)
-                else:
-                    async with limit:
-                        result = await call.invoke(ctx)
-            finally:
-                call.service_s += self.now() - called
-                for hook in hooks.call_returned:
-                    hook.call_returned(call, ctx)
-            outcome = self._succeeded(call, ctx, self.outputs(ctx, result))
-        except RecordTooLargeError as exc:  # the output, not a dependency, is at fault
-            call.retrying = False
-            for hook in hooks.attempt_ended:
-                hook.attempt_ended(call, exc, "produce")
-            return self._failed(call, "produce", exc)
-        except Exception as exc:
-            call.first_failure = call.first_failure or time.time()
-            expired = limit is not None and limit.expired()
-            stage: Stage = "timeout" if expired else "process"
-            call.retrying = (
-                call.attempt < policy.max_attempts and policy.retryable(exc) and not self.stopping()
-            )
-            self.log.warning(  # type: ignore[attr-defined]
-                "handler failed",
+        except HookError as exc:
+            return self._failed(call, "process", exc)
+        except Exception as exc:  # a hook raised (the handler's errors are caught above)
+            self.log.error(  # type: ignore[attr-defined]
+                "a hook failed; dead-lettering the call",
                 artifact_id=call.envelope.id,
-                attempt=call.attempt,
-                stage=stage,
-                retry=call.retrying,
                 error=f"{type(exc).__name__}: {exc}",
             )
-            for hook in hooks.attempt_ended:
-                hook.attempt_ended(call, exc, stage)
-            return None if call.retrying else self._failed(call, stage, exc)
-        call.retrying = False
-        for hook in hooks.attempt_ended:
-            hook.attempt_ended(call, None, None)
-        return outcome
+            return self._failed(call, "process", exc)
 
-    def _succeeded(self, call: Call, ctx: Context, outputs: list[OutgoingRecord]) -> Outcome:
-        item = call.item
-        outcome = (
-            Outcome(item, outputs)
-            if item is not None
-            else Outcome(None, outputs, epochs=call.epochs)
+    def _failed_attempt(self, call: Call, exc: Exception, limit: asyncio.Timeout | None) -> bool:
+        """Note a failed attempt (log, hooks); whether the call is to be tried again."""
+        policy = self.spec.retry
+        call.first_failure = call.first_failure or time.time()
+        stage: Stage = "timeout" if limit is not None and limit.expired() else "process"
+        call.retrying = (
+            call.attempt < policy.max_attempts and policy.retryable(exc) and not self.stopping()
         )
-        self.partitions.keep_writes(ctx.touched_state, call.record.partition, outcome)
-        return outcome
+        self.log.warning(  # type: ignore[attr-defined]
+            "handler failed",
+            artifact_id=call.envelope.id,
+            attempt=call.attempt,
+            stage=stage,
+            retry=call.retrying,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        for hook in self.hooks.attempt_ended:
+            hook.attempt_ended(call, exc, stage)
+        return call.retrying
+
+    def _refused(self, call: Call, hook: Hook, granted: Sequence[Hook]) -> None:
+        """A hook said no: the hooks that had let the attempt through hear it will not run;
+        fine if the call is no longer current (it is read again later), else an error.
+
+        Raises:
+            HookError: the call is still current, so nothing would ever read it again.
+        """
+        for earlier in granted:
+            earlier.attempt_abandoned(call)
+        if call.current():
+            raise HookError(
+                f"hook {type(hook).__name__} refused a call that is still current (a gate "
+                "should wait, or raise to fail the call)"
+            )
 
     def _failed(self, call: Call, stage: Stage, exc: BaseException) -> Outcome:
         """The call failed for good: its records to the DLQ (a timer's removal still kept)."""
@@ -281,8 +346,9 @@ class Attempts:
         records = []
         for out in ctx.outputs:
             env = out.envelope
-            for hook in output_hooks:
-                env = hook.output(env)
+            if output_hooks:
+                for hook in output_hooks:
+                    env = hook.output(env)
             record = record_for(env, out.payload)
             if record.value is not None and len(record.value) > limit:
                 raise RecordTooLargeError(

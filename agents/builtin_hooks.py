@@ -3,18 +3,17 @@ the rate limit with backpressure, the retry budget and tracing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from agents.hooks import Hook
 from observability import tracing
-from observability.spans import ADMITTED, AgentInfo, Span
+from observability.spans import ADMITTED, AgentInfo
 
 if TYPE_CHECKING:
     from agents.attempt import Call
     from agents.breaker import CircuitBreaker
     from agents.context import Context
-    from agents.partitions import Partitions
     from agents.work import RunnerStats
     from blackboard.artifacts import Envelope
     from blackboard.records import AtomicCommit, Record
@@ -24,11 +23,18 @@ if TYPE_CHECKING:
 
 class BreakerHook(Hook):
     """Consecutive failures open the circuit: nothing starts (and nothing is fetched) during
-    the cool-down, then one trial call decides (:mod:`agents.breaker`)."""
+    the cool-down, then one trial call decides (:mod:`agents.breaker`). The hook knows which
+    call holds the trial, so only that one can give it back."""
 
-    def __init__(self, breaker: CircuitBreaker, partitions: Partitions) -> None:
+    #: Closed, the breaker needs only each call's verdict (``attempt_ended``).
+    resting = frozenset({"slot_limit", "before_attempt", "fetching", "wake_in_s"})
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
         self.breaker = breaker
-        self._partitions = partitions
+        self._trial: Call | None = None
+
+    def dormant(self) -> bool:
+        return self.breaker.state == "closed"
 
     def slot_limit(self, concurrency: int, running: int) -> int:
         breaker = self.breaker
@@ -45,35 +51,51 @@ class BreakerHook(Hook):
         breaker = self.breaker
         return max(breaker.wait_s(), 0.001) if breaker.state == "open" else None
 
-    async def before_attempt(self, call: Call) -> bool:
+    def before_attempt(self, call: Call) -> bool | Awaitable[bool]:
+        if self.breaker.state == "closed":
+            return True
+        return self._wait_for_trial(call)
+
+    async def _wait_for_trial(self, call: Call) -> bool:
         """Wait until the breaker lets the call start; False if it should be left unfinished
         (its partition moved, or a stop came while it waited: a call already started still
         gets its attempt when the stop finds it running)."""
         breaker = self.breaker
-        if breaker.state == "closed":
-            return True
         while not breaker.allow():
             if not call.current():
                 return False
             await call.pause(min(max(breaker.wait_s(), 0.05), 1.0))
-        if not self._partitions.at(call.epochs):
-            breaker.released()
+        if breaker.state == "half_open":
+            self._trial = call
+        if not call.at_epochs():
+            self._give_back(call)
             return False
         return True
+
+    def _give_back(self, call: Call) -> None:
+        if self._trial is call:
+            self._trial = None
+            self.breaker.released()
+
+    def attempt_abandoned(self, call: Call) -> None:
+        self._give_back(call)
 
     def attempt_ended(self, call: Call, error: BaseException | None, stage: str | None) -> None:
         breaker = self.breaker
         if error is None:
-            breaker.succeeded()
+            if breaker.state != "closed" or breaker.consecutive_failures:
+                self._trial = None if self._trial is call else self._trial
+                breaker.succeeded()
         elif stage == "produce" or call.replay is not None:
             # An output too large is not the dependency's fault; a known-bad record an
             # operator replayed gives no verdict on it either (replays cannot stall it).
-            breaker.released()
+            self._give_back(call)
         else:
+            self._trial = None if self._trial is call else self._trial
             breaker.failed()
 
     def attempt_cancelled(self, call: Call) -> None:
-        self.breaker.released()
+        self._give_back(call)
 
 
 class LimiterHook(Hook):
@@ -83,7 +105,7 @@ class LimiterHook(Hook):
 
     def __init__(self, limiter: Limiter, now: Callable[[], float]) -> None:
         self.limiter = limiter
-        self._now = now
+        self.now = now
         self._until = 0.0
 
     def start_delay_s(self, now: float) -> float:
@@ -100,10 +122,17 @@ class LimiterHook(Hook):
     def call_started(self, now: float) -> None:
         self.limiter.started(now)
 
-    async def before_attempt(self, call: Call) -> bool:
-        if call.gated and call.attempt == 1:
+    def before_attempt(self, call: Call) -> bool | Awaitable[bool]:
+        if call.gated and call.first:
             return True  # the start gate spent its turn
-        limiter, now = self.limiter, self._now
+        limiter, now = self.limiter, self.now()
+        if limiter.wait_s(now) <= 0:
+            limiter.started(now)
+            return True
+        return self._wait_for_turn(call)
+
+    async def _wait_for_turn(self, call: Call) -> bool:
+        limiter, now = self.limiter, self.now
         while (wait := limiter.wait_s(now())) > 0:
             if not await call.pause(wait):
                 return False
@@ -111,7 +140,7 @@ class LimiterHook(Hook):
         return True
 
     def call_returned(self, call: Call, context: Context) -> None:
-        self.limiter.used_tokens(self._now(), context.tokens)
+        self.limiter.used_tokens(self.now(), context.tokens)
 
 
 class RetryBudgetHook(Hook):
@@ -120,18 +149,18 @@ class RetryBudgetHook(Hook):
 
     def __init__(self, budget: RetryBudgets, now: Callable[[], float], stats: RunnerStats) -> None:
         self.budget = budget
-        self._now = now
+        self.now = now
         self._stats = stats
 
     def first_call(self, call: Call) -> None:
-        self.budget.first_attempt(call.envelope, self._now())
+        self.budget.first_attempt(call.envelope, self.now())
 
     async def before_retry(self, call: Call) -> bool:
         budget, env = self.budget, call.envelope
-        if budget.allow(env, self._now()):
+        if budget.allow(env, self.now()):
             return True
         self._stats.retries_deferred += 1
-        deferral = await call.lend_slot(lambda: budget.defer(env, self._now, call.pause))
+        deferral = await call.lend_slot(lambda: budget.defer(env, self.now, call.pause))
         if deferral is None:
             return False
         call.note = deferral  # the next attempt's span says why it waited
@@ -144,8 +173,13 @@ class TracingHook(Hook):
 
     def __init__(self, agent: AgentInfo) -> None:
         self.agent = agent
+        self._open = 0  # process spans started and not ended yet
+
+    def dormant(self) -> bool:
+        return self._open == 0 and not tracing.enabled()  # off: no per-record calls at all
 
     def attempt_started(self, call: Call) -> None:
+        self._open += 1
         call.span = tracing.process(
             self.agent,
             call.record,
@@ -158,8 +192,15 @@ class TracingHook(Hook):
 
     def attempt_ended(self, call: Call, error: BaseException | None, stage: str | None) -> None:
         span = call.span
-        if isinstance(span, Span):
-            span.end(error, stage=stage, retry=call.retrying)
+        if span is not None:
+            call.span = None
+            self._open -= 1
+            span.end(error, stage=stage, retry=call.retrying)  # type: ignore[attr-defined]
+
+    def attempt_cancelled(self, call: Call) -> None:
+        if call.span is not None:  # the task ends: its current span goes with it
+            call.span = None
+            self._open -= 1
 
     def released(self, why: object, queue_wait_ms: float) -> None:
         tracing.redecide(why, queue_wait_ms)

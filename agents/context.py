@@ -78,7 +78,9 @@ class Context:
     """Join and batch handlers: every artifact that fired (outputs name them all as causes)."""
     tokens: float = 0.0
     """Tokens this call reported (:meth:`report_tokens`), for a tokens/s rate limit."""
-    _state: KeyedState | None = None
+    used_state: KeyedState | None = None
+    """The state this call read or wrote (None until it used ``state``); the runner keeps
+    its writes if the call succeeds."""
     _state_base: dict[str, bytes] | None = None
     _log: Any = None
 
@@ -89,13 +91,8 @@ class Context:
         ``writes`` already made (a timer's removal of what it fired)."""
         self._state_base = base
         if writes is not None:
-            self._state = KeyedState(base if base is not None else {})
-            self._state.writes.update(writes)
-
-    @property
-    def touched_state(self) -> KeyedState | None:
-        """The state this call read or wrote (None if it never used ``state``)."""
-        return self._state
+            self.used_state = KeyedState(base if base is not None else {})
+            self.used_state.writes.update(writes)
 
     @property
     def agent(self) -> str:
@@ -116,9 +113,9 @@ class Context:
         """
         if not self.spec.ordered:
             raise AgentError(f"agent {self.spec.name!r} uses state: declare it with ordered=True")
-        if self._state is None:
-            self._state = KeyedState(self._state_base if self._state_base is not None else {})
-        return self._state
+        if self.used_state is None:
+            self.used_state = KeyedState(self._state_base if self._state_base is not None else {})
+        return self.used_state
 
     def publish(
         self,

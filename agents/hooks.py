@@ -10,20 +10,27 @@ The points, in the order a record meets them:
 - *start gate* (a ready record is about to take a handler slot): :meth:`Hook.slot_limit`,
   :meth:`Hook.start_delay_s`, then :meth:`Hook.call_started` once it starts;
 - *attempt* (each handler call of a :class:`~agents.attempt.Call`, retries included):
-  :meth:`Hook.first_call`, :meth:`Hook.before_attempt`, :meth:`Hook.attempt_started`,
+  :meth:`Hook.first_call`, :meth:`Hook.before_attempt` (:meth:`Hook.attempt_abandoned` to
+  those that let it through when a later one refuses), :meth:`Hook.attempt_started`,
   :meth:`Hook.call_returned`, :meth:`Hook.attempt_ended` (or :meth:`Hook.attempt_cancelled`),
   and :meth:`Hook.before_retry` before another try;
 - *admission* and *commit*: :meth:`Hook.admitting` for every decoded record (False skips it),
-  :meth:`Hook.rejected` for a record dead-lettered before any handler saw it,
-  :meth:`Hook.output` for every output, :meth:`Hook.committed` after each commit the runner
-  made (the runner commits; hooks only observe).
+  :meth:`Hook.rejected` for every dead letter, :meth:`Hook.output` for every output,
+  :meth:`Hook.committed` after each commit the runner made (the runner commits; hooks only
+  observe).
 
-A hook instance belongs to one runner (one agent in one worker process).
+A gate waits (``before_attempt``, ``before_retry``) and says False only when the call is no
+longer current (a stop, its partition moved: its record is read again later); to fail a call,
+raise. A hook that raises, or refuses a current call, fails the call for good
+(:class:`~blackboard.errors.HookError`): its records are dead-lettered.
+
+A hook given to an agent serves every runner of that agent in the process (one per worker):
+keep state that must not be shared per runner, or give each worker its own instance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,8 +50,9 @@ class Hook:
         return concurrency
 
     def start_delay_s(self, now: float) -> float:
-        """Seconds until another handler call may start (0: now). While one is positive, a
-        handler slot takes one record at a time."""
+        """Seconds until another handler call may start (0: now). An agent with a hook that
+        overrides this takes one record per handler slot at a time (a rate limit hears of a
+        call's cost after it)."""
         return 0.0
 
     def call_started(self, now: float) -> None:
@@ -59,14 +67,28 @@ class Hook:
         need)."""
         return None
 
+    #: The points a dormant hook is left out of.
+    resting: frozenset[str] = frozenset({"attempt_started", "attempt_ended", "output"})
+
+    def dormant(self) -> bool:
+        """True leaves this hook out of its :attr:`resting` points (per-record ones) until it
+        says False again (tracing while it is off and no span of it is open, a closed
+        breaker); asked once per loop turn, and whenever the runner's breaker changes state."""
+        return False
+
     # -- the attempt -------------------------------------------------------------------------
     def first_call(self, call: Call) -> None:
         """A call is about to make its first attempt (a retry budget counts it)."""
 
-    async def before_attempt(self, call: Call) -> bool:
-        """Wait until the attempt may start; False leaves the call unfinished (read again
-        later). ``call.gated`` with ``call.attempt == 1``: the start gate let it through."""
+    def before_attempt(self, call: Call) -> bool | Awaitable[bool]:
+        """Whether the attempt may start: True, False, or an awaitable of either (a gate that
+        must wait; the fast path returns a plain bool). False leaves the call unfinished, for
+        a call no longer current only. ``call.gated`` with ``call.first``: the start gate let
+        it through."""
         return True
+
+    def attempt_abandoned(self, call: Call) -> None:
+        """An attempt this hook let through will not run: a later hook refused it."""
 
     def attempt_started(self, call: Call) -> None:
         """The handler is about to be called (tracing opens the attempt's span here)."""
@@ -114,36 +136,86 @@ def _overrides(hook: Hook, name: str) -> bool:
     return getattr(type(hook), name) is not getattr(Hook, name)
 
 
+#: Point method name -> the :class:`Hooks` attribute listing the hooks called there.
+_LISTS = {
+    "slot_limit": "slot_limit",
+    "start_delay_s": "start_delay",
+    "call_started": "call_started",
+    "fetching": "fetching",
+    "wake_in_s": "wake_in",
+    "first_call": "first_call",
+    "before_attempt": "before_attempt",
+    "attempt_abandoned": "attempt_abandoned",
+    "attempt_started": "attempt_started",
+    "call_returned": "call_returned",
+    "attempt_ended": "attempt_ended",
+    "attempt_cancelled": "attempt_cancelled",
+    "before_retry": "before_retry",
+    "released": "released",
+    "admitting": "admitting",
+    "rejected": "rejected",
+    "output": "output",
+    "committed": "committed",
+}
+
+
 class Hooks:
     """The hooks of one runner, each point's list holding only the hooks that override it
-    (the fast path with no breaker, limit or budget calls nothing per record)."""
+    and are awake there (the fast path, breaker closed and tracing off, calls nothing per
+    record but the breaker's verdict)."""
+
+    slot_limit: tuple[Hook, ...]
+    start_delay: tuple[Hook, ...]
+    call_started: tuple[Hook, ...]
+    fetching: tuple[Hook, ...]
+    wake_in: tuple[Hook, ...]
+    first_call: tuple[Hook, ...]
+    before_attempt: tuple[Hook, ...]
+    attempt_abandoned: tuple[Hook, ...]
+    attempt_started: tuple[Hook, ...]
+    call_returned: tuple[Hook, ...]
+    attempt_ended: tuple[Hook, ...]
+    attempt_cancelled: tuple[Hook, ...]
+    before_retry: tuple[Hook, ...]
+    released: tuple[Hook, ...]
+    admitting: tuple[Hook, ...]
+    rejected: tuple[Hook, ...]
+    output: tuple[Hook, ...]
+    committed: tuple[Hook, ...]
 
     def __init__(self, hooks: Sequence[Hook]) -> None:
         self.all = tuple(hooks)
+        self._sleepers = self._of("dormant")
+        self._asleep: tuple[bool, ...] | None = None
+        self.wake_up()
 
-        def of(name: str) -> tuple[Hook, ...]:
-            return tuple(h for h in self.all if _overrides(h, name))
+    def _of(self, name: str) -> tuple[Hook, ...]:
+        return tuple(h for h in self.all if _overrides(h, name))
 
-        self.slot_limit = of("slot_limit")
-        self.start_delay = of("start_delay_s")
-        self.call_started = of("call_started")
-        self.fetching = of("fetching")
-        self.wake_in = of("wake_in_s")
-        self.first_call = of("first_call")
-        self.before_attempt = of("before_attempt")
-        self.attempt_started = of("attempt_started")
-        self.call_returned = of("call_returned")
-        self.attempt_ended = of("attempt_ended")
-        self.attempt_cancelled = of("attempt_cancelled")
-        self.before_retry = of("before_retry")
-        self.released = of("released")
-        self.admitting = of("admitting")
-        self.rejected = of("rejected")
-        self.output = of("output")
-        self.committed = of("committed")
+    def wake_up(self) -> None:
+        """Take the dormant hooks out of (or back into) the points they rest at, if one of
+        them changed its mind since the last call (the runner calls this every loop turn,
+        and at once when its breaker changes state)."""
+        asleep = tuple(h.dormant() for h in self._sleepers)
+        if asleep == self._asleep:
+            return
+        self._asleep = asleep
+        resting = {id(h): h.resting for h, a in zip(self._sleepers, asleep, strict=True) if a}
+        for point, attribute in _LISTS.items():
+            found = tuple(
+                h for h in self._of(point) if point not in resting.get(id(h), frozenset())
+            )
+            setattr(self, attribute, found)
+        if len(self.slot_limit) == 1:  # the usual case (the breaker): no loop per record
+            self.limit = self.slot_limit[0].slot_limit  # type: ignore[method-assign]
+        else:
+            self.limit = self._limit  # type: ignore[method-assign]
 
     def limit(self, concurrency: int, running: int) -> int:
         """The slot limit every hook agrees to."""
+        return self._limit(concurrency, running)
+
+    def _limit(self, concurrency: int, running: int) -> int:
         for hook in self.slot_limit:
             concurrency = min(concurrency, hook.slot_limit(concurrency, running))
         return concurrency

@@ -132,10 +132,12 @@ class AgentRunner:
         )
         now = self._clock_now
         built: list[Hook] = [TracingHook(info)]
-        if self._breaker is not None:
-            built.append(BreakerHook(self._breaker, book))
+        # A call waits for its rate-limit turn before it asks the breaker for the trial call,
+        # so that no wait comes between taking the trial and making the call.
         if (throttle or limiter) is not None:
             built.append(LimiterHook(throttle or limiter, now))  # type: ignore[arg-type]
+        if self._breaker is not None:
+            built.append(BreakerHook(self._breaker))
         if spec.retry_budget is not None:
             built.append(RetryBudgetHook(spec.retry_budget.tracker(), now, stats))
         self.hooks = Hooks([*built, *spec.hooks, *hooks])
@@ -204,6 +206,18 @@ class AgentRunner:
     def _clock_now(self) -> float:
         return self._now()
 
+    def _bind_clock(self, now: Callable[[], float]) -> None:
+        """Read intervals on ``now`` (the event loop's clock, virtual in the simulator): the
+        parts get it directly, not through a wrapper, since they read it per record."""
+        self._now = now
+        for part in (self._committer, self._attempts, self._intake, self._slots):
+            part.now = now
+        if self._timers is not None:
+            self._timers.now = now
+        for hook in self.hooks.all:
+            if isinstance(hook, LimiterHook | RetryBudgetHook):
+                hook.now = now
+
     def _is_stopping(self) -> bool:
         return self._stopping
 
@@ -213,9 +227,9 @@ class AgentRunner:
     async def _lend_slot(self, wait: Callable[[], Awaitable[T]]) -> T:
         return await self._slots.lend(wait)
 
-    def _delivery(self, record: Record) -> int:
-        member = self._member
-        return member.attempt(record) if member is not None else 1
+    @staticmethod
+    def _delivery(record: Record) -> int:
+        return 1  # until the member joined (then its own count)
 
     # -- life cycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -226,13 +240,14 @@ class AgentRunner:
             board.store.ensure_topics(
                 [board.topics.state(spec.name)], board.settings.partitions, compacted=True
             )
-        self._now = asyncio.get_running_loop().time
+        self._bind_clock(asyncio.get_running_loop().time)
         if self._limiter is not None:  # a shared limit reaches Redis first (or fails here)
             await self._limiter.open()
         member = await board.store.join(
             self.group, sorted(self._topics), self, member_name=self.slot
         )
         self._member = self._committer.member = member
+        self._slots.delivery = member.attempt
         self._report_status()  # operators see the agent (circuit closed) before any trouble
         self._started.set()
         self._log.info("agent started", member=member.member_id, topics=sorted(self._topics))
@@ -254,7 +269,7 @@ class AgentRunner:
     def stop(self) -> None:
         """Stop polling; in-flight handlers get ``shutdown_grace_s`` to finish. Thread-unsafe:
         call from the runner's event loop (signal handlers do)."""
-        self._stopping = True
+        self._stopping = self._slots.stopped = True
         self._stop_requested.set()
         self._slots.wakeup_waiters()
         self._wake.set()
@@ -282,6 +297,7 @@ class AgentRunner:
         interval = settings.commit_interval_ms / 1000.0
         while not self._stopping:
             self._wake.clear()
+            hooks.wake_up()  # tracing turned on or off
             poll = self._poll_task
             if poll is not None and poll.done():
                 self._poll_task = None
@@ -407,6 +423,7 @@ class AgentRunner:
     def _on_breaker(self, state: BreakerState, breaker: CircuitBreaker) -> None:
         """Log a breaker transition, wake the loop and publish the agent's status."""
         self._status.breaker_changed(state, breaker)
+        self.hooks.wake_up()  # open: the breaker's gate points are called again; closed: not
         self._wake.set()
         if state != "half_open":
             self._report_status()

@@ -19,7 +19,6 @@ from agents.work import Item, OrderKey, Outcome
 if TYPE_CHECKING:
     from agents.agent import HandlerResult
     from agents.clock import Clock
-    from agents.collect import Collector
     from agents.context import Context
     from agents.hooks import Hooks
     from agents.intake import Intake
@@ -69,6 +68,7 @@ class Slots:
         stopping: Callable[[], bool],
     ) -> None:
         self.concurrency = concurrency
+        self.spec = intake.spec
         self.hooks = hooks
         self.intake = intake
         self.partitions = partitions
@@ -80,6 +80,8 @@ class Slots:
         self.delivery = delivery
         self.wake = wake
         self.stopping = stopping
+        self.stopped = False
+        """Set by the runner's stop (read per record: an attribute, not a call)."""
         self.running = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self._waiters = 0  # resumed retries waiting for a slot
@@ -124,7 +126,7 @@ class Slots:
             for hook in hooks.call_started:
                 hook.call_started(now)
             self.running += 1
-            if intake.spec.ordered:
+            if self.spec.ordered:
                 intake.running_keys.add(item.key)
             return item
         return None
@@ -133,14 +135,57 @@ class Slots:
         """Run ``item``, then the next ready record, and so on until none may start or a stop
         is asked: one task runs many records in a row (a task per record costs ~4 us, as much
         as the rest of the runner's work on it). The slot gives the event loop a turn every
-        :data:`SLOT_BURST` records or :data:`SLOT_SLICE_S`, so polls and commits keep going."""
-        now = self.now
+        :data:`SLOT_BURST` records or :data:`SLOT_SLICE_S`, so polls and commits keep going.
+
+        Each record's call runs right here, not in a coroutine of its own (an awaited
+        coroutine per record costs as much as a few lines of this loop); it is finished with
+        its outputs or its dead letter, or, cut short (stop requested, partition gone), left
+        unfinished: read again later."""
+        now, run, spec, intake = self.now, self.attempts.run, self.spec, self.intake
+        collect = None if spec.collector is None else self._collect
+        state = self.partitions.state if spec.ordered else None
         ran, slice_end = 0, now() + SLOT_SLICE_S
         context = contextvars.copy_context()  # what a task of its own would start with
         try:
             while True:
-                await self.execute(item)
-                if self.stopping() or self._one_per_slot or contextvars.copy_context() != context:
+                art, rec, replay = item.artifact, item.record, item.replay
+                assert art is not None
+                call = Call(
+                    rec,
+                    art.envelope,
+                    None,
+                    collect,
+                    (rec,),
+                    item,
+                    self.delivery(rec),
+                    True,
+                    True,
+                    spec.handler,
+                    art.payload,
+                    replay,
+                    item.polled_at,
+                    item.decision,
+                    None,
+                    state.get(rec.partition) if state is not None else None,
+                    None,
+                    (),
+                    replay.first_failure_ts if replay is not None else None,
+                )
+                outcome: Outcome | None = None
+                try:
+                    outcome = await run(call)
+                finally:
+                    self.free()
+                    if item.info is not None:
+                        intake.done_with(item, call.service_s if outcome is not None else None)
+                    if replay is not None:
+                        intake.settle_replay(item, outcome)
+                    if outcome is not None:
+                        self.finish(outcome)
+                    if spec.ordered:
+                        intake.release(item.key)
+                    self.wake()
+                if self.stopped or self._one_per_slot or contextvars.copy_context() != context:
                     # A handler that set a context variable (e.g. structlog's bound context)
                     # must not leak it into the next record: that one gets a fresh task.
                     return
@@ -159,63 +204,15 @@ class Slots:
         finally:
             self.tasks.discard(asyncio.current_task())
 
-    async def execute(self, item: Item) -> None:
-        """Run one record's call; finish it with its outputs or its dead letter. A record
-        whose call is cut short (stop requested, partition gone) is left unfinished: it is
-        read again later."""
-        art = item.artifact
-        assert art is not None
-        rec = item.record
-        call = Call(
-            rec,
-            art.envelope,
-            {item.tp: item.epoch},
-            self._invoke_record(item),
-            (rec,),
-            item,
-            attempt=self.delivery(rec),
-            gated=True,
-            replay=item.replay,
-            polled_at=item.polled_at,
-            decision=item.decision,
-            state_base=(
-                self.partitions.state.get(rec.partition) if self.intake.spec.ordered else None
-            ),
-            first_failure=item.replay.first_failure_ts if item.replay is not None else None,
-        )
-        outcome: Outcome | None = None
-        try:
-            outcome = await self.attempts.run(call)
-        finally:
-            self.free()
-            if item.info is not None:
-                self.intake.done_with(item, call.service_s if outcome is not None else None)
-            if item.replay is not None:
-                self.intake.settle_replay(item, outcome)
-            if outcome is not None:
-                self.finish(outcome)
-            self.intake.release_key(item)
-            self.wake()
-
-    def _invoke_record(self, item: Item) -> Callable[[Context], Awaitable[HandlerResult]]:
-        """The handler call of one attempt on ``item`` (through the join or batch for
-        collectors)."""
-        spec = self.intake.spec
-        art = item.artifact
-        assert art is not None
-        collector = spec.collector
-        if collector is None:
-            handler, payload = spec.handler, art.payload
-            return lambda ctx: handler(payload, ctx)
-        return lambda ctx: self._collect(collector, item, ctx)
-
-    async def _collect(self, collector: Collector, item: Item, ctx: Context) -> HandlerResult:
-        """Hold the record's artifact in its join or batch; run the handler if that
-        completes it."""
-        art = item.artifact
-        assert art is not None
+    async def _collect(self, call: Call, ctx: Context) -> HandlerResult:
+        """One attempt of a join or batch agent's record: hold its artifact in its join or
+        batch; run the handler if that completes it."""
+        collector, item = self.spec.collector, call.item
+        assert collector is not None
+        assert item is not None
+        assert item.artifact is not None
         now = self.clock.time()
-        fired = collector.add(art, item.record, ctx.state, now)
+        fired = collector.add(item.artifact, item.record, ctx.state, now)
         if fired is None:
             return None
         release = collector.release(fired, now)  # a full batch: why, on this record's span
@@ -223,7 +220,7 @@ class Slots:
             for hook in self.hooks.released:
                 hook.released(release, release.queue_wait_ms)
         ctx.inputs = tuple(p.artifact.envelope for p in fired.parts)
-        return await self.intake.spec.handler(collector.view(fired), ctx)
+        return await self.spec.handler(collector.view(fired), ctx)
 
     # -- slot accounting -------------------------------------------------------------------
     def free(self) -> None:
@@ -264,8 +261,12 @@ class Slots:
             self._waiters -= 1
 
     def hold(self, key: OrderKey) -> bool:
-        """Take a slot and ``key``'s turn for a timer (False: the key is busy)."""
-        if not self.intake.hold_key(key):
+        """Take a slot and ``key``'s turn for a timer (False: no slot may start now, or the
+        key is busy: the timer waits for the next check)."""
+        cap = self.concurrency
+        if self.hooks.slot_limit:
+            cap = self.hooks.limit(cap, self.running)
+        if self.running >= cap - self._waiters or not self.intake.hold_key(key):
             return False
         self.running += 1
         return True

@@ -132,7 +132,7 @@ class CollectorTimers:
         """The handler call of a released batch or a timed-out join: every attempt starts
         from the held state's removal; failing for good, every part goes to the DLQ."""
         collector = self.collector
-        handler = self.slots.intake.spec.handler if fired.why == "batch" else collector.on_timeout
+        handler = self.slots.spec.handler if fired.why == "batch" else collector.on_timeout
         assert handler is not None
         view = collector.view(fired)
         first = fired.parts[0]
@@ -142,7 +142,7 @@ class CollectorTimers:
             first.record,
             first.artifact.envelope,
             epochs,
-            lambda ctx: handler(view, ctx),
+            lambda _call, ctx: handler(view, ctx),
             tuple(p.record for p in fired.parts),
             decision=release,
             queue_wait_ms=release.queue_wait_ms,

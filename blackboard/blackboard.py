@@ -191,7 +191,7 @@ class Blackboard:
                 causation_ids=causation_ids,
                 partition_key=partition_keys[i] if partition_keys is not None else partition_key,
                 tenant=tenant,
-                traceparent=_traceparent(hooks, publish) if hooks else None,
+                traceparent=_traceparent(publish.namers, publish) if publish.namers else None,
             )
             envelopes.append(env)
             types.append(art_type)

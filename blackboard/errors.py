@@ -13,9 +13,10 @@
     │   ├── InvalidArtifactError    a payload that does not validate (keeps field errors)
     │   └── DecodeError             bytes that are not a well-formed artifact record
     ├── AgentError                  an agent defined or used wrongly
-    │   └── UnretryableError        no retry can fix it: dead-lettered at once
-    │       ├── UndeclaredOutputError  a handler published a type it did not declare
-    │       └── JoinError           a record that cannot take part in its join
+    │   ├── UnretryableError        no retry can fix it: dead-lettered at once
+    │   │   ├── UndeclaredOutputError  a handler published a type it did not declare
+    │   │   └── JoinError           a record that cannot take part in its join
+    │   └── HookError               a hook broke its contract (the call is dead-lettered)
     ├── TraceError                  traces cannot be written, found or read
     └── StoreError                  carries the backend's error code when it has one
         ├── StoreUnavailableError   the server cannot be reached
@@ -102,6 +103,11 @@ class UndeclaredOutputError(UnretryableError):
 class JoinError(UnretryableError):
     """A record cannot take part in its join: an extra part (``extras="dead_letter"``) or a
     join key on another partition than the record (the topics are not co-partitioned by it)."""
+
+
+class HookError(AgentError):
+    """A hook broke its contract, e.g. refused a call that is still current (nothing would
+    ever read its record again): the call fails for good and is dead-lettered."""
 
 
 class TraceError(BlackboardError):

@@ -39,6 +39,8 @@ class Publish:
         records: their wire records (likewise).
         attributes: per topic, span attributes hooks add for the send spans (backpressure).
         scratch: per hook, what it keeps between its points.
+        namers: the hooks that give envelopes their ``traceparent`` in this publish (a hook
+            adds itself in :meth:`PublishHook.begin`; none while tracing is off).
     """
 
     board: Blackboard
@@ -47,6 +49,7 @@ class Publish:
     records: list[OutgoingRecord] = field(default_factory=list)
     attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
     scratch: dict[object, Any] = field(default_factory=dict)
+    namers: list[PublishHook] = field(default_factory=list)
 
 
 class PublishHook:
@@ -62,7 +65,8 @@ class PublishHook:
         """A publish starts (nothing is encoded yet)."""
 
     def traceparent(self, publish: Publish) -> str | None:
-        """The ``traceparent`` of the next envelope (None: this hook gives none)."""
+        """The ``traceparent`` of the next envelope (None: this hook gives none); asked only
+        of the hooks in ``publish.namers``."""
         return None
 
     def before_send(self, publish: Publish) -> None:

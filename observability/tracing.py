@@ -142,6 +142,7 @@ class SendSpans(PublishHook):
         found = sends(publish.correlation_id)
         if found is not NO_SENDS:
             publish.scratch[self] = found
+            publish.namers.append(self)
 
     def traceparent(self, publish: Publish) -> str | None:
         found: Sends | None = publish.scratch.get(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 from agents.agent import App
 from agents.attempt import Call
@@ -130,3 +131,59 @@ async def test_an_admission_hook_skips_what_the_agent_may_not_see() -> None:
         await tb.run_until_idle()  # the skipped records are committed too: lag 0
         assert tb.lag() == 0
     assert sorted(seen) == [1, 3, 5]
+
+
+class Sleepy(Usage):
+    """Leaves the per-record start points while asleep, as tracing does while it is off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asleep = True
+
+    def dormant(self) -> bool:
+        return self.asleep
+
+
+def test_a_dormant_hook_leaves_only_the_per_record_points_until_it_wakes() -> None:
+    sleepy = Sleepy()
+    hooks = Hooks([sleepy])
+    assert hooks.output == () and hooks.attempt_ended == ()
+    assert hooks.committed == (sleepy,) and hooks.call_returned == (sleepy,)
+    sleepy.asleep = False
+    assert hooks.output == ()  # until the runner's next loop turn asks
+    hooks.wake_up()
+    assert hooks.output == (sleepy,) and hooks.attempt_ended == (sleepy,)
+    sleepy.asleep = True
+    hooks.wake_up()
+    assert hooks.output == ()
+
+
+async def test_spans_follow_tracing_turned_on_and_off_while_a_worker_runs(tmp_path: Path) -> None:
+    """The tracing hook sleeps while tracing is off (no per-record calls) and wakes at the
+    runner's next loop turn once it is on: records processed meanwhile get their spans."""
+    from observability import segments, tracing
+    from observability.runs import RunInfo
+
+    async def worker(task: Task, ctx: Context) -> Result:
+        return Result(n=task.n)
+
+    app = App("test", registry=registry)
+    app.agent(consumes=Task, publishes=Result, name="traced")(worker)
+    async with TestBoard(app) as tb:
+        tb.publish(Task(n=0))
+        await tb.run_until_idle()
+        run = tracing.start_tracing(tmp_path, RunInfo.create(scenario="toggle"))
+        try:
+            for n in range(1, 4):
+                tb.publish(Task(n=n))
+            await tb.run_until_idle()
+        finally:
+            counts = run.stop()
+        tb.publish(Task(n=4))
+        await tb.run_until_idle()
+    assert counts.ended >= 9  # 3 external sends, 3 process, 3 output sends, settles
+    con = segments.open_runs(tmp_path, [run.run.run_id])
+    rows = con.execute(
+        "SELECT name, operation FROM spans WHERE operation = 'process' ORDER BY name"
+    ).fetchall()
+    assert len(rows) == 3  # the records of n = 1, 2, 3: none for n = 0 or n = 4

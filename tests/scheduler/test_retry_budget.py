@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from blackboard.errors import ConfigError
 from blackboard.shell.sim.loop import run_virtual
 from blackboard.shell.testing import TestBoard
 from observability import tracing
+from observability.runs import RunInfo
 from scheduler import RetryBudget
 
 reg = TypeRegistry()
@@ -70,7 +72,7 @@ def test_budget_values_are_checked() -> None:
 
 
 def test_tenant_always_failing_is_capped_while_others_run_and_deferred_retries_run_later(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     app = App(registry=reg)
     calls: list[tuple[str, int, float]] = []  # (tenant, attempt, virtual time)
@@ -125,7 +127,11 @@ def test_tenant_always_failing_is_capped_while_others_run_and_deferred_retries_r
             assert len(tb.dead_letters(Job)) == 10
             assert {r.header("bb.dlq.attempt") for r in tb.dead_letters(Job)} == {b"3"}
 
-    run_virtual(main)
+    trace = tracing.start_tracing(tmp_path, RunInfo.create(scenario="budget"))  # the spans
+    try:  # say when each attempt ran: the decisions are read off tracing.process
+        run_virtual(main)
+    finally:
+        trace.stop()
     a_calls = [c for c in calls if c[0] == "a"]
     assert len(a_calls) == 30  # every record got all three attempts
     # Three retries at once, then (a's first attempts gone from the window) one per window.
