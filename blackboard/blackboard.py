@@ -65,8 +65,9 @@ class Blackboard:
             open :class:`Store`; default from settings.
         registry: the artifact types known here (default: everything ``@artifact`` registered).
         settings: prefix and partition count; default from the environment.
-        hooks: makers of the publish hooks (:mod:`blackboard.publishing`); default: those the
-            installed packages declare (backpressure and send spans, each off unless set up).
+        hooks: makers of publish hooks (:mod:`blackboard.publishing`) beside those the
+            installed packages declare (backpressure from the environment when ``settings``
+            come from it too, and send spans); one of a class stands in for the installed.
 
     Raises:
         ConfigError: a setting or a publish hook's setting is invalid.
@@ -78,7 +79,7 @@ class Blackboard:
         *,
         registry: TypeRegistry | None = None,
         settings: BlackboardSettings | None = None,
-        hooks: Sequence[HookFactory] | None = None,
+        hooks: Sequence[HookFactory] = (),
     ) -> None:
         url = store if isinstance(store, str) else store.url if isinstance(store, Store) else None
         if settings is None:
@@ -86,6 +87,9 @@ class Blackboard:
         elif url is not None and url != settings.url:
             settings = settings.model_copy(update={"url": url})  # an explicit store wins
         self.settings = settings
+        #: Whether the settings came from the environment (publish hooks then read theirs
+        #: from it too).
+        self.settings_from_env = settings.read_env
         self.store = store if isinstance(store, Store) else open_store(self.settings.url)
         self.registry = registry or default_registry
         self.topics = TopicNames(self.settings.prefix)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
-from pydantic import ValidationError
+from pydantic import PrivateAttr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -59,6 +59,13 @@ class EnvSettings(BaseSettings):
     #: What error lines call one of these settings: ``invalid <what> <field>: …``.
     what: ClassVar[str] = "setting"
 
+    _read_env: bool = PrivateAttr(default=False)
+
+    @property
+    def read_env(self) -> bool:
+        """Whether these settings came from :meth:`from_env` (the environment was read)."""
+        return self._read_env
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -81,7 +88,9 @@ class EnvSettings(BaseSettings):
         """
         token = _FROM_ENV.set(True)
         try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
+            made = cls(**{k: v for k, v in overrides.items() if v is not None})
+            made._read_env = True
+            return made
         except ValidationError as exc:
             raise cls.config_error(exc) from None
         except SettingsError as exc:  # a value pydantic-settings could not decode

@@ -105,9 +105,11 @@ def installed_factories() -> tuple[HookFactory, ...]:
     return tuple(found)
 
 
-def make_hooks(
-    board: Blackboard, factories: Sequence[HookFactory] | None
-) -> tuple[PublishHook, ...]:
-    """The hooks of ``board`` from ``factories`` (None: :func:`installed_factories`), sorted."""
-    made = [f(board) for f in (installed_factories() if factories is None else factories)]
-    return tuple(sorted((h for h in made if h is not None), key=lambda h: h.order))
+def make_hooks(board: Blackboard, extra: Sequence[HookFactory] = ()) -> tuple[PublishHook, ...]:
+    """The hooks of ``board``: the installed ones (:func:`installed_factories`) and those
+    ``extra`` makes, sorted; an extra hook stands in for an installed one of its class."""
+    given = [h for h in (f(board) for f in extra) if h is not None]
+    kinds = {type(h) for h in given}
+    installed = [h for h in (f(board) for f in installed_factories()) if h is not None]
+    made = [h for h in installed if type(h) not in kinds] + given
+    return tuple(sorted(made, key=lambda h: h.order))

@@ -57,36 +57,40 @@ class ThrottledLimiter:
 
 class BackpressureHook(PublishHook):
     """The publish hook of a blackboard's external publishes: each waits while the consumers
-    of its target types are behind, and its send spans carry each topic's state."""
+    of its target types are behind, and its send spans carry each topic's state. Made with
+    settings that are off, it does nothing (and stands in for the installed one: an explicit
+    "off" wins over the environment)."""
 
     order = 10  # waits before the send spans time the store call
 
-    def __init__(self, backpressure: Backpressure) -> None:
-        self.backpressure = backpressure
-
-    @property
-    def settings(self) -> BackpressureSettings:
+    def __init__(self, settings: BackpressureSettings, backpressure: Backpressure | None) -> None:
+        self.settings = settings
         """The settings it throttles with (agents' runners on the board use the same)."""
-        return self.backpressure.settings
+        self.backpressure = backpressure
+        """None while the settings are off."""
 
     def before_send(self, publish: Publish) -> None:
+        if self.backpressure is None:
+            return
         counts = Counter(r.topic for r in publish.records)
         for topic, throttle in self.backpressure.acquire(counts).items():
             publish.attributes.setdefault(topic, {}).update(throttle.attributes())
 
     def close(self) -> None:
-        self.backpressure.close()
+        if self.backpressure is not None:
+            self.backpressure.close()
 
 
 def backpressure(settings: BackpressureSettings) -> HookFactory:
-    """The maker of a blackboard's backpressure hook with ``settings`` (``Blackboard(...,
-    hooks=[backpressure(settings)])``); it makes none while ``settings`` are off."""
+    """The maker of a blackboard's backpressure hook with ``settings``:
+    ``Blackboard(..., hooks=[backpressure(settings)])`` (in place of the installed one, which
+    reads the environment)."""
 
-    def make(board: Blackboard) -> PublishHook | None:
+    def make(board: Blackboard) -> PublishHook:
         if not settings.enabled:
-            return None
+            return BackpressureHook(settings, None)
         return BackpressureHook(
-            Backpressure(board.store, settings, group_prefix=board.topics.prefix + ".")
+            settings, Backpressure(board.store, settings, group_prefix=board.topics.prefix + ".")
         )
 
     return make
@@ -94,12 +98,16 @@ def backpressure(settings: BackpressureSettings) -> HookFactory:
 
 def publish_hook(board: Blackboard) -> PublishHook | None:
     """Backpressure from the ``BLACKBOARD_BACKPRESSURE*`` variables (entry point
-    ``kafka_blackboard.publish_hooks``; None while off).
+    ``kafka_blackboard.publish_hooks``), for a blackboard whose own settings came from the
+    environment too (settings built in code do not change with the shell); None while off.
 
     Raises:
         ConfigError: a variable is invalid.
     """
-    return backpressure(BackpressureSettings.from_env())(board)
+    if not board.settings_from_env:
+        return None
+    settings = BackpressureSettings.from_env()
+    return backpressure(settings)(board) if settings.enabled else None
 
 
 def agent_limiter(
@@ -118,7 +126,7 @@ def agent_limiter(
     """
     hook = board.hook(BackpressureHook)
     topics = sorted({board.topics.for_type(name) for name in publishes})
-    if hook is None or not topics:
+    if hook is None or hook.backpressure is None or not topics:
         return None
     settings = hook.settings
     backpressure = Backpressure(

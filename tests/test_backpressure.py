@@ -34,6 +34,7 @@ from blackboard.status import read_status
 from blackboard.store import GroupMember, Store
 from observability import tracing
 from observability.runs import RunInfo
+from observability.tracing import SendSpans
 from scheduler.throttle import Backpressure, BackpressureSettings
 from scheduler.throttle_hooks import BackpressureHook, backpressure
 from tests.contract.helpers import Listener
@@ -84,13 +85,14 @@ def _board(partitions: int = 2, **bp: Any) -> Blackboard:
 def _use(board: Blackboard, bp: Backpressure) -> Backpressure:
     """Make ``bp`` (a fake clock's, say) the board's backpressure."""
     others = [h for h in board.publish_hooks if not isinstance(h, BackpressureHook)]
-    board.publish_hooks = tuple(sorted([BackpressureHook(bp), *others], key=lambda h: h.order))
+    hook = BackpressureHook(bp.settings, bp)
+    board.publish_hooks = tuple(sorted([hook, *others], key=lambda h: h.order))
     return bp
 
 
 def _own(board: Blackboard) -> Backpressure:
     hook = board.hook(BackpressureHook)
-    assert hook is not None
+    assert hook is not None and hook.backpressure is not None
     return hook.backpressure
 
 
@@ -123,7 +125,13 @@ def test_settings_are_off_by_default_and_come_from_code_or_the_environment(
     code = BackpressureSettings.from_env(max_rate=7.0)
     assert code.max_rate == 7.0 and code.enabled  # code wins, the rest from the environment
     explicit = [backpressure(BackpressureSettings(max_rate=7.0))]  # code says off: off
-    assert Blackboard("memory://", registry=registry, hooks=explicit).hook(BackpressureHook) is None
+    off = Blackboard("memory://", registry=registry, hooks=explicit).hook(BackpressureHook)
+    assert off is not None and off.backpressure is None  # stands in for the environment's
+    # Settings built in code do not change with the shell: no backpressure from it.
+    coded = Blackboard("memory://", registry=registry, settings=BlackboardSettings())
+    assert coded.hook(BackpressureHook) is None
+    # A hook given in code joins the installed ones (send spans stay).
+    assert Blackboard("memory://", registry=registry, hooks=explicit).hook(SendSpans) is not None
     monkeypatch.setenv("BLACKBOARD_BACKPRESSURE_MIN_RATE", "500")
     monkeypatch.setenv("BLACKBOARD_BACKPRESSURE_MAX_RATE", "50")
     with pytest.raises(ConfigError, match="min_rate 500 is above max_rate 50"):

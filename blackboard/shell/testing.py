@@ -25,7 +25,6 @@ from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import Artifact, Envelope
 from blackboard.blackboard import Blackboard, BlackboardSettings
-from blackboard.publishing import installed_factories
 from blackboard.records import Record, TopicPartition
 from scheduler import throttle_hooks
 from scheduler.throttle import BackpressureSettings
@@ -61,8 +60,7 @@ class TestBoard:
         board_settings = BlackboardSettings(url=url, partitions=partitions)
         # The installed publish hooks, but backpressure as given here (not from the shell's
         # variables: a test says what it wants).
-        hooks = [f for f in installed_factories() if f is not throttle_hooks.publish_hook]
-        hooks.append(throttle_hooks.backpressure(backpressure or BackpressureSettings()))
+        hooks = [throttle_hooks.backpressure(backpressure or BackpressureSettings())]
         self.board = Blackboard(url, registry=app.registry, settings=board_settings, hooks=hooks)
         self.worker = Worker(app, self.board, settings or FAST_SETTINGS)
         self._task: asyncio.Task[None] | None = None
