@@ -6,8 +6,10 @@ worktree, starts one broker (or redis-server) unless given one, and runs
 ``bench.kafka_pipeline`` P times from each tree in turn (base, this tree, this tree, base, ...),
 each run a fresh process importing its own tree's code. Each run measures ours against the
 plain loop on the same server at the same moment, so the figure compared is ours / plain
-(``ratio_to_plain``): the machine's noise moves both variants alike. It prints each run and the
-median ratio and records/s per revision; ``--json`` prints one JSON document instead.
+(``ratio_to_plain``): the machine's noise moves both variants alike; and the CPU seconds each
+run's process used (both variants and the warm-up: the plain loop is the same code in both
+revisions, so a difference is ours). It prints each run and the medians per revision;
+``--json`` prints one JSON document instead.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -78,9 +81,17 @@ def server(store: str, bootstrap: str | None, redis_url: str | None) -> Iterator
         local.cleanup()
 
 
+def _children_cpu_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def run_once(tree: Path, args: list[str]) -> dict[str, Any]:
-    """One ``bench.kafka_pipeline --rounds 1 --json`` run with ``tree``'s code."""
+    """One ``bench.kafka_pipeline --rounds 1 --json`` run with ``tree``'s code; its document,
+    with the CPU seconds the run's process used (``cpu_s``: both variants and the warm-up,
+    every thread; the server is another process)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = _children_cpu_s()
     out = subprocess.run(
         [sys.executable, "-m", "bench.kafka_pipeline", *args, "--rounds", "1", "--json"],
         cwd=tree,
@@ -92,6 +103,7 @@ def run_once(tree: Path, args: list[str]) -> dict[str, Any]:
     if out.returncode != 0:
         raise SystemExit(f"revisions: a run in {tree} failed:\n{out.stderr[-2000:]}")
     doc: dict[str, Any] = json.loads(out.stdout)
+    doc["cpu_s"] = round(_children_cpu_s() - before, 3)
     return doc
 
 
@@ -120,17 +132,20 @@ def main() -> None:
         for i in range(args.pairs):
             order = (("base", base), ("head", ROOT))
             for name, tree in order if i % 2 == 0 else reversed(order):
-                found = ours(run_once(tree, common))
+                doc = run_once(tree, common)
+                found = ours(doc) | {"cpu_s": doc["cpu_s"]}
                 runs[name].append(found)
                 progress(
                     f"{name} run {len(runs[name])}: {found['records_per_s']:.0f} rec/s, "
-                    f"{found['ratio_to_plain']:.3f}x plain"
+                    f"{found['ratio_to_plain']:.3f}x plain, process CPU {doc['cpu_s']:.1f}s"
                 )
     summary = {
         name: {
             "median_ratio_to_plain": statistics.median(r["ratio_to_plain"] for r in found),
             "median_records_per_s": statistics.median(r["records_per_s"] for r in found),
             "ratios": [r["ratio_to_plain"] for r in found],
+            "median_cpu_s": statistics.median(r["cpu_s"] for r in found),
+            "cpu_s": [r["cpu_s"] for r in found],
         }
         for name, found in runs.items()
     }
@@ -141,7 +156,8 @@ def main() -> None:
     for name, s in summary.items():
         print(
             f"{name:5} median {s['median_ratio_to_plain']:.3f}x plain, "
-            f"{s['median_records_per_s']:.0f} rec/s  (runs: {s['ratios']})"
+            f"{s['median_records_per_s']:.0f} rec/s, process CPU {s['median_cpu_s']:.1f}s  "
+            f"(ratios: {s['ratios']}; CPU: {s['cpu_s']})"
         )
 
 
