@@ -22,12 +22,12 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from agents.agent import AgentSpec
 from agents.attempt import Attempts, pause_until_stop
 from agents.breaker import BreakerState, CircuitBreaker
-from agents.builtin_hooks import BreakerHook, LimiterHook, RetryBudgetHook, TracingHook
+from agents.builtin_hooks import Timed, builtin_hooks, send_attributes
 from agents.clock import SYSTEM_CLOCK, Clock
 from agents.committer import Committer
 from agents.flow import FlowControl
@@ -121,25 +121,15 @@ class AgentRunner:
         self.throttle = agent_limiter(
             board, self.group, [t.name for t in spec.publishes], limiter, self._report_status
         )
-        throttle = self.throttle
-        info = AgentInfo.of(
-            board,
-            self.group,
-            spec.name,
-            (lambda topic: throttle.backpressure.throttle(topic).attributes())
-            if throttle is not None
-            else None,
-        )
         now = self._clock_now
-        built: list[Hook] = [TracingHook(info)]
-        # A call waits for its rate-limit turn before it asks the breaker for the trial call,
-        # so that no wait comes between taking the trial and making the call.
-        if (throttle or limiter) is not None:
-            built.append(LimiterHook(throttle or limiter, now))  # type: ignore[arg-type]
-        if self._breaker is not None:
-            built.append(BreakerHook(self._breaker))
-        if spec.retry_budget is not None:
-            built.append(RetryBudgetHook(spec.retry_budget.tracker(), now, stats))
+        built = builtin_hooks(
+            AgentInfo.of(board, self.group, spec.name, send_attributes(self.throttle)),
+            self.throttle or limiter,
+            self._breaker,
+            spec.retry_budget.tracker() if spec.retry_budget is not None else None,
+            now,
+            stats,
+        )
         self.hooks = Hooks([*built, *spec.hooks, *hooks])
 
         self._committer = Committer(
@@ -215,7 +205,7 @@ class AgentRunner:
         if self._timers is not None:
             self._timers.now = now
         for hook in self.hooks.all:
-            if isinstance(hook, LimiterHook | RetryBudgetHook):
+            if isinstance(hook, Timed):
                 hook.now = now
 
     def _is_stopping(self) -> bool:
@@ -260,7 +250,7 @@ class AgentRunner:
             await member.close()
             if self._limiter is not None:
                 await self._limiter.close()
-            self._log.info("agent stopped", **_stats(self.stats))
+            self._log.info("agent stopped", **dataclasses.asdict(self.stats))
 
     async def started(self) -> None:
         """Wait until the runner has joined its group."""
@@ -435,7 +425,3 @@ class AgentRunner:
 
 def _names(partitions: Sequence[TopicPartition]) -> list[str]:
     return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
-
-
-def _stats(stats: RunnerStats) -> dict[str, Any]:
-    return dataclasses.asdict(stats)

@@ -12,7 +12,7 @@ from collections import Counter
 from agents.agent import App
 from agents.breaker import BreakerPolicy
 from agents.clock import ManualClock
-from agents.collect import Batch, JoinSet
+from agents.collected import Batch, JoinSet
 from agents.context import Context
 from agents.retry import RetryPolicy
 from agents.worker import Worker
