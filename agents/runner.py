@@ -10,9 +10,9 @@ Its parts, each owning its own state: :class:`~agents.partitions.Partitions` (pr
 keyed state), :class:`~agents.intake.Intake` (admission, ready queue, per-key turns),
 :class:`~agents.slots.Slots` (handler slots), :class:`~agents.attempt.Attempts` (the one
 attempt path), :class:`~agents.committer.Committer` (commits and rewinds) and
-:class:`~agents.timers.CollectorTimers` (batch windows, join timeouts). Cross-cutting concerns
-are :class:`~agents.hooks.Hook`\\ s. This module holds the loop, the life cycle and the
-rebalance listener.
+:class:`~agents.timers.CollectorTimers` (batch windows, join timeouts) and
+:class:`~agents.rebalance.Rebalance` (the group's callbacks). Cross-cutting concerns are
+:class:`~agents.hooks.Hook`\\ s. This module holds the loop and the life cycle.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from agents.flow import FlowControl
 from agents.hooks import Hook, Hooks
 from agents.intake import Intake
 from agents.partitions import Partitions
+from agents.rebalance import Rebalance
 from agents.settings import RunnerSettings
 from agents.slots import Slots
 from agents.status_report import StatusReporter
@@ -172,6 +173,7 @@ class AgentRunner:
             now,
             self.hooks.admitting,
         )
+        self._rebalance = Rebalance(book, self._flow, self._intake, self._committer, self._log)
         self._slots = Slots(
             spec.concurrency,
             self.hooks,
@@ -234,9 +236,9 @@ class AgentRunner:
         if self._limiter is not None:  # a shared limit reaches Redis first (or fails here)
             await self._limiter.open()
         member = await board.store.join(
-            self.group, sorted(self._topics), self, member_name=self.slot
+            self.group, sorted(self._topics), self._rebalance, member_name=self.slot
         )
-        self._member = self._committer.member = member
+        self._member = self._committer.member = self._rebalance.member = member
         self._slots.delivery = member.attempt
         self._report_status()  # operators see the agent (circuit closed) before any trouble
         self._started.set()
@@ -373,35 +375,9 @@ class AgentRunner:
             self._commit_task = None
         await self._committer.commit()
 
-    # -- rebalance listener ---------------------------------------------------------------
-    async def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
-        """Start tracking newly owned partitions from their committed offsets and metadata."""
-        assert self._member is not None
-        book = self.partitions
-        committed = await self._member.committed(partitions)
-        for tp in partitions:
-            book.track(tp, committed.get(tp))
-            if tp.partition not in book.state:  # keyed state, and the replays settled
-                book.state[tp.partition] = await self._member.load_state(tp.partition)
-        self._log.info("partitions assigned", partitions=_names(partitions))
-
-    async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
-        """Commit what finished, then let the partitions go."""
-        await self._committer.commit()
-        self._forget(partitions)
-        self._log.info("partitions revoked", partitions=_names(partitions))
-
-    async def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
-        """Drop the partitions' uncommitted work: another member owns them already."""
-        self._forget(partitions)
-        self._log.warning("partitions lost", partitions=_names(partitions))
-
+    # -- rebalance --------------------------------------------------------------------------
     def _forget(self, partitions: Sequence[TopicPartition]) -> None:
-        gone = set(partitions)
-        self.partitions.forget(gone)
-        for tp in gone:
-            self._flow.forget(tp)
-        self._intake.drop_queued(gone)
+        self._rebalance.forget(partitions)
 
     def _superseded(self, exc: SupersededError, partitions: Sequence[TopicPartition]) -> None:
         """Another process took over this worker slot: drop the work and stop."""
@@ -421,7 +397,3 @@ class AgentRunner:
     def _report_status(self) -> None:
         """Publish the breaker and backpressure state for ``blackboard lag`` and the dashboard."""
         self._status.report(self._breaker, self.throttle)
-
-
-def _names(partitions: Sequence[TopicPartition]) -> list[str]:
-    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
