@@ -3,7 +3,7 @@ the rate limit with backpressure, the retry budget and tracing."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from agents.hooks import Hook
@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from blackboard.records import AtomicCommit, Record
     from scheduler.ratelimit import Limiter
     from scheduler.retrybudget import RetryBudgets
+    from scheduler.throttle_hooks import ThrottledLimiter
+
+
+class Timed(Hook):
+    """A hook that reads the runner's clock per call (``now``, rebound when the loop runs)."""
+
+    now: Callable[[], float]
 
 
 class BreakerHook(Hook):
@@ -98,7 +105,7 @@ class BreakerHook(Hook):
         self._give_back(call)
 
 
-class LimiterHook(Hook):
+class LimiterHook(Timed):
     """A requests/s and tokens/s limit, and backpressure on the types the agent publishes
     (:mod:`scheduler.ratelimit`, :mod:`scheduler.throttle`): every handler call, retries and
     timers' calls included, waits for its turn."""
@@ -143,7 +150,7 @@ class LimiterHook(Hook):
         self.limiter.used_tokens(self.now(), context.tokens)
 
 
-class RetryBudgetHook(Hook):
+class RetryBudgetHook(Timed):
     """The share of calls that may be retries per artifact type and tenant
     (:mod:`scheduler.retrybudget`): a retry over it waits, without its handler slot."""
 
@@ -215,3 +222,36 @@ class TracingHook(Hook):
         self, commit: AtomicCommit, records: int, start_ns: int, error: BaseException | None
     ) -> None:
         tracing.settled(self.agent, commit, records, start_ns, error)
+
+
+def send_attributes(
+    throttle: ThrottledLimiter | None,
+) -> Callable[[str], Mapping[str, object]] | None:
+    """A topic's backpressure state for an output's send span (None while backpressure is off)."""
+    if throttle is None:
+        return None
+    backpressure = throttle.backpressure
+    return lambda topic: backpressure.throttle(topic).attributes()
+
+
+def builtin_hooks(
+    agent: AgentInfo,
+    limiter: Limiter | None,
+    breaker: CircuitBreaker | None,
+    budget: RetryBudgets | None,
+    now: Callable[[], float],
+    stats: RunnerStats,
+) -> list[Hook]:
+    """A runner's own hooks, in order: tracing, the rate limit, the breaker, the retry budget.
+
+    A call waits for its rate-limit turn before it asks the breaker for the trial call, so no
+    wait comes between taking the trial and making the call.
+    """
+    hooks: list[Hook] = [TracingHook(agent)]
+    if limiter is not None:
+        hooks.append(LimiterHook(limiter, now))
+    if breaker is not None:
+        hooks.append(BreakerHook(breaker))
+    if budget is not None:
+        hooks.append(RetryBudgetHook(budget, now, stats))
+    return hooks

@@ -23,13 +23,14 @@ dead-lettered exactly as it was read. State keys (all under ``bb.``):
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import orjson
 from pydantic import BaseModel
 
+from agents.collected import Batch, JoinSet, Part
 from blackboard.artifacts import Artifact, ArtifactType, Envelope, TypeRegistry
 from blackboard.errors import AgentError, JoinError
 from blackboard.records import Record, partition_for
@@ -52,90 +53,6 @@ _TYPED_BATCH = "bb.batch/"
 def correlation_key(payload: BaseModel, envelope: Envelope) -> str:
     """The default join key: the artifact's correlation id."""
     return envelope.correlation_id
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    """One held artifact and the record it was read as."""
-
-    artifact: Artifact[BaseModel]
-    record: Record
-
-
-class _Parts:
-    """Held parts, in arrival order."""
-
-    def __init__(self, key: str, parts: Sequence[Part]) -> None:
-        self.key = key
-        self.parts = list(parts)
-
-    @property
-    def envelopes(self) -> list[Envelope]:
-        """Every part's envelope."""
-        return [p.artifact.envelope for p in self.parts]
-
-    def __len__(self) -> int:
-        return len(self.parts)
-
-
-class JoinSet(_Parts):
-    """The parts of one join key, given to a join handler (complete) or ``on_timeout``.
-
-    ``joined[Review]`` is the list of Review payloads, in arrival order.
-    """
-
-    def __init__(
-        self,
-        key: str,
-        parts: Sequence[Part],
-        wanted: Mapping[str, int],
-        registry: TypeRegistry,
-    ) -> None:
-        super().__init__(key, parts)
-        self._wanted = dict(wanted)
-        self._registry = registry
-
-    def __getitem__(self, model: type[M]) -> list[M]:
-        return [p.artifact.payload for p in self.of(model)]  # type: ignore[misc]
-
-    def of(self, model: type[BaseModel]) -> list[Part]:
-        """The parts of one type."""
-        name = self._registry.of(model).name
-        return [p for p in self.parts if p.artifact.type == name]
-
-    @property
-    def missing(self) -> dict[str, int]:
-        """Type name → how many parts of it have not arrived."""
-        have: dict[str, int] = {}
-        for p in self.parts:
-            have[p.artifact.type] = have.get(p.artifact.type, 0) + 1
-        return {t: n - have.get(t, 0) for t, n in self._wanted.items() if have.get(t, 0) < n}
-
-    @property
-    def complete(self) -> bool:
-        """Whether every wanted part arrived."""
-        return not self.missing
-
-
-class Batch(_Parts, Generic[M]):
-    """Records of one type (and key), given to a batch handler together.
-
-    Attributes:
-        key: the batch key.
-        type: the registered name of the records' artifact type (``shop.Order``).
-    """
-
-    def __init__(self, key: str, parts: Sequence[Part], type: str = "") -> None:
-        super().__init__(key, parts)
-        self.type = type
-
-    @property
-    def payloads(self) -> list[M]:
-        """The payloads, in arrival order."""
-        return [p.artifact.payload for p in self.parts]  # type: ignore[misc]
-
-    def __iter__(self) -> Iterator[M]:
-        return iter(self.payloads)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agents.agent import App, Handler
-from agents.collect import JoinSet
+from agents.collected import JoinSet
 from agents.context import Context
 from agents.settings import RunnerSettings
 from agents.worker import Worker

@@ -10,9 +10,9 @@ Its parts, each owning its own state: :class:`~agents.partitions.Partitions` (pr
 keyed state), :class:`~agents.intake.Intake` (admission, ready queue, per-key turns),
 :class:`~agents.slots.Slots` (handler slots), :class:`~agents.attempt.Attempts` (the one
 attempt path), :class:`~agents.committer.Committer` (commits and rewinds) and
-:class:`~agents.timers.CollectorTimers` (batch windows, join timeouts). Cross-cutting concerns
-are :class:`~agents.hooks.Hook`\\ s. This module holds the loop, the life cycle and the
-rebalance listener.
+:class:`~agents.timers.CollectorTimers` (batch windows, join timeouts) and
+:class:`~agents.rebalance.Rebalance` (the group's callbacks). Cross-cutting concerns are
+:class:`~agents.hooks.Hook`\\ s. This module holds the loop and the life cycle.
 """
 
 from __future__ import annotations
@@ -22,18 +22,19 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from agents.agent import AgentSpec
 from agents.attempt import Attempts, pause_until_stop
 from agents.breaker import BreakerState, CircuitBreaker
-from agents.builtin_hooks import BreakerHook, LimiterHook, RetryBudgetHook, TracingHook
+from agents.builtin_hooks import Timed, builtin_hooks, send_attributes
 from agents.clock import SYSTEM_CLOCK, Clock
 from agents.committer import Committer
 from agents.flow import FlowControl
 from agents.hooks import Hook, Hooks
 from agents.intake import Intake
 from agents.partitions import Partitions
+from agents.rebalance import Rebalance
 from agents.settings import RunnerSettings
 from agents.slots import Slots
 from agents.status_report import StatusReporter
@@ -121,25 +122,15 @@ class AgentRunner:
         self.throttle = agent_limiter(
             board, self.group, [t.name for t in spec.publishes], limiter, self._report_status
         )
-        throttle = self.throttle
-        info = AgentInfo.of(
-            board,
-            self.group,
-            spec.name,
-            (lambda topic: throttle.backpressure.throttle(topic).attributes())
-            if throttle is not None
-            else None,
-        )
         now = self._clock_now
-        built: list[Hook] = [TracingHook(info)]
-        # A call waits for its rate-limit turn before it asks the breaker for the trial call,
-        # so that no wait comes between taking the trial and making the call.
-        if (throttle or limiter) is not None:
-            built.append(LimiterHook(throttle or limiter, now))  # type: ignore[arg-type]
-        if self._breaker is not None:
-            built.append(BreakerHook(self._breaker))
-        if spec.retry_budget is not None:
-            built.append(RetryBudgetHook(spec.retry_budget.tracker(), now, stats))
+        built = builtin_hooks(
+            AgentInfo.of(board, self.group, spec.name, send_attributes(self.throttle)),
+            self.throttle or limiter,
+            self._breaker,
+            spec.retry_budget.tracker() if spec.retry_budget is not None else None,
+            now,
+            stats,
+        )
         self.hooks = Hooks([*built, *spec.hooks, *hooks])
 
         self._committer = Committer(
@@ -182,6 +173,7 @@ class AgentRunner:
             now,
             self.hooks.admitting,
         )
+        self._rebalance = Rebalance(book, self._flow, self._intake, self._committer, self._log)
         self._slots = Slots(
             spec.concurrency,
             self.hooks,
@@ -215,7 +207,7 @@ class AgentRunner:
         if self._timers is not None:
             self._timers.now = now
         for hook in self.hooks.all:
-            if isinstance(hook, LimiterHook | RetryBudgetHook):
+            if isinstance(hook, Timed):
                 hook.now = now
 
     def _is_stopping(self) -> bool:
@@ -244,9 +236,9 @@ class AgentRunner:
         if self._limiter is not None:  # a shared limit reaches Redis first (or fails here)
             await self._limiter.open()
         member = await board.store.join(
-            self.group, sorted(self._topics), self, member_name=self.slot
+            self.group, sorted(self._topics), self._rebalance, member_name=self.slot
         )
-        self._member = self._committer.member = member
+        self._member = self._committer.member = self._rebalance.member = member
         self._slots.delivery = member.attempt
         self._report_status()  # operators see the agent (circuit closed) before any trouble
         self._started.set()
@@ -260,7 +252,7 @@ class AgentRunner:
             await member.close()
             if self._limiter is not None:
                 await self._limiter.close()
-            self._log.info("agent stopped", **_stats(self.stats))
+            self._log.info("agent stopped", **dataclasses.asdict(self.stats))
 
     async def started(self) -> None:
         """Wait until the runner has joined its group."""
@@ -383,35 +375,9 @@ class AgentRunner:
             self._commit_task = None
         await self._committer.commit()
 
-    # -- rebalance listener ---------------------------------------------------------------
-    async def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
-        """Start tracking newly owned partitions from their committed offsets and metadata."""
-        assert self._member is not None
-        book = self.partitions
-        committed = await self._member.committed(partitions)
-        for tp in partitions:
-            book.track(tp, committed.get(tp))
-            if tp.partition not in book.state:  # keyed state, and the replays settled
-                book.state[tp.partition] = await self._member.load_state(tp.partition)
-        self._log.info("partitions assigned", partitions=_names(partitions))
-
-    async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
-        """Commit what finished, then let the partitions go."""
-        await self._committer.commit()
-        self._forget(partitions)
-        self._log.info("partitions revoked", partitions=_names(partitions))
-
-    async def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
-        """Drop the partitions' uncommitted work: another member owns them already."""
-        self._forget(partitions)
-        self._log.warning("partitions lost", partitions=_names(partitions))
-
+    # -- rebalance --------------------------------------------------------------------------
     def _forget(self, partitions: Sequence[TopicPartition]) -> None:
-        gone = set(partitions)
-        self.partitions.forget(gone)
-        for tp in gone:
-            self._flow.forget(tp)
-        self._intake.drop_queued(gone)
+        self._rebalance.forget(partitions)
 
     def _superseded(self, exc: SupersededError, partitions: Sequence[TopicPartition]) -> None:
         """Another process took over this worker slot: drop the work and stop."""
@@ -431,11 +397,3 @@ class AgentRunner:
     def _report_status(self) -> None:
         """Publish the breaker and backpressure state for ``blackboard lag`` and the dashboard."""
         self._status.report(self._breaker, self.throttle)
-
-
-def _names(partitions: Sequence[TopicPartition]) -> list[str]:
-    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
-
-
-def _stats(stats: RunnerStats) -> dict[str, Any]:
-    return dataclasses.asdict(stats)

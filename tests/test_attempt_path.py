@@ -12,7 +12,7 @@ from collections import Counter
 from agents.agent import App
 from agents.breaker import BreakerPolicy
 from agents.clock import ManualClock
-from agents.collect import Batch, JoinSet
+from agents.collected import Batch, JoinSet
 from agents.context import Context
 from agents.retry import RetryPolicy
 from agents.worker import Worker
@@ -222,3 +222,30 @@ async def test_a_window_released_retry_waits_for_the_retry_budget() -> None:
         await running
         # Left unfinished by the stop: not dead-lettered, read again by the next owner.
         assert DeadLetters(board).entries() == []
+
+
+async def test_window_released_calls_keep_to_the_agents_concurrency() -> None:
+    running, most = 0, 0
+
+    async def summer(batch: Batch[Task], ctx: Context) -> Result:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return Result(n=next(iter(batch)).n)
+
+    app = App("test", registry=registry)
+    _windowed(app, summer, concurrency=1)
+    clock = ManualClock()
+    with Blackboard("memory://", registry=registry) as board:
+        worker = Worker(app, board, FAST, clock=clock)
+        running_task = await _start(worker)
+        for n in range(4):
+            board.publish(Task(n=n), partition_key=str(n))
+        await _held(board, "summer")
+        clock.advance(2)  # four windows close at once; one call at a time may run
+        await eventually(lambda: len(_results(board)) == 4, what="four batches")
+        worker.stop()
+        await running_task
+    assert most == 1

@@ -14,7 +14,7 @@ import pytest
 
 from agents.agent import App
 from agents.clock import ManualClock
-from agents.collect import Batch
+from agents.collected import Batch
 from agents.context import Context
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard, BlackboardSettings

@@ -5,6 +5,7 @@ the runner on every store; these pin their rules down directly."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from agents.flow import FlowControl
 from agents.work import Item, Outcome, plan_commit
@@ -151,3 +152,124 @@ def test_a_handler_that_outlived_its_partitions_epoch_leaves_the_state_view_alon
     del book.state[0]  # revoked
     book.keep_writes(writes, 0, Outcome(Item(_record(tp, 5), tp, 2)))
     assert 0 not in book.state
+
+
+# -- the attempt path, the intake and the slots, each on its own -----------------------------
+
+
+def _parts_app() -> tuple[Any, Any, Any]:
+    from pydantic import BaseModel
+
+    from agents.agent import App
+    from blackboard.artifacts import TypeRegistry, artifact
+
+    reg = TypeRegistry()
+
+    @artifact("parts.In", registry=reg)
+    class In(BaseModel):
+        n: int
+
+    @artifact("parts.Out", registry=reg)
+    class Out(BaseModel):
+        n: int
+
+    return App("parts", registry=reg), In, Out
+
+
+def _attempts(spec: Any, board: Any, book: Any, stats: Any, hooks: Any = ()) -> Any:
+    import time
+
+    from agents.attempt import Attempts
+    from agents.hooks import Hooks
+    from blackboard.logs import get_logger
+
+    async def pause(seconds: float) -> None:
+        return None
+
+    async def lend(wait: Any) -> Any:
+        return await wait()
+
+    return Attempts(
+        spec, board, "bb.parts", Hooks(list(hooks)), book, stats, 1_000_000,
+        time.monotonic, lambda: False, pause, lend, get_logger("test"),
+    )  # fmt: skip
+
+
+async def test_the_attempt_path_alone_retries_a_call_and_finishes_it() -> None:
+    from agents.attempt import Call
+    from agents.partitions import Partitions
+    from agents.retry import RetryPolicy
+    from agents.work import RunnerStats
+    from blackboard.blackboard import Blackboard
+
+    app, In, Out = _parts_app()
+    tries: list[int] = []
+
+    async def handler(payload: Any, ctx: Any) -> Any:
+        tries.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("once")
+        return Out(n=payload.n + 1)
+
+    app.add(handler, consumes=In, publishes=Out, retry=RetryPolicy(max_attempts=3, backoff_ms=0))
+    spec = app.agents["handler"]
+    with Blackboard("memory://", registry=app.registry) as board:
+        book, stats = Partitions(), RunnerStats()
+        tp = TopicPartition(board.topic(In), 0)
+        book.track(tp, None)
+        rec = _record(tp, 0)
+        env = board.publish(In(n=1))  # any envelope of the type
+        item = Item(rec, tp, book.epoch[tp])
+        call = Call(rec, env, None, None, (rec,), item, handler=handler, payload=In(n=1))
+        outcome = await _attempts(spec, board, book, stats).run(call)
+        assert tries == [1, 2] and stats.retries == 1
+        assert outcome is not None and outcome.item is item and outcome.dead_letter is None
+        assert [r.topic for r in outcome.outputs] == [board.topic(Out)]
+        book.bump(tp)  # the partition moved on: the next call is left unfinished
+        stale = Call(rec, env, None, None, (rec,), item, handler=handler, payload=In(n=1))
+        assert await _attempts(spec, board, book, stats).run(stale) is None
+
+
+def test_the_intake_alone_dead_letters_what_does_not_decode_and_queues_the_rest() -> None:
+    from agents.flow import FlowControl
+    from agents.intake import Intake
+    from agents.partitions import Partitions
+    from agents.work import RunnerStats
+    from blackboard.blackboard import Blackboard
+    from blackboard.dlq import dead_letter
+    from scheduler.fifo import PlainFifoQueue
+    from scheduler.ledger import NullLedger
+
+    app, In, _ = _parts_app()
+
+    async def handler(payload: Any, ctx: Any) -> None:
+        return None
+
+    app.add(handler, consumes=In)
+    spec = app.agents["handler"]
+    with Blackboard("memory://", registry=app.registry) as board:
+        board.publish(In(n=7))
+        tp = TopicPartition(board.topic(In), 0)
+        good = next(
+            r
+            for p in range(board.settings.partitions)
+            for r in board.store.read(TopicPartition(tp.topic, p), 0, 10)
+        )
+        tp = TopicPartition(good.topic, good.partition)
+        bad = Record(tp.topic, tp.partition, good.offset + 1, b"k", b"not json", (), 0.0)
+        book, finished = Partitions(), []
+        book.track(tp, None)
+        ready: PlainFifoQueue[Item] = PlainFifoQueue("handler", NullLedger())
+        intake = Intake(
+            spec, board, {tp.topic: "parts.In"}, book, ready, FlowControl(100, 100, 1.0),
+            RunnerStats(), finished.append,
+            lambda rec, stage, exc, **kw: dead_letter(
+                rec, stage=stage, error=exc, group="g", agent="handler", **kw
+            ),
+            lambda: 0.0,
+        )  # fmt: skip
+        intake.admit([good, bad])
+        assert [i.record.offset for i in ready] == [good.offset]
+        [rejected] = finished
+        assert rejected.dead_letter is not None and rejected.item is not None
+        assert dict(rejected.dead_letter.wire_headers())["bb.dlq.stage"] == b"deserialize"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from blackboard.errors import TraceError
-from observability import analyses, segments
+from observability import analyses, compare, segments
 from observability.exporter import SegmentWriter, SpanCounts
 from observability.runs import RunInfo
 
@@ -154,7 +154,7 @@ def test_compare_gives_welch_intervals(tmp_path: Path) -> None:
 
 def test_t_quantile_matches_tables() -> None:
     for df, expected in ((3, 3.1824), (7, 2.3646), (10, 2.2281), (30, 2.0423), (1000, 1.9623)):
-        assert math.isclose(analyses.t_quantile(0.975, df), expected, rel_tol=2e-3), df
+        assert math.isclose(compare.t_quantile(0.975, df), expected, rel_tol=2e-3), df
 
 
 CLI = [sys.executable, "-m", "blackboard.shell.cli.main"]

@@ -13,7 +13,7 @@ from typing import Any
 from agents.agent import App
 from agents.breaker import BreakerPolicy
 from agents.clock import ManualClock
-from agents.collect import JoinSet
+from agents.collected import JoinSet
 from agents.context import Context
 from agents.retry import RetryPolicy
 from agents.settings import RunnerSettings

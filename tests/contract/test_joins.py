@@ -8,7 +8,7 @@ from collections import Counter
 
 from agents.agent import App
 from agents.clock import ManualClock
-from agents.collect import Batch, JoinSet
+from agents.collected import Batch, JoinSet
 from agents.context import Context
 from agents.worker import Worker
 from blackboard.blackboard import Blackboard

@@ -23,7 +23,7 @@ import random
 from pydantic import BaseModel
 
 from agents import App, Context
-from agents.collect import JoinSet
+from agents.collected import JoinSet
 from blackboard.artifacts import Envelope, TypeRegistry, artifact
 
 registry = TypeRegistry()

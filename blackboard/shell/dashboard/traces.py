@@ -73,11 +73,12 @@ def compare(traces: Path | None, run_a: str, run_b: str) -> list[dict[str, Any]]
     Raises:
         TraceError: a run is missing or cannot be read.
     """
-    from observability import analyses, segments
+    from observability import segments
+    from observability.compare import compare as compare_runs
 
     con = segments.open_runs(_dir(traces), [run_a, run_b])
     try:
-        return _rows(analyses.compare(con, run_a, run_b))
+        return _rows(compare_runs(con, run_a, run_b))
     finally:
         con.close()
 

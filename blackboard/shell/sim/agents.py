@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from agents.agent import App
-from agents.collect import JoinSet
+from agents.collected import JoinSet
 from agents.context import Context
 from agents.retry import RetryPolicy
 from blackboard.artifacts import TypeRegistry, artifact

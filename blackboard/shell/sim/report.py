@@ -33,7 +33,7 @@ class Estimate:
 
 def estimate(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     """Mean and t-interval half-width of per-seed values (half-width 0 for one seed)."""
-    from observability.analyses import t_quantile
+    from observability.compare import t_quantile
 
     mean = statistics.fmean(values)
     if len(values) < 2:
