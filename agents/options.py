@@ -61,6 +61,8 @@ class AgentOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise AgentError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.retry is None:  # as the keyword means: the default policy
+            object.__setattr__(self, "retry", DEFAULT_RETRY)
 
     @classmethod
     def of(cls, options: AgentOptions | None = None, **run: object) -> AgentOptions:

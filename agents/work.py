@@ -115,6 +115,8 @@ def plan_commit(
         touched.add(tp)
         if oc.dead_letter is not None:
             commit.dead_letters.append(oc.dead_letter)
+            if oc.state:  # a replay dead-lettered again: its settled marker (no handler writes)
+                commit.state.extend(oc.state)
             plan.dead += 1
         else:
             commit.outputs.extend(oc.outputs)

@@ -273,3 +273,15 @@ def test_the_intake_alone_dead_letters_what_does_not_decode_and_queues_the_rest(
         [rejected] = finished
         assert rejected.dead_letter is not None and rejected.item is not None
         assert dict(rejected.dead_letter.wire_headers())["bb.dlq.stage"] == b"deserialize"
+
+
+def test_a_replay_dead_lettered_again_commits_its_settled_marker() -> None:
+    """The replay is noted as settled in the partition's state with the offset, dead letter or
+    not: otherwise another copy of it, read after a restart, would be dead-lettered twice."""
+    progress = {A0: PartitionProgress(0)}
+    _read(progress, A0, 1)
+    marker = StateUpdate(0, "bb.replayed:entry-1", b"1")
+    again = Outcome(Item(_record(A0, 0), A0, 1), dead_letter=_out(0), state=[marker])
+    plan = plan_commit([again], {A0: 1}, progress)
+    assert plan.commit.dead_letters == [_out(0)] and plan.commit.state == [marker]
+    assert plan.dead == 1 and plan.processed == 0
