@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from blackboard.aio import cancel_and_wait
+from blackboard.errors import SupersededError
 from blackboard.logs import get_logger
 from blackboard.records import TopicPartition
 from blackboard.stores.redis import scripts
@@ -191,6 +192,27 @@ class GroupSession:
         if holder is not None and text(holder) != self.token:
             self._give_up_slot()
         return self.superseded
+
+    async def check_slot(self) -> None:
+        """Raise if another process holds the slot now (:meth:`slot_taken`).
+
+        Raises:
+            SupersededError: it does.
+            RedisError: Redis did not answer.
+        """
+        if await self.slot_taken():
+            raise SupersededError(
+                f"worker slot {self.slot} of {self.group} was taken over by a newer process",
+                code="SUPERSEDED",
+            )
+
+    def superseded_error(self) -> SupersededError | None:
+        """The error for polls and commits once another process holds the slot, or None."""
+        if not self.superseded:
+            return None
+        return SupersededError(
+            f"worker slot {self.slot} of {self.group} was taken over", code="SUPERSEDED"
+        )
 
     def _give_up_slot(self) -> None:
         if not self.superseded:

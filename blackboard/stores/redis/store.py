@@ -7,10 +7,11 @@ and ownership are all per partition, as the processing loop expects. Entries get
 by :func:`~blackboard.records.partition_for`, the same function every store uses.
 
 Consumer groups are the store's own protocol on top of Redis consumer groups
-(:mod:`blackboard.stores.redis.member`): members heartbeat, every member computes the same range
-assignment, a lease with a rising epoch per partition fences zombies, and an atomic commit is one
-``WATCH``/``MULTI``/``EXEC``. Everything ``EXEC`` wrote is committed, so :meth:`read` serves every
-entry and end offsets are the streams' ``entries-added`` counters.
+(:mod:`~blackboard.stores.redis.member`, :mod:`~blackboard.stores.redis.ownership`): members
+heartbeat, every member computes the same range assignment, a lease with a rising epoch per
+partition fences zombies, and an atomic commit is one ``WATCH``/``MULTI``/``EXEC``. Everything
+``EXEC`` wrote is committed, so :meth:`read` serves every entry and end offsets are the
+streams' ``entries-added`` counters.
 
 Needs Redis 7.0 or later (``XADD <ms>-*``, ``entries-added``) and a memory policy that never
 evicts keys (``noeviction`` or a ``volatile-*`` policy: the store sets no TTLs).
