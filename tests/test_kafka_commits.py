@@ -85,7 +85,7 @@ def test_committed_offsets_right_after_transactional_commits_are_never_missing(
             producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(30)
             # What one plain fetch says at this moment (the call the member once trusted) ...
-            _, unstable = store._fetch_group_offsets(group, True, tps)
+            _, unstable = store._reads._fetch_group_offsets(group, True, tps)
             unstable_first += bool(unstable)
             # ... and what the store answers: every partition, at this commit.
             found = store.group_offsets(group, stable=True, partitions=tps)

@@ -50,6 +50,8 @@ ADMIN_DEFAULTS: dict[str, Any] = {
     "metadata.max.age.ms": 5_000,
 }
 TRANSACTION_TIMEOUT_MS = 60_000
+#: How long the store's admin calls (and its reads of committed records) wait for the cluster.
+ADMIN_TIMEOUT_S = 15.0
 #: The URL key of :attr:`KafkaSettings.transactional_id_prefix` (not a librdkafka property).
 TRANSACTIONAL_ID_PREFIX = "transactional.id.prefix"
 #: librdkafka keys the store sets itself (per slot or per group); a URL may not override them.
