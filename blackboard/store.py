@@ -138,8 +138,13 @@ class GroupMember(abc.ABC):
         superseded = self._superseded_error()
         if superseded is not None:
             raise superseded
-        check_commit_limits(commit, self.max_record_bytes)
+        if not self.checks_in_commit:
+            check_commit_limits(commit, self.max_record_bytes)
         await self._commit(commit)
+
+    #: True for a backend whose :meth:`_commit` runs :func:`check_commit_limits` itself, on a
+    #: thread of its own (Kafka's transaction thread), rather than on the event loop.
+    checks_in_commit: bool = False
 
     @abc.abstractmethod
     async def _commit(self, commit: AtomicCommit) -> None:

@@ -23,7 +23,7 @@ from confluent_kafka import TopicPartition as KafkaTP
 from blackboard.errors import StoreError, SupersededError
 from blackboard.logs import get_logger
 from blackboard.records import AtomicCommit, CommittedOffset, Record, TopicPartition
-from blackboard.store import GroupMember, RebalanceListener
+from blackboard.store import GroupMember, RebalanceListener, check_commit_limits
 from blackboard.stores.kafka.errors import translate
 from blackboard.stores.kafka.transactions import SlotTransactions
 
@@ -172,8 +172,18 @@ class KafkaMember(GroupMember):
     def _superseded_error(self) -> SupersededError | None:
         return self._transactions.superseded_error()
 
+    #: The size and metadata checks run with the transaction, on its thread (a thousand
+    #: records' sizes on the event loop held up polls and handlers).
+    checks_in_commit = True
+
     async def _commit(self, commit: AtomicCommit) -> None:
-        await self._on_txn_thread(lambda: self._transactions.commit(commit))
+        limit = self.max_record_bytes
+
+        def run() -> None:
+            check_commit_limits(commit, limit)
+            self._transactions.commit(commit)
+
+        await self._on_txn_thread(run)
 
     async def _on_txn_thread(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
