@@ -171,6 +171,7 @@ class Attempts:
         call.engine = self
         hooks, policy, spec = self.hooks, self.spec.retry, self.spec
         epoch, item = self.partitions.epoch, call.item
+        granted: list[Hook] = []  # the gates that let the current attempt through
         try:
             if hooks.first_call:
                 for hook in hooks.first_call:
@@ -182,12 +183,8 @@ class Attempts:
                     else not self.partitions.at(call.epochs or {})
                 ):
                     return None  # rewound or lost: read again later
-                for hook in hooks.before_attempt:
-                    allowed = hook.before_attempt(call)
-                    if allowed is not True and (allowed is False or not await allowed):
-                        gates = hooks.before_attempt
-                        self._refused(call, hook, gates[: gates.index(hook)])
-                        return None
+                if hooks.before_attempt and not await self._gates(call, granted):
+                    return None
                 # -- one attempt
                 ctx = Context(spec, self.board.registry, call.envelope, call.record, call.attempt)
                 if call.inputs:
@@ -219,9 +216,10 @@ class Attempts:
                     finally:
                         call.service_s += self.now() - called
                         if hooks.call_returned:
-                            for hook in hooks.call_returned:
-                                hook.call_returned(call, ctx)
+                            _each_returned(hooks.call_returned, call, ctx)
                     outputs = self.outputs(ctx, result)
+                except HookError:
+                    raise  # a hook's failure, not the handler's: the call fails for good
                 except RecordTooLargeError as exc:  # the output, not a dependency, is at fault
                     call.retrying = False
                     for hook in hooks.attempt_ended:
@@ -247,6 +245,7 @@ class Attempts:
                     for hook in hooks.attempt_ended:
                         hook.attempt_ended(call, None, None)
                     return outcome
+                granted.clear()  # the attempt ended: what it was granted is used
                 # -- failed, to be tried again
                 self.stats.retries += 1
                 call.first = False
@@ -262,15 +261,42 @@ class Attempts:
             for hook in hooks.attempt_cancelled:
                 hook.attempt_cancelled(call)
             raise
-        except HookError as exc:
-            return self._failed(call, "process", exc)
-        except Exception as exc:  # a hook raised (the handler's errors are caught above)
-            self.log.error(  # type: ignore[attr-defined]
-                "a hook failed; dead-lettering the call",
-                artifact_id=call.envelope.id,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            return self._failed(call, "process", exc)
+        except Exception as exc:  # a hook raised or broke its contract (handlers' errors are
+            # caught above): give back what gates granted, end what was started, and fail
+            # the call for good, without the hooks (one of them is what failed).
+            for hook in hooks.attempt_abandoned:
+                with contextlib.suppress(Exception):
+                    hook.attempt_abandoned(call)
+            if not isinstance(exc, HookError) or exc.__cause__ is not None:
+                self.log.error(  # type: ignore[attr-defined]
+                    "a hook failed; dead-lettering the call",
+                    artifact_id=call.envelope.id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            return self._failed(call, "process", exc, quiet=True)
+
+    async def _gates(self, call: Call, granted: list[Hook]) -> bool:
+        """Pass ``call`` through the ``before_attempt`` gates; False if one refused (the call
+        is left unfinished). A gate that waits may see others change meanwhile (a breaker
+        opening wakes its gate): the gates are gone through again until none changed, each
+        asked once per attempt.
+
+        Raises:
+            HookError: a gate refused a call that is still current.
+        """
+        hooks = self.hooks
+        while True:
+            gates = hooks.before_attempt
+            for hook in gates:
+                if hook in granted:
+                    continue
+                allowed = hook.before_attempt(call)
+                if allowed is not True and (allowed is False or not await allowed):
+                    self._refused(call, hook, granted)
+                    return False
+                granted.append(hook)
+            if hooks.before_attempt is gates:
+                return True
 
     def _failed_attempt(self, call: Call, exc: Exception, limit: asyncio.Timeout | None) -> bool:
         """Note a failed attempt (log, hooks); whether the call is to be tried again."""
@@ -307,12 +333,19 @@ class Attempts:
                 "should wait, or raise to fail the call)"
             )
 
-    def _failed(self, call: Call, stage: Stage, exc: BaseException) -> Outcome:
+    def _failed(
+        self, call: Call, stage: Stage, exc: BaseException, *, quiet: bool = False
+    ) -> Outcome:
         """The call failed for good: its records to the DLQ (a timer's removal still kept)."""
         prior = call.replay.attempts if call.replay is not None else 0
         letters = [
             self.dead_letter(
-                rec, stage, exc, attempt=prior + call.attempt, first_failure_ts=call.first_failure
+                rec,
+                stage,
+                exc,
+                attempt=prior + call.attempt,
+                first_failure_ts=call.first_failure,
+                quiet=quiet,
             )
             for rec in call.parts
         ]
@@ -378,10 +411,13 @@ class Attempts:
         *,
         attempt: int = 1,
         first_failure_ts: float | None = None,
+        quiet: bool = False,
     ) -> OutgoingRecord:
-        """The dead letter of ``record`` (the ``rejected`` hooks hear of it)."""
-        for hook in self.hooks.rejected:
-            hook.rejected(record, stage, exc)
+        """The dead letter of ``record`` (the ``rejected`` hooks hear of it, unless ``quiet``:
+        a hook's own failure is being dead-lettered)."""
+        if not quiet:
+            for hook in self.hooks.rejected:
+                hook.rejected(record, stage, exc)
         return dead_letter(
             record,
             stage=stage,
@@ -400,3 +436,19 @@ async def pause_until_stop(stop: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await stop.wait()
+
+
+def _each_returned(hooks: Sequence[Hook], call: Call, ctx: Context) -> None:
+    """The ``call_returned`` hooks; one that raises fails the call for good (a hook's error is
+    not the handler's, to be retried).
+
+    Raises:
+        HookError: a hook raised (its error is the cause).
+    """
+    for hook in hooks:
+        try:
+            hook.call_returned(call, ctx)
+        except Exception as exc:
+            raise HookError(
+                f"hook {type(hook).__name__} failed: {type(exc).__name__}: {exc}"
+            ) from exc

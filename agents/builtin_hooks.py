@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from agents.hooks import Hook
+from blackboard.errors import HookError
 from observability import tracing
 from observability.spans import ADMITTED, AgentInfo
 
@@ -208,6 +209,13 @@ class TracingHook(Hook):
         if call.span is not None:  # the task ends: its current span goes with it
             call.span = None
             self._open -= 1
+
+    def attempt_abandoned(self, call: Call) -> None:
+        span = call.span
+        if span is not None:  # a hook failed after the span started: end it, failed
+            call.span = None
+            self._open -= 1
+            span.end(HookError("the attempt was abandoned"), stage="process")  # type: ignore[attr-defined]
 
     def released(self, why: object, queue_wait_ms: float) -> None:
         tracing.redecide(why, queue_wait_ms)

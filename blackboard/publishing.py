@@ -83,7 +83,9 @@ class PublishHook:
         """The blackboard closes (a waiting publish should fail)."""
 
 
-#: Makes a blackboard's hook for one concern (None: the concern is off for it).
+#: Makes a blackboard's hook for one concern (None: the concern is off for it). A factory may
+#: name the class it makes as its ``makes`` attribute: one given in code then stands in for it
+#: before it runs.
 HookFactory = Callable[["Blackboard"], PublishHook | None]
 
 
@@ -109,7 +111,13 @@ def make_hooks(board: Blackboard, extra: Sequence[HookFactory] = ()) -> tuple[Pu
     """The hooks of ``board``: the installed ones (:func:`installed_factories`) and those
     ``extra`` makes, sorted; an extra hook stands in for an installed one of its class."""
     given = [h for h in (f(board) for f in extra) if h is not None]
-    kinds = {type(h) for h in given}
-    installed = [h for h in (f(board) for f in installed_factories()) if h is not None]
-    made = [h for h in installed if type(h) not in kinds] + given
-    return tuple(sorted(made, key=lambda h: h.order))
+    kinds = tuple({type(h) for h in given})
+    installed = []
+    for factory in installed_factories():
+        makes = getattr(factory, "makes", None)  # the hook class it makes, if it says
+        if makes is not None and any(issubclass(k, makes) for k in kinds):
+            continue  # given in code: the installed one is not even made (nor its settings read)
+        made = factory(board)
+        if made is not None and not isinstance(made, kinds):
+            installed.append(made)
+    return tuple(sorted([*installed, *given], key=lambda h: h.order))

@@ -93,6 +93,7 @@ def backpressure(settings: BackpressureSettings) -> HookFactory:
             settings, Backpressure(board.store, settings, group_prefix=board.topics.prefix + ".")
         )
 
+    make.makes = BackpressureHook  # type: ignore[attr-defined]
     return make
 
 
@@ -108,6 +109,9 @@ def publish_hook(board: Blackboard) -> PublishHook | None:
         return None
     settings = BackpressureSettings.from_env()
     return backpressure(settings)(board) if settings.enabled else None
+
+
+publish_hook.makes = BackpressureHook  # type: ignore[attr-defined]
 
 
 def agent_limiter(

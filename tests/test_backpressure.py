@@ -722,3 +722,17 @@ async def test_an_agents_throttle_keeps_its_own_rate_limit_in_charge() -> None:
     await limiter.close()
     assert own.calls == ["open", "started", "tokens 250", "close"]
     board.close()
+
+
+def test_backpressure_given_in_code_is_not_upset_by_a_bad_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BLACKBOARD_BACKPRESSURE", "maybe")
+    with pytest.raises(ConfigError, match="invalid backpressure setting"):
+        Blackboard("memory://", registry=registry)  # the installed hook reads the variable
+    given = [backpressure(SETTINGS)]  # the one in code stands in before the other is made
+    board = Blackboard("memory://", registry=registry, hooks=given)
+    hook = board.hook(BackpressureHook)
+    assert hook is not None and hook.settings == SETTINGS
+    assert [type(h) for h in board.publish_hooks].count(BackpressureHook) == 1
+    board.close()

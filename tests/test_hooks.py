@@ -187,3 +187,50 @@ async def test_spans_follow_tracing_turned_on_and_off_while_a_worker_runs(tmp_pa
         "SELECT name, operation FROM spans WHERE operation = 'process' ORDER BY name"
     ).fetchall()
     assert len(rows) == 3  # the records of n = 1, 2, 3: none for n = 0 or n = 4
+
+
+class Exploding(Hook):
+    """A gate that fails on one record: its call must fail for good, and what the gates before
+    it granted the call must be given back (a half-open breaker's trial call, here)."""
+
+    def before_attempt(self, call: Call) -> bool:
+        if call.payload.n == 1:
+            raise RuntimeError("the gate broke")
+        return True
+
+
+async def test_a_gate_that_raises_dead_letters_the_call_and_gives_the_trial_back() -> None:
+    from agents.breaker import BreakerPolicy
+    from agents.retry import RetryPolicy
+    from blackboard.deadletters import DeadLetters
+
+    calls: list[int] = []
+
+    async def worker(task: Task, ctx: Context) -> Result:
+        calls.append(task.n)
+        if task.n == 0:
+            raise ConnectionError("down")  # opens the breaker (one failure)
+        return Result(n=task.n)
+
+    app = App("test", registry=registry)
+    app.agent(
+        consumes=Task,
+        publishes=Result,
+        concurrency=1,
+        retry=RetryPolicy(max_attempts=1),
+        breaker=BreakerPolicy(failures=1, cooldown_s=0.05),
+        hooks=[Exploding()],
+    )(worker)
+    async with TestBoard(app, partitions=1) as tb:
+        for n in range(4):
+            tb.publish(Task(n=n), partition_key="k")
+        # n=1 takes the half-open trial, then the gate after the breaker raises: unless the
+        # trial is given back, n=2 and n=3 wait for it for ever.
+        await tb.run_until_idle(timeout=10)
+        entries = {e.record.offset: e for e in DeadLetters(tb.board).entries()}
+        assert sorted(entries) == [0, 1]
+        assert "the gate broke" in entries[1].header("bb.dlq.exception.message")
+        assert calls == [0, 2, 3]  # n=1's handler never ran
+        assert sorted(a.payload.n for a in tb.artifacts(Result)) == [2, 3]
+        breaker = tb.worker.runners[0]._breaker
+        assert breaker is not None and breaker.state == "closed"
