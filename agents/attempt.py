@@ -226,12 +226,9 @@ class Attempts:
                         hook.attempt_ended(call, exc, "produce")
                     return self._failed(call, "produce", exc)
                 except Exception as exc:
-                    if not self._failed_attempt(call, exc, limit):
-                        return self._failed(
-                            call,
-                            "timeout" if limit is not None and limit.expired() else "process",
-                            exc,
-                        )
+                    stage: Stage = "timeout" if limit is not None and limit.expired() else "process"
+                    if not self._failed_attempt(call, exc, stage):
+                        return self._failed(call, stage, exc)
                 else:
                     call.retrying = False
                     outcome = (
@@ -298,11 +295,10 @@ class Attempts:
             if hooks.before_attempt is gates:
                 return True
 
-    def _failed_attempt(self, call: Call, exc: Exception, limit: asyncio.Timeout | None) -> bool:
+    def _failed_attempt(self, call: Call, exc: Exception, stage: Stage) -> bool:
         """Note a failed attempt (log, hooks); whether the call is to be tried again."""
         policy = self.spec.retry
         call.first_failure = call.first_failure or time.time()
-        stage: Stage = "timeout" if limit is not None and limit.expired() else "process"
         call.retrying = (
             call.attempt < policy.max_attempts and policy.retryable(exc) and not self.stopping()
         )

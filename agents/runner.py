@@ -122,7 +122,7 @@ class AgentRunner:
         self.throttle = agent_limiter(
             board, self.group, [t.name for t in spec.publishes], limiter, self._report_status
         )
-        now = self._clock_now
+        now = self._now  # until run() binds the event loop's clock (_bind_clock)
         built = builtin_hooks(
             AgentInfo.of(board, self.group, spec.name, send_attributes(self.throttle)),
             self.throttle or limiter,
@@ -195,9 +195,6 @@ class AgentRunner:
         )
 
     # -- small accessors the parts share ---------------------------------------------------
-    def _clock_now(self) -> float:
-        return self._now()
-
     def _bind_clock(self, now: Callable[[], float]) -> None:
         """Read intervals on ``now`` (the event loop's clock, virtual in the simulator): the
         parts get it directly, not through a wrapper, since they read it per record."""

@@ -39,7 +39,7 @@ class Sends:
     ) -> Sends:
         """Use as ``with sends.publishing(board, envelopes): store.publish(...)``: the spans
         cover the store call and carry its error, if any, and each target topic's
-        backpressure state (``bb.throttle.*``) when ``throttles`` are given."""
+        backpressure state (``bb.throttle.*``) when ``attributes`` (per topic) are given."""
         return self
 
     def __enter__(self) -> None:
