@@ -27,16 +27,20 @@ from pydantic import BaseModel
 from agents.breaker import BreakerPolicy
 from agents.collect import Collector, Extras, KeyFn, build_wanted, correlation_key
 from agents.hooks import Hook
+from agents.llm.declarative import PromptFn, llm_handler
 from agents.options import DEFAULT_BREAKER, AgentOptions, RunOptions
 from agents.retry import DEFAULT_RETRY, RetryPolicy
 from blackboard.artifacts import ArtifactType, Envelope, TypeRegistry, default_registry
 from blackboard.errors import AgentError
 from scheduler.batching import BatchControl
+from scheduler.budgets import Budget
 from scheduler.policies import PolicyLike
 from scheduler.ratelimit import RateLimit
 from scheduler.retrybudget import RetryBudget
 
 HandlerResult: TypeAlias = BaseModel | Sequence[BaseModel] | None
+#: Per-worker resources: ``lifespan(app)`` -> an async context manager yielding a mapping.
+Lifespan: TypeAlias = Callable[["App"], Any]
 Handler: TypeAlias = Callable[[Any, Any], Awaitable[HandlerResult]]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -74,6 +78,10 @@ class AgentSpec:
     retry_budget: RetryBudget | None = None
     hooks: tuple[Hook, ...] = ()
     """The agent's own hooks (:mod:`agents.hooks`), after the runner's built-in ones."""
+    model: str | None = None
+    """The model ``ctx.llm`` calls when a call names none."""
+    budgets: tuple[Budget, ...] = ()
+    """Cost and token budgets of its model calls."""
 
     def may_publish(self, art_type: ArtifactType) -> bool:
         """Whether the agent declared ``art_type`` among its outputs."""
@@ -88,10 +96,20 @@ class App:
         registry: where the artifact types are registered (default: the global one).
     """
 
-    def __init__(self, name: str = "app", *, registry: TypeRegistry | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "app",
+        *,
+        registry: TypeRegistry | None = None,
+        lifespan: Lifespan | None = None,
+    ) -> None:
         self.name = name
         self.registry = registry or default_registry
         self.agents: dict[str, AgentSpec] = {}
+        self.lifespan = lifespan
+        """Per-worker resources: ``lifespan(app)`` is an async context manager (or an async
+        generator function) yielding a mapping handlers read as ``ctx.resources``; a worker
+        enters it before its agents start and leaves it after they stop."""
 
     def agent(
         self,
@@ -150,6 +168,91 @@ class App:
         if not ins:
             raise AgentError(f"agent {name or _name_of(handler)!r} consumes no artifact type")
         return self._add_spec(handler, ins, publishes, name, ordered, options, run)
+
+    def llm_agent(
+        self,
+        *,
+        consumes: type[BaseModel] | Sequence[type[BaseModel]],
+        publishes: type[BaseModel],
+        instructions: str,
+        name: str | None = None,
+        max_tokens: int = 512,
+        temperature: float | None = 0.0,
+        max_reasks: int | None = None,
+        ordered: bool = False,
+        options: AgentOptions | None = None,
+        **run: Unpack[RunOptions],
+    ) -> Callable[[PromptFn], PromptFn]:
+        """Decorator adding an LLM agent: each input is answered by ``model`` with one
+        ``publishes``, validated (:meth:`agents.context.Context.llm`: native structured
+        output, syntax-only repair, at most ``max_reasks`` re-asks, then the DLQ at stage
+        ``llm_output``). ``instructions`` are the system message; the decorated function
+        makes the prompt from the input, ``prompt(payload, ctx) -> str`` (sync or async), and
+        names the agent::
+
+            @app.llm_agent(consumes=Idea, publishes=Review, model="openai:gpt-4o-mini",
+                           instructions="Review the idea; score it from 1 to 10.")
+            def reviewer(idea: Idea, ctx: Context) -> str:
+                return f"{idea.title}: {idea.text}"
+
+        :meth:`add_llm_agent` does without a function (the prompt is the input as JSON).
+        ``model`` (a run keyword: None means ``BLACKBOARD_LLM_MODEL``), ``options`` and the
+        other run keywords are as for :meth:`agent` (concurrency, policy, rate_limit with
+        ``tokens_per_s``, retry, breaker, retry_budget, budgets, hooks).
+        """
+
+        def add(prompt: PromptFn) -> PromptFn:
+            self.add_llm_agent(
+                consumes=consumes,
+                publishes=publishes,
+                instructions=instructions,
+                name=name or str(getattr(prompt, "__name__", "")),
+                prompt=prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                max_reasks=max_reasks,
+                ordered=ordered,
+                options=options,
+                **run,
+            )
+            return prompt
+
+        return add
+
+    def add_llm_agent(
+        self,
+        *,
+        consumes: type[BaseModel] | Sequence[type[BaseModel]],
+        publishes: type[BaseModel],
+        instructions: str,
+        name: str,
+        prompt: PromptFn | None = None,
+        max_tokens: int = 512,
+        temperature: float | None = 0.0,
+        max_reasks: int | None = None,
+        ordered: bool = False,
+        options: AgentOptions | None = None,
+        **run: Unpack[RunOptions],
+    ) -> AgentSpec:
+        """Add an LLM agent without the decorator; see :meth:`llm_agent`."""
+        handler = llm_handler(
+            publishes,
+            instructions,
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            max_reasks=max_reasks,
+        )
+        handler.__name__ = name
+        return self.add(
+            handler,
+            consumes=consumes,
+            publishes=publishes,
+            name=name,
+            ordered=ordered,
+            options=options,
+            **run,
+        )
 
     def join(
         self,
@@ -285,6 +388,8 @@ class App:
             rate_limit=opts.rate_limit,
             retry_budget=opts.retry_budget,
             hooks=opts.hooks,
+            model=opts.model,
+            budgets=opts.budgets,
         )
         self.agents[agent_name] = spec
         return spec

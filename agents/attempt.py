@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from agents.context import Context, KeyedState
+from agents.context import NO_SERVICES, Context, KeyedState, Services
 from agents.work import Item, Outcome
 from blackboard.dlq import ReplayInfo, Stage, dead_letter
 from blackboard.errors import HookError, RecordTooLargeError
@@ -145,6 +145,7 @@ class Attempts:
         pause: sleeps up to its argument, waking early on stop.
         lend_slot: awaits its argument with the caller's handler slot lent to others.
         log: the runner's logger.
+        services: the worker's resources and the agent's model calls, for each context.
     """
 
     spec: AgentSpec
@@ -159,6 +160,7 @@ class Attempts:
     pause: Callable[[float], Awaitable[None]]
     lend_slot: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
     log: object
+    services: Services = NO_SERVICES
 
     async def run(self, call: Call) -> Outcome | None:
         """Try ``call`` until it succeeds or fails for good (its outcome, for the next commit),
@@ -169,7 +171,7 @@ class Attempts:
         One function, not one per attempt: it runs for every record, and each awaited
         coroutine costs as much as a few lines here."""
         call.engine = self
-        hooks, policy, spec = self.hooks, self.spec.retry, self.spec
+        hooks, policy, spec, services = self.hooks, self.spec.retry, self.spec, self.services
         epoch, item = self.partitions.epoch, call.item
         granted: list[Hook] = []  # the gates that let the current attempt through
         try:
@@ -187,6 +189,8 @@ class Attempts:
                     return None
                 # -- one attempt
                 ctx = Context(spec, self.board.registry, call.envelope, call.record, call.attempt)
+                if services is not NO_SERVICES:
+                    ctx.services = services
                 if call.inputs:
                     ctx.inputs = call.inputs
                 if call.state_base is not None or call.state_after is not None:
@@ -226,7 +230,11 @@ class Attempts:
                         hook.attempt_ended(call, exc, "produce")
                     return self._failed(call, "produce", exc)
                 except Exception as exc:
-                    stage: Stage = "timeout" if limit is not None and limit.expired() else "process"
+                    stage: Stage = (
+                        "timeout"
+                        if limit is not None and limit.expired()
+                        else getattr(exc, "dlq_stage", "process")  # llm_output, budget
+                    )
                     if not self._failed_attempt(call, exc, stage):
                         return self._failed(call, stage, exc)
                 else:

@@ -103,6 +103,14 @@ class CircuitBreaker:
         elif self.state == "closed" and self.consecutive_failures >= self.policy.failures:
             self._open()
 
+    def trip(self) -> None:
+        """Open now, whatever the count (a provider said the quota is exhausted: every call
+        would fail the same way)."""
+        if self.state != "open":
+            self.consecutive_failures = max(self.consecutive_failures, self.policy.failures)
+            self._trial = False
+            self._open()
+
     def released(self) -> None:
         """A trial call ended without a verdict (cancelled, or its partition moved)."""
         self._trial = False

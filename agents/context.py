@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agents.agent import AgentSpec
 from blackboard.artifacts import Envelope, TypeRegistry, output_id
@@ -15,6 +16,23 @@ from observability import tracing
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+
+    from agents.llm.client import AgentLLM, LLMCall
+    from agents.llm.result import Message
+
+M = TypeVar("M", bound="BaseModel")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a worker gives its handlers besides the record: the lifespan's resources and the
+    agent's model calls."""
+
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    llm: AgentLLM | None = None
+
+
+NO_SERVICES = Services()
 
 
 @dataclass(slots=True)
@@ -81,6 +99,11 @@ class Context:
     used_state: KeyedState | None = None
     """The state this call read or wrote (None until it used ``state``); the runner keeps
     its writes if the call succeeds."""
+    services: Services = NO_SERVICES
+    """The worker's resources and model calls (:attr:`resources`, :meth:`llm`)."""
+    llm_requests: int = 0
+    """Model requests this call made (each past the first is charged to the rate limit)."""
+    _llm_calls: list[LLMCall] | None = None
     _state_base: dict[str, bytes] | None = None
     _log: Any = None
 
@@ -154,6 +177,86 @@ class Context:
         )
         self.outputs.append(Output(out, payload))
         return out
+
+    @property
+    def resources(self) -> Mapping[str, Any]:
+        """What the app's lifespan yielded for this worker (model clients, HTTP pools, ...)."""
+        return self.services.resources
+
+    @property
+    def llm_calls(self) -> list[LLMCall]:
+        """The model calls this handler call made so far (usage, cost, re-asks of each)."""
+        if self._llm_calls is None:
+            self._llm_calls = []
+        return self._llm_calls
+
+    async def llm(
+        self,
+        output: type[M],
+        prompt: str | Sequence[Message],
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        max_tokens: int = 512,
+        temperature: float | None = 0.0,
+        seed: int | None = None,
+        max_reasks: int | None = None,
+    ) -> M:
+        """Ask a model for an ``output``, validated (:mod:`agents.llm.client`): the provider's
+        native constraint where it has one, syntax-only repair, at most ``max_reasks``
+        re-asks with the errors (default ``BLACKBOARD_LLM_MAX_REASKS``, 2).
+
+        Raises:
+            LLMOutputError: no valid answer (the record goes to the DLQ, stage
+                ``llm_output``).
+            LLMError: the call failed (retried as its ``kind`` says).
+            BudgetExceededError: a budget would be passed (stage ``budget``).
+        """
+        value, _ = await self._model_client().generate(
+            self,
+            output,
+            prompt,
+            model=model,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            max_reasks=max_reasks,
+        )
+        return value  # type: ignore[return-value]
+
+    async def llm_text(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        max_tokens: int = 512,
+        temperature: float | None = 0.0,
+        seed: int | None = None,
+    ) -> str:
+        """Ask a model for free text (see :meth:`llm`); ``llm_calls[-1].result`` has the
+        whole normalized answer."""
+        value, _ = await self._model_client().generate(
+            self,
+            None,
+            prompt,
+            model=model,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
+        return str(value)
+
+    def _model_client(self) -> AgentLLM:
+        client = self.services.llm
+        if client is None:
+            raise AgentError(
+                f"agent {self.spec.name!r} has no model runtime (run it in a Worker, or give "
+                "the runner llm=LLMRuntime(...))"
+            )
+        return client
 
     def report_tokens(self, tokens: float) -> None:
         """Count ``tokens`` (e.g. an LLM call's usage) against the agent's tokens/s limit."""

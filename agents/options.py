@@ -4,15 +4,18 @@ how a worker runs its agents, :class:`WorkerOptions` (likewise, :class:`WorkerKe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TypedDict
 
 from agents.breaker import BreakerPolicy
 from agents.hooks import Hook
+from agents.llm.adapter import ModelAdapter
+from agents.llm.settings import LLMSettings
 from agents.retry import DEFAULT_RETRY, RetryPolicy
 from blackboard.errors import AgentError
 from scheduler.batching import BatchSettings
+from scheduler.budgets import Budget
 from scheduler.policies import PolicyLike, PolicySpec, as_spec
 from scheduler.ratelimit import RateLimit
 from scheduler.retrybudget import RetryBudget
@@ -31,6 +34,8 @@ class RunOptions(TypedDict, total=False):
     rate_limit: RateLimit | None
     retry_budget: RetryBudget | None
     hooks: Sequence[Hook]
+    model: str | None
+    budgets: Sequence[Budget]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,9 @@ class AgentOptions:
         retry_budget: the share of calls that may be retries per artifact type and tenant;
             retries beyond it wait (None: the worker's default, else unlimited).
         hooks: the agent's own :class:`~agents.hooks.Hook`\\ s, after the built-in ones.
+        model: the model ``ctx.llm`` calls when a call names none (``openai:gpt-4o-mini``;
+            None: ``BLACKBOARD_LLM_MODEL``).
+        budgets: cost and token budgets of its model calls (:class:`scheduler.budgets.Budget`).
     """
 
     concurrency: int = 64
@@ -57,6 +65,8 @@ class AgentOptions:
     rate_limit: RateLimit | None = None
     retry_budget: RetryBudget | None = None
     hooks: tuple[Hook, ...] = ()
+    model: str | None = None
+    budgets: tuple[Budget, ...] = ()
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -84,8 +94,9 @@ class AgentOptions:
             values["retry"] = DEFAULT_RETRY
         if values.get("policy") is not None:
             values["policy"] = as_spec(values["policy"])  # type: ignore[arg-type]
-        if "hooks" in values:
-            values["hooks"] = tuple(values["hooks"])  # type: ignore[arg-type]
+        for name in ("hooks", "budgets"):
+            if name in values:
+                values[name] = tuple(values[name])  # type: ignore[arg-type]
         return replace(base, **values)  # type: ignore[arg-type]
 
 
@@ -98,6 +109,8 @@ class WorkerKeywords(TypedDict, total=False):
     policy: PolicyLike | None
     batch: BatchSettings | None
     retry_budget: RetryBudget | None
+    llm: LLMSettings | None
+    models: Mapping[str, ModelAdapter] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +131,9 @@ class WorkerOptions:
         batch: operators' overrides of batch sizes and windows per type
             (:class:`scheduler.batching.BatchSettings`; None: from ``BLACKBOARD_BATCH``).
         retry_budget: the retry budget of agents that set none (None: none).
+        llm: how model calls run: the cassette, re-asks, waits (None: from
+            ``BLACKBOARD_LLM_*``).
+        models: model string -> adapter to use instead (a test's stand-in; no monkeypatching).
     """
 
     agents: tuple[str, ...] | None = None
@@ -126,6 +142,8 @@ class WorkerOptions:
     policy: PolicyLike | None = None
     batch: BatchSettings | None = None
     retry_budget: RetryBudget | None = None
+    llm: LLMSettings | None = None
+    models: Mapping[str, ModelAdapter] | None = None
 
     @classmethod
     def of(cls, options: WorkerOptions | None = None, **given: object) -> WorkerOptions:

@@ -54,8 +54,13 @@ class RetryPolicy:
             raise AgentError(f"retry timeout_s must be > 0, got {self.timeout_s}")
 
     def retryable(self, error: BaseException) -> bool:
-        """Whether ``error`` is worth another attempt."""
-        return isinstance(error, self.retry_on) and not isinstance(error, self.no_retry_on)
+        """Whether ``error`` is worth another attempt (an error whose ``retryable`` attribute
+        is False, such as :class:`~blackboard.errors.LLMRequestError`, never is)."""
+        return (
+            isinstance(error, self.retry_on)
+            and not isinstance(error, self.no_retry_on)
+            and getattr(error, "retryable", True) is not False
+        )
 
     def backoff_s(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

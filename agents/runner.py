@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from agents.agent import AgentSpec
 from agents.attempt import Attempts, pause_until_stop
@@ -30,9 +30,11 @@ from agents.breaker import BreakerState, CircuitBreaker
 from agents.builtin_hooks import Timed, builtin_hooks, send_attributes
 from agents.clock import SYSTEM_CLOCK, Clock
 from agents.committer import Committer
+from agents.context import Services
 from agents.flow import FlowControl
 from agents.hooks import Hook, Hooks
 from agents.intake import Intake
+from agents.llm.client import LLMRuntime, default_runtime
 from agents.partitions import Partitions
 from agents.rebalance import Rebalance
 from agents.settings import RunnerSettings
@@ -69,6 +71,9 @@ class AgentRunner:
         policy: the ready queue's policy unless the agent names one (default ``fifo``).
         ledger: service statistics shared with the worker's other runners (default: own).
         hooks: more hooks, after the built-in ones and the agent's own.
+        llm: the model machinery its handlers call through ``ctx.llm`` (None: the process's
+            default, :func:`agents.llm.default_runtime`, made on first use).
+        resources: what the app's lifespan yielded (``ctx.resources``).
     """
 
     def __init__(
@@ -82,6 +87,8 @@ class AgentRunner:
         policy: PolicyLike | None = None,
         ledger: Ledger | None = None,
         hooks: Sequence[Hook] = (),
+        llm: LLMRuntime | None = None,
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.board = board
         self.spec = spec
@@ -193,6 +200,8 @@ class AgentRunner:
             if spec.collector is not None
             else None
         )
+        self._llm = llm
+        self.resources: Mapping[str, Any] = resources or {}
 
     # -- small accessors the parts share ---------------------------------------------------
     def _bind_clock(self, now: Callable[[], float]) -> None:
@@ -230,6 +239,7 @@ class AgentRunner:
                 [board.topics.state(spec.name)], board.settings.partitions, compacted=True
             )
         self._bind_clock(asyncio.get_running_loop().time)
+        self._attempts.services = self._services()
         if self._limiter is not None:  # a shared limit reaches Redis first (or fails here)
             await self._limiter.open()
         member = await board.store.join(
@@ -250,6 +260,22 @@ class AgentRunner:
             if self._limiter is not None:
                 await self._limiter.close()
             self._log.info("agent stopped", **dataclasses.asdict(self.stats))
+
+    def _services(self) -> Services:
+        """What each handler call's context carries: the resources and the agent's model
+        calls (charged to its rate limit, opening its breaker on quota exhausted)."""
+        spec = self.spec
+        runtime = self._llm if self._llm is not None else default_runtime()
+        return Services(
+            self.resources,
+            runtime.for_agent(
+                spec.name,
+                model=spec.model,
+                limiter=self.throttle or self._limiter,
+                breaker=self._breaker,
+                budgets=spec.budgets,
+            ),
+        )
 
     async def started(self) -> None:
         """Wait until the runner has joined its group."""

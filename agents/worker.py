@@ -8,17 +8,21 @@ grace period, commits what finished and leaves the groups.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import importlib
+import inspect
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Unpack
+from typing import Any, Unpack
 
 from agents.agent import AgentSpec, App
 from agents.clock import SYSTEM_CLOCK, Clock
+from agents.llm.client import LLMRuntime
 from agents.options import WorkerKeywords, WorkerOptions
 from agents.runner import AgentRunner
 from agents.settings import RunnerSettings
@@ -109,6 +113,7 @@ class Worker:
         specs = [as_spec(app.agents[n].policy or default) for n in names]
         # Service statistics feed the other policies; an all-fifo worker does without them.
         self.ledger = Ledger() if any(s.parts != (False, "fifo") for s in specs) else NullLedger()
+        self.llm = LLMRuntime(opts.llm, opts.models)
         self.runners = [
             AgentRunner(
                 board,
@@ -118,6 +123,7 @@ class Worker:
                 clock=clock,
                 policy=default,
                 ledger=self.ledger,
+                llm=self.llm,
             )
             for n in names
         ]
@@ -127,7 +133,9 @@ class Worker:
         """Run every runner until :meth:`stop` (or SIGTERM/SIGINT when ``handle_signals``;
         SIGUSR2 then logs what each asyncio task waits on).
 
-        If one runner fails, the others are stopped and the error is raised.
+        If one runner fails, the others are stopped and the error is raised. The app's
+        lifespan is entered first (its resources reach handlers as ``ctx.resources``) and
+        left after every runner stopped.
         """
         loop = asyncio.get_running_loop()
         if handle_signals:
@@ -136,6 +144,18 @@ class Worker:
             loop.add_signal_handler(signal.SIGUSR2, log_task_stacks)
         started = time.monotonic()
         gc_before = gc.get_threshold()
+        try:
+            async with _lifespan(self.app) as given:
+                for runner in self.runners:
+                    runner.resources = given
+                await self._run(started, gc_before)
+        finally:
+            await self.llm.aclose()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+                    loop.remove_signal_handler(sig)
+
+    async def _run(self, started: float, gc_before: tuple[int, ...]) -> None:
         if self._gc_gen0 is not None:
             gc.set_threshold(max(self._gc_gen0, gc_before[0]), *gc_before[1:])
         tasks = [asyncio.create_task(r.run(), name=f"agent:{r.spec.name}") for r in self.runners]
@@ -158,9 +178,6 @@ class Worker:
                 task.cancel()  # run() itself was cancelled: stop like a killed process
             if alive:
                 await asyncio.gather(*alive, return_exceptions=True)
-            if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-                    loop.remove_signal_handler(sig)
             gc.set_threshold(*gc_before)
             log.info("worker stopped", seconds=round(time.monotonic() - started, 3))
 
@@ -181,6 +198,39 @@ class Worker:
     def idle(self) -> bool:
         """No runner holds read-but-uncommitted work."""
         return all(r.idle for r in self.runners)
+
+
+def _lifespan(app: App) -> contextlib.AbstractAsyncContextManager[Mapping[str, Any]]:
+    """The app's lifespan as an async context manager (an async generator function is
+    wrapped; no lifespan yields no resources).
+
+    Raises:
+        ConfigError: a lifespan that is neither.
+    """
+    if app.lifespan is None:
+        return contextlib.nullcontext({})
+    fn = app.lifespan
+    if inspect.isasyncgenfunction(fn):
+        fn = contextlib.asynccontextmanager(fn)
+    made = fn(app)
+    if not isinstance(made, contextlib.AbstractAsyncContextManager):
+        raise ConfigError(
+            f"app {app.name!r}: lifespan must be an async context manager or an async "
+            f"generator function of the app, got {type(made).__name__}"
+        )
+    return _resources(made)
+
+
+@contextlib.asynccontextmanager
+async def _resources(
+    made: contextlib.AbstractAsyncContextManager[Any],
+) -> AsyncIterator[Mapping[str, Any]]:
+    async with made as given:
+        if given is None:
+            given = {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"a lifespan must yield a mapping, got {type(given).__name__}")
+        yield given
 
 
 def _with_batch_overrides(app: App, settings: BatchSettings) -> dict[str, AgentSpec]:

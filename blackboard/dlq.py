@@ -12,7 +12,17 @@ from blackboard.records import Headers, OutgoingRecord, Record, oversize, record
 from blackboard.store import MAX_RECORD_BYTES
 from blackboard.topics import TopicNames
 
-Stage = Literal["deserialize", "validate", "process", "timeout", "join", "produce", "admission"]
+Stage = Literal[
+    "deserialize",
+    "validate",
+    "process",
+    "timeout",
+    "join",
+    "produce",
+    "admission",
+    "llm_output",
+    "budget",
+]
 
 H_STAGE = "bb.dlq.stage"
 H_ATTEMPT = "bb.dlq.attempt"

@@ -15,7 +15,12 @@
     ├── AgentError                  an agent defined or used wrongly
     │   ├── UnretryableError        no retry can fix it: dead-lettered at once
     │   │   ├── UndeclaredOutputError  a handler published a type it did not declare
-    │   │   └── JoinError           a record that cannot take part in its join
+    │   │   ├── JoinError           a record that cannot take part in its join
+    │   │   ├── LLMOutputError      a model's answer never fit the declared type (stage llm_output)
+    │   │   ├── BudgetExceededError a call would pass a cost or token budget (stage budget)
+    │   │   └── CassetteMissError   a replayed run asked a model something never recorded
+    │   ├── LLMError                a model call failed; ``kind`` says how (rate_limited, ...)
+    │   │   └── LLMRequestError     the request itself is at fault: never retried
     │   └── HookError               a hook broke its contract (the call is dead-lettered)
     ├── TraceError                  traces cannot be written, found or read
     └── StoreError                  carries the backend's error code when it has one
@@ -103,6 +108,76 @@ class UndeclaredOutputError(UnretryableError):
 class JoinError(UnretryableError):
     """A record cannot take part in its join: an extra part (``extras="dead_letter"``) or a
     join key on another partition than the record (the topics are not co-partitioned by it)."""
+
+
+class LLMOutputError(UnretryableError):
+    """A model's answer did not validate as the declared type after every re-ask, or was cut
+    off (``finish_reason=length``): dead-lettered at stage ``llm_output`` with the raw text and
+    the validation errors.
+
+    Attributes:
+        raw: the last answer's text.
+        errors: the validation errors of the last answer, one line each.
+        truncated: the last answer hit the token limit.
+    """
+
+    dlq_stage = "llm_output"
+
+    def __init__(
+        self, message: str, *, raw: str = "", errors: tuple[str, ...] = (), truncated: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.errors = errors
+        self.truncated = truncated
+
+
+class BudgetExceededError(UnretryableError):
+    """A model call would pass a cost or token budget (per agent, tenant or correlation id):
+    dead-lettered at stage ``budget``."""
+
+    dlq_stage = "budget"
+
+
+class CassetteMissError(UnretryableError):
+    """Replay mode found no recorded answer for a model request (replay fails closed)."""
+
+
+class LLMError(AgentError):
+    """A model call failed. Retried like any handler error, except as ``kind`` says.
+
+    Attributes:
+        kind: ``rate_limited``, ``quota_exhausted``, ``overloaded``, ``context_window``,
+            ``invalid_request``, ``auth``, ``timeout`` or ``server``.
+        retry_after_s: how long the provider asked to wait (rate_limited, overloaded).
+        status: the HTTP status, when there was one.
+        request_id: the provider's id of the request, when it gave one.
+        provider: who answered (``openai``, ``anthropic``, ``local``, ...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        provider: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after_s = retry_after_s
+        self.status = status
+        self.request_id = request_id
+        self.provider = provider
+
+
+class LLMRequestError(LLMError):
+    """The request is at fault (``invalid_request``, ``auth``, ``context_window``): no retry
+    can fix it, so its record is dead-lettered at once (``retryable`` is False)."""
+
+    retryable = False
 
 
 class HookError(AgentError):

@@ -1,7 +1,10 @@
-"""Secrets kept out of logs, spans, trace files and error messages: URLs with passwords."""
+"""Secrets kept out of logs, spans, trace files and error messages: URLs with passwords, API
+keys and bearer tokens."""
 
 from __future__ import annotations
 
+import os
+import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 #: What a secret is replaced with.
@@ -32,3 +35,28 @@ def redact_url(url: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return url
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+#: Environment variables whose values are credentials (the model providers' usual ones).
+SECRET_ENV_VARS = (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "BLACKBOARD_LLM_API_KEY",
+)
+#: Credentials by their look: OpenAI and Anthropic keys, bearer tokens, key headers.
+_SECRET_PATTERNS = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{8,})"
+    r"|((?i:bearer)\s+[A-Za-z0-9._\-~+/]{8,}=*)"
+    r"|((?i:x-api-key|api[_-]?key)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9._\-]{8,})"
+)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with credentials masked: the values of :data:`SECRET_ENV_VARS` that are set,
+    and anything shaped like an API key or bearer token."""
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 6 and value in text:
+            text = text.replace(value, MASK)
+    return _SECRET_PATTERNS.sub(MASK, text)

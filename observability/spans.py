@@ -207,6 +207,34 @@ class Tracer:
             )
         )  # fmt: skip
 
+    def model_call(
+        self,
+        agent: str,
+        envelope: Envelope,
+        name: str,
+        start_ns: int,
+        attributes: dict[str, Any],
+        error: BaseException | None,
+    ) -> None:
+        """The span of one model call (``gen_ai.operation.name`` ``chat``): a child of the
+        current process span, with the GenAI attributes in ``attributes``."""
+        parent = current_span.get()
+        if parent is not None:
+            trace_id, parent_id = parent.trace_id, parent.span_id
+        else:
+            trace_id, parent_id = self.trace_id(), None
+        failed = error is not None
+        self.emit(
+            (
+                trace_id, self.span_id(), parent_id, name, "CLIENT", start_ns, time.time_ns(),
+                "ERROR" if failed else "OK", error_text(error) if error else None, "chat",
+                None, None, None, None, None, envelope.correlation_id, envelope.id,
+                envelope.type, None, None, None, envelope.tenant, agent,
+                "failed" if failed else "ok", None, error_class_name(error) if error else None,
+                orjson.dumps(attributes, default=str).decode(), None,
+            )
+        )  # fmt: skip
+
     def settled(
         self,
         about: AgentInfo,

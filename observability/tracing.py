@@ -19,6 +19,9 @@ The spans, with the OpenTelemetry messaging attributes and ours (``bb.*``):
   While it runs it is the current span: log lines carry its ids, and spans a handler makes with
   the OpenTelemetry API become its children.
 - **settle** (CLIENT) per atomic commit, with the counts it carried.
+- **chat** (CLIENT) per model call a handler makes (``ctx.llm``): a child of its process span,
+  with the OpenTelemetry GenAI attributes (``gen_ai.provider.name``, ``gen_ai.request.model``,
+  ``gen_ai.usage.input_tokens``, ...) and ``bb.llm.cost``, ``bb.llm.reasks``, ``bb.llm.error``.
 - a zero-length **process** span with the error for a record dead-lettered before any handler
   ran (stages ``deserialize``, ``validate``, ``admission``).
 
@@ -32,7 +35,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from blackboard.artifacts import Envelope
 from blackboard.errors import TraceError
@@ -171,6 +174,20 @@ def settled(
     tracer = _active
     if tracer is not None:
         tracer.settled(agent, commit, records, start_ns, error)
+
+
+def model_call(
+    agent: str,
+    envelope: Envelope,
+    name: str,
+    start_ns: int,
+    attributes: dict[str, Any],
+    error: BaseException | None,
+) -> None:
+    """Record one model call's span (nothing when tracing is off)."""
+    tracer = _active
+    if tracer is not None:
+        tracer.model_call(agent, envelope, name, start_ns, attributes, error)
 
 
 def rejected(agent: AgentInfo, record: Record, stage: str, error: BaseException) -> None:

@@ -45,7 +45,8 @@ class Limiter(Protocol):
         ...
 
     def used_tokens(self, now: float, tokens: float) -> None:
-        """A call reported ``tokens`` (spent, possibly into debt)."""
+        """A call reported ``tokens`` (spent, possibly into debt). Negative gives back part of
+        a reservation made before a call (a shared limit only lowers what it still owes)."""
         ...
 
     async def open(self) -> None:
@@ -105,9 +106,10 @@ class TokenBucket:
         return 0.0 if short <= 0 else short / self.rate
 
     def take(self, now: float, amount: float = 1.0) -> None:
-        """Spend ``amount`` tokens (the balance may go negative: debt)."""
+        """Spend ``amount`` tokens (the balance may go negative: debt); a negative amount
+        gives tokens back (a reservation that was too large), up to ``burst``."""
         self._refill(now)
-        self.tokens -= amount
+        self.tokens = min(self.burst, self.tokens - amount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +199,8 @@ class RateLimiter:
             self.requests.take(now)
 
     def used_tokens(self, now: float, tokens: float) -> None:
-        """A call reported ``tokens`` (spent, possibly into debt)."""
-        if self.tokens is not None and tokens > 0:
+        """A call reported ``tokens`` (spent, possibly into debt; negative: given back)."""
+        if self.tokens is not None and tokens != 0:
             self.tokens.take(now, tokens)
 
     async def open(self) -> None:

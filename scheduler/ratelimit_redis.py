@@ -196,6 +196,8 @@ class RedisRateLimiter:
         if tok is not None and tokens > 0:
             tok.debt += tokens
             self._kick.set()
+        elif tok is not None and tokens < 0:  # a reservation too large: owe less, if still owed
+            tok.debt = max(0.0, tok.debt + tokens)
 
     # -- talking to Redis -------------------------------------------------------------------
     async def _take(self, bucket: _Shared, want: float, pay: float) -> float:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from agents.agent import App
+from agents.llm.adapter import ModelAdapter
+from agents.llm.settings import LLMSettings
 from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import Artifact, Envelope
@@ -44,6 +47,8 @@ class TestBoard:
         partitions: partitions per topic.
         settings: runner settings (default :data:`FAST_SETTINGS`).
         backpressure: publish throttles on lag (default off; :mod:`scheduler.throttle`).
+        llm: how model calls run (default: the defaults, not ``BLACKBOARD_LLM_*``).
+        models: model string -> adapter standing in for it (``FunctionModel``, ...).
     """
 
     __test__ = False  # not a pytest test class
@@ -56,13 +61,21 @@ class TestBoard:
         partitions: int = 4,
         settings: RunnerSettings | None = None,
         backpressure: BackpressureSettings | None = None,
+        llm: LLMSettings | None = None,
+        models: Mapping[str, ModelAdapter] | None = None,
     ) -> None:
         board_settings = BlackboardSettings(url=url, partitions=partitions)
         # The installed publish hooks, but backpressure as given here (not from the shell's
         # variables: a test says what it wants).
         hooks = [throttle_hooks.backpressure(backpressure or BackpressureSettings())]
         self.board = Blackboard(url, registry=app.registry, settings=board_settings, hooks=hooks)
-        self.worker = Worker(app, self.board, settings or FAST_SETTINGS)
+        self.worker = Worker(
+            app,
+            self.board,
+            settings or FAST_SETTINGS,
+            llm=llm if llm is not None else LLMSettings(),
+            models=models,
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TestBoard:

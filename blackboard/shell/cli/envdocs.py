@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 import annotated_types
 from pydantic import SecretStr
 
+from agents.llm.settings import LLMSettings
 from blackboard.blackboard import BlackboardSettings
 from blackboard.envsettings import EnvSettings
 from blackboard.logs import LogSettings
@@ -36,6 +37,7 @@ SETTINGS: tuple[type[EnvSettings], ...] = (
     BackpressureSettings,
     BatchSettings,
     RateLimitSettings,
+    LLMSettings,
     RunSettings,
     TraceSettings,
     ApiKeySettings,

@@ -1,0 +1,131 @@
+"""The one interface every model adapter has (:class:`ModelAdapter`), and how a provider's
+HTTP failure becomes a normalized :class:`~blackboard.errors.LLMError`."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from agents.llm.result import REQUEST_FAULTS, ErrorKind, LLMRequest, LLMResult
+from blackboard.errors import LLMError, LLMRequestError
+from blackboard.redact import redact_secrets
+
+#: How an adapter holds a model to an output schema: the provider's JSON-schema response
+#: format, a forced tool call, a grammar (in process), JSON mode (valid JSON, no schema), or
+#: nothing (the schema is only in the prompt).
+StructuredMode = Literal["json_schema", "tool", "grammar", "json_object", "none"]
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """A model behind one provider's API.
+
+    Attributes:
+        provider: who serves it (``openai``, ``anthropic``, ``local``, ...; spans'
+            ``gen_ai.provider.name`` and the price table's provider).
+        structured: how it constrains structured output natively.
+    """
+
+    provider: str
+    structured: StructuredMode
+
+    async def complete(self, request: LLMRequest) -> LLMResult:
+        """Answer ``request`` once, with no retries of its own.
+
+        Raises:
+            LLMError: the call failed (``kind`` says how; :class:`LLMRequestError` when the
+                request itself is at fault).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close connections and free the model."""
+        ...
+
+
+def llm_error(
+    message: str,
+    kind: ErrorKind,
+    *,
+    provider: str,
+    status: int | None = None,
+    retry_after_s: float | None = None,
+    request_id: str | None = None,
+) -> LLMError:
+    """The error for a failed call: an :class:`LLMRequestError` for the request's own faults.
+    The message never carries a credential (:func:`blackboard.redact.redact_secrets`)."""
+    cls = LLMRequestError if kind in REQUEST_FAULTS else LLMError
+    text = redact_secrets(message)
+    return cls(
+        f"{provider} {kind}{f' (HTTP {status})' if status else ''}: {text}",
+        kind=kind,
+        retry_after_s=retry_after_s,
+        status=status,
+        request_id=request_id,
+        provider=provider,
+    )
+
+
+def classify(status: int, code: str, message: str) -> ErrorKind:
+    """The normalized kind of an HTTP failure, from its status, the provider's error code or
+    type (``insufficient_quota``, ``overloaded_error``, ...) and message."""
+    text = f"{code} {message}".lower()
+    if "quota" in text or "credit balance" in text or "billing" in text or status == 402:
+        return "quota_exhausted"
+    if status == 429:
+        return "rate_limited"
+    if (
+        "context_length" in text
+        or "context window" in text
+        or "prompt is too long" in text
+        or "maximum context" in text
+    ):
+        return "context_window"
+    if status in (401, 403):
+        return "auth"
+    if status == 408:
+        return "timeout"
+    if status in (503, 529) or "overloaded" in text:
+        return "overloaded"
+    if 400 <= status < 500:
+        return "invalid_request"
+    return "server"
+
+
+def retry_after_s(headers: Any, now: float | None = None) -> float | None:
+    """Seconds a response asks to wait: ``retry-after-ms``, or ``retry-after`` as seconds or
+    an HTTP date (None: it does not say)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_code(body: object) -> tuple[str, str]:
+    """``(code or type, message)`` of a provider's JSON error body (OpenAI's
+    ``{"error": {"code", "type", "message"}}``, Anthropic's ``{"type": "error", "error":
+    {"type", "message"}}``)."""
+    if not isinstance(body, dict):
+        return "", str(body or "")[:500]
+    inner = body.get("error", body)
+    if not isinstance(inner, dict):
+        return "", str(inner)[:500]
+    code = inner.get("code") or inner.get("type") or ""
+    return str(code), str(inner.get("message") or "")[:500]

@@ -1,0 +1,204 @@
+"""OpenAI's chat completions API, and every server that speaks it (vLLM, llama.cpp's server,
+Ollama, LM Studio) through a base URL, behind the official ``openai`` SDK with its own retries
+off (``max_retries=0``: the SDK would otherwise sleep on ``Retry-After`` inside a call)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from agents.llm.adapter import StructuredMode, classify, error_code, llm_error, retry_after_s
+from agents.llm.result import (
+    FinishReason,
+    LLMRequest,
+    LLMResult,
+    Message,
+    ToolCall,
+    Usage,
+    rate_limit_headers,
+)
+from blackboard.errors import MissingDependencyError
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+class OpenAIAdapter:
+    """A model behind an OpenAI-compatible chat completions endpoint.
+
+    Args:
+        model: default model name (a request names its own).
+        api_key: the key (None: ``OPENAI_API_KEY``; servers that need none get a placeholder).
+        base_url: the endpoint (None: OpenAI's, or ``OPENAI_BASE_URL``).
+        structured: how to hold the answer to a schema: ``json_schema`` (OpenAI, vLLM,
+            llama.cpp's ``llama-server``), ``json_object`` (JSON mode with the schema passed
+            along, as llama-cpp-python's server takes it) or ``none``.
+        timeout_s: the longest a request may take.
+        provider: the name spans and prices use (``openai`` unless another server is meant).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        structured: StructuredMode = "json_schema",
+        timeout_s: float = 120.0,
+        provider: str = "openai",
+    ) -> None:
+        try:
+            import openai
+        except ImportError as exc:  # pragma: no cover - a dependency of the llm extra
+            raise MissingDependencyError(
+                "OpenAI models need the openai package: pip install 'kafka-blackboard[llm]'"
+            ) from exc
+        import os
+
+        key = api_key or os.environ.get("OPENAI_API_KEY") or ("none" if base_url else None)
+        if key is None:
+            raise MissingDependencyError(
+                f"model openai:{model} needs an API key: set OPENAI_API_KEY"
+            )
+        self.model = model
+        self.provider = provider
+        self.structured: StructuredMode = structured
+        self._openai = openai
+        self._client = openai.AsyncOpenAI(
+            api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s
+        )
+
+    async def complete(self, request: LLMRequest) -> LLMResult:
+        """One chat completion (see :meth:`agents.llm.adapter.ModelAdapter.complete`)."""
+        openai = self._openai
+        body = self._body(request)
+        started = time.monotonic()
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(**body)
+        except openai.APIStatusError as exc:
+            code, message = error_code(exc.body)
+            kind = classify(exc.status_code, code, message or str(exc))
+            raise llm_error(
+                message or str(exc),
+                kind,
+                provider=self.provider,
+                status=exc.status_code,
+                retry_after_s=retry_after_s(exc.response.headers),
+                request_id=exc.response.headers.get("x-request-id"),
+            ) from None
+        except openai.APITimeoutError:
+            raise llm_error("the request timed out", "timeout", provider=self.provider) from None
+        except openai.APIConnectionError as exc:
+            raise llm_error(
+                f"connection failed: {exc.__cause__ or exc}", "server", provider=self.provider
+            ) from None
+        except openai.OpenAIError as exc:  # a malformed answer
+            raise llm_error(str(exc), "server", provider=self.provider) from None
+        try:
+            completion = raw.parse()
+        except Exception as exc:
+            raise llm_error(f"unreadable answer: {exc}", "server", provider=self.provider) from None
+        return self._result(completion, raw.headers, time.monotonic() - started)
+
+    def _body(self, request: LLMRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model or self.model,
+            "messages": [_message(m) for m in request.messages],
+            "max_tokens": request.max_tokens,
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.seed is not None:
+            body["seed"] = request.seed
+        schema = request.output_schema
+        if schema is not None and self.structured == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": request.output_name, "schema": schema},
+            }
+        elif schema is not None and self.structured == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t["name"],
+                        "description": t.get("description", ""),
+                        "parameters": t.get("parameters", {"type": "object"}),
+                    },
+                }
+                for t in request.tools
+            ]
+        return body
+
+    def _result(self, completion: Any, headers: Any, seconds: float) -> LLMResult:
+        if not completion.choices:
+            raise llm_error("an answer with no choices", "server", provider=self.provider)
+        choice = completion.choices[0]
+        message = choice.message
+        calls = tuple(
+            ToolCall(id=c.id, name=c.function.name, arguments=_arguments(c.function.arguments))
+            for c in (message.tool_calls or ())
+            if getattr(c, "function", None) is not None
+        )
+        return LLMResult(
+            text=message.content or "",
+            tool_calls=calls,
+            finish_reason=_FINISH.get(choice.finish_reason or "", "other"),
+            usage=_usage(completion.usage),
+            model=completion.model or "",
+            provider=self.provider,
+            request_id=headers.get("x-request-id") or completion.id,
+            rate_limits=rate_limit_headers(headers),
+            latency_ms=round(seconds * 1000.0, 3),
+            raw=completion.model_dump(mode="json"),
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._client.close()
+
+
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": orjson.dumps(c.arguments).decode()},
+            }
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _arguments(text: str | None) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text or "{}")
+    except orjson.JSONDecodeError:
+        return {"_raw": text}
+    return value if isinstance(value, dict) else {"_value": value}
+
+
+def _usage(usage: Any) -> Usage:
+    if usage is None:
+        return Usage()
+    prompt = getattr(usage, "prompt_tokens_details", None)
+    completion = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        input_tokens=usage.prompt_tokens or 0,
+        output_tokens=usage.completion_tokens or 0,
+        cache_read_tokens=(getattr(prompt, "cached_tokens", None) or 0) if prompt else 0,
+        reasoning_tokens=(getattr(completion, "reasoning_tokens", None) or 0) if completion else 0,
+    )
