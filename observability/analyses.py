@@ -12,6 +12,8 @@
 :func:`failures`        retries and dead letters per agent, stage and error type
 :func:`compare`         two runs (e.g. two policies): means with confidence intervals
 :func:`process_spans`   the process spans themselves, times relative to run start
+:func:`llm_costs`       model calls per agent, model, tenant, correlation or policy:
+                        tokens, cost, re-asks, failures (:mod:`observability.llm_costs`)
 ======================  ===========================================================
 
 Times are milliseconds; ``*_ms`` columns relative to the run's first span.
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from blackboard.errors import TraceError
 from observability.compare import compare
 from observability.duck import Connection, check_run, query
+from observability.llm_costs import llm_costs
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -102,7 +105,9 @@ def summary(con: Connection, run_id: str) -> pa.Table:
 def makespan(con: Connection, run_id: str) -> pa.Table:
     """Per correlation id: start and end (ms from the run's first span), makespan, spans,
     process spans, agents, errors and traces (1 when the correlation id is one connected
-    trace)."""
+    trace). ``errors`` counts failed spans other than model calls: a failed call that
+    failed its attempt counts once, as the attempt, and one the handler got over is no error
+    of the correlation (``traces cost`` counts failed calls)."""
     check_run(con, run_id)
     return query(
         con,
@@ -113,7 +118,8 @@ def makespan(con: Connection, run_id: str) -> pa.Table:
             (max(end_ns) - min(start_ns)) / 1e6 AS makespan_ms, count(*) AS spans,
             count(*) FILTER (WHERE operation = 'process') AS processes,
             count(DISTINCT agent) FILTER (WHERE operation = 'process') AS agents,
-            count(*) FILTER (WHERE status = 'ERROR') AS errors,
+            count(*) FILTER (WHERE status = 'ERROR' AND operation IS DISTINCT FROM 'chat')
+                AS errors,
             count(DISTINCT trace_id) AS traces
         FROM s, t0 WHERE correlation_id IS NOT NULL
         GROUP BY correlation_id ORDER BY start_ms, correlation_id""",
@@ -234,12 +240,14 @@ class Query:
         help: one line saying what it shows.
         runs: how many runs it takes (0: every run).
         run: the analysis, given the connection, the run ids and the options.
+        more: it takes more runs than ``runs`` too, if named (summed over them).
     """
 
     name: str
     help: str
     runs: int
     run: Callable[[Connection, Sequence[str], dict[str, Any]], pa.Table]
+    more: bool = False
 
 
 QUERIES: dict[str, Query] = {
@@ -261,5 +269,7 @@ QUERIES: dict[str, Query] = {
         Query("compare", "run B vs run A with confidence intervals (two runs)", 2,
               lambda c, r, o: compare(c, r[0], r[1], o.get("confidence", 0.95))),
         Query("spans", "the process spans of one run", 1, lambda c, r, o: process_spans(c, r[0])),
+        Query("cost", "model calls: tokens, cost, re-asks, failures (--by)", 1,
+              lambda c, r, o: llm_costs(c, r, o.get("by", "agent")), more=True),
     )
 }  # fmt: skip

@@ -35,10 +35,12 @@ from observability.runs import RunInfo
 from observability.schema import (
     ATTRIBUTE_INDEX,
     ATTRIBUTES,
+    CHAT,
     END_NS,
     KIND,
     LINKS,
     NAME,
+    OPERATION,
     PARENT_SPAN_ID,
     ROW_LENGTH,
     SPAN_ID,
@@ -185,14 +187,19 @@ def readable_to_row(span: ReadableSpan) -> SpanRow:
 
 
 def row_to_readable(row: SpanRow, res: Resource) -> ReadableSpan:
-    """The SDK span of a row (for SDK exporters such as OTLP)."""
+    """The SDK span of a row (for SDK exporters such as OTLP). A model call's span is no
+    messaging operation: its ``operation`` column (``chat``) is ``gen_ai.operation.name``,
+    which its attributes carry; attributes whose value is null are left out (OpenTelemetry
+    has no null attribute, e.g. the cost of an unpriced call)."""
     attrs: dict[str, Any] = {}
+    chat = row[OPERATION] == CHAT
     for index, attr in ATTRIBUTE_INDEX:
         value = row[index]
-        if value is not None:
+        if value is not None and not (chat and index == OPERATION):
             attrs[attr] = str(value) if attr == _PARTITION else value
     if row[ATTRIBUTES]:
-        attrs.update(orjson.loads(row[ATTRIBUTES]))
+        extra: dict[str, Any] = orjson.loads(row[ATTRIBUTES])
+        attrs.update((k, v) for k, v in extra.items() if v is not None)
     trace_id = int(row[TRACE_ID], 16)
     parent = (
         SpanContext(trace_id, int(row[PARENT_SPAN_ID], 16), True, _SAMPLED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ def json_rows(table: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, decimals: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -27,20 +28,24 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "-"
-        return f"{value:.3f}" if abs(value) < 1e6 else f"{value:.4g}"
+        return f"{value:.{decimals}f}" if abs(value) < 1e6 else f"{value:.4g}"
     if isinstance(value, datetime):
         return value.isoformat(sep=" ", timespec="seconds")
     text = str(value)
     return text if len(text) <= 48 else text[:47] + "…"
 
 
-def render(table: pa.Table, limit: int | None = 50) -> str:
+def render(
+    table: pa.Table, limit: int | None = 50, decimals: Mapping[str, int] | None = None
+) -> str:
     """The table as aligned text columns (numbers right-aligned), at most ``limit`` rows
-    followed by a line saying how many more there are."""
+    followed by a line saying how many more there are. Floats get 3 decimals, or as many as
+    ``decimals`` says for their column (e.g. 6 for a cost in USD)."""
     rows = table.to_pylist()
     shown = rows if limit is None else rows[:limit]
     names = table.column_names
-    cells = [[_cell(row[n]) for n in names] for row in shown]
+    places = [(decimals or {}).get(n, 3) for n in names]
+    cells = [[_cell(row[n], d) for n, d in zip(names, places, strict=True)] for row in shown]
     numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema]
     widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
 

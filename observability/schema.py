@@ -29,7 +29,8 @@ SPAN_FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("end_ns", "BIGINT"),
     ("status", "VARCHAR"),  # OK, ERROR, UNSET
     ("status_message", "VARCHAR"),
-    ("operation", "VARCHAR"),  # messaging.operation.type: send, receive, process, settle
+    ("operation", "VARCHAR"),  # messaging.operation.type: send, receive, process, settle;
+    # chat for a model call (gen_ai.operation.name)
     ("system", "VARCHAR"),  # messaging.system: kafka, redis, memory
     ("destination", "VARCHAR"),  # messaging.destination.name (the topic)
     ("partition_id", "INTEGER"),  # messaging.destination.partition.id
@@ -60,6 +61,9 @@ STATUS, STATUS_MESSAGE, ATTRIBUTES = (
     _INDEX["status_message"],
     _INDEX["attributes"],
 )
+OPERATION: Final[int] = _INDEX["operation"]
+#: The ``operation`` of a model call's span (``gen_ai.operation.name``; not a messaging one).
+CHAT: Final = "chat"
 
 #: OpenTelemetry attribute name -> column (docs/DESIGN.md §6; ours carry the ``bb.`` prefix).
 ATTRIBUTE_COLUMNS: Final[dict[str, str]] = {

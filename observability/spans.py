@@ -20,7 +20,7 @@ import orjson
 from blackboard.artifacts import Envelope
 from blackboard.records import partition_for
 from blackboard.spancontext import current_span
-from observability.schema import SpanRow, format_traceparent, parse_traceparent
+from observability.schema import CHAT, SpanRow, format_traceparent, parse_traceparent
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -217,17 +217,21 @@ class Tracer:
         error: BaseException | None,
     ) -> None:
         """The span of one model call (``gen_ai.operation.name`` ``chat``): a child of the
-        current process span, with the GenAI attributes in ``attributes``."""
+        current process span (else of the span that sent ``envelope``, so the call stays in
+        its correlation's trace), with the GenAI attributes in ``attributes``."""
         parent = current_span.get()
+        parent_id: str | None
         if parent is not None:
             trace_id, parent_id = parent.trace_id, parent.span_id
+        elif (sent := parse_traceparent(envelope.traceparent)) is not None:
+            trace_id, parent_id = sent
         else:
             trace_id, parent_id = self.trace_id(), None
         failed = error is not None
         self.emit(
             (
                 trace_id, self.span_id(), parent_id, name, "CLIENT", start_ns, time.time_ns(),
-                "ERROR" if failed else "OK", error_text(error) if error else None, "chat",
+                "ERROR" if failed else "OK", error_text(error) if error else None, CHAT,
                 None, None, None, None, None, envelope.correlation_id, envelope.id,
                 envelope.type, None, None, None, envelope.tenant, agent,
                 "failed" if failed else "ok", None, error_class_name(error) if error else None,

@@ -1,5 +1,5 @@
 """Dashboard rules without a browser: Burrow-style health, desired workers, start-up refusal,
-and the JSON API's throttled publishers."""
+the JSON API's throttled publishers, and the runs' model calls, tokens and cost."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from agents.agent import App
 from agents.context import Context
+from blackboard.blackboard import Blackboard
 from blackboard.errors import ConfigError
 from blackboard.shell.dashboard.auth import change_refusal, may_read
 from blackboard.shell.dashboard.sampler import Sampler
@@ -34,6 +35,7 @@ from tests.test_backpressure import Job
 from tests.test_backpressure import Result as BpResult
 from tests.test_backpressure import registry as bp_registry
 from tests.test_cli import run
+from tests.test_llm_costs import EXPECTED, OTHER, RUN, write_cost_runs, write_plain_run
 
 
 def _window(*points: tuple[int, int | None]) -> list[Sample]:
@@ -193,3 +195,41 @@ async def test_the_api_shows_throttled_publishers_on_the_overview_and_the_consum
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def _by(rows: list[dict[str, Any]], column: str) -> dict[str, dict[str, Any]]:
+    return {row.pop(column): row for row in rows}
+
+
+def test_the_runs_api_gives_each_run_s_model_calls_tokens_and_cost(tmp_path: Path) -> None:
+    """The runs of tests/test_llm_costs.py (five calls, one unpriced and one failed, in run
+    ``costs``; one in ``costs-other``), and a run with no model call at all."""
+    traces, plain = tmp_path / "traces", tmp_path / "plain"
+    write_cost_runs(traces)
+    write_plain_run(plain)
+    with Blackboard("memory://") as board:
+        settings = DashboardSettings(port=0, audit_log=tmp_path / "audit.jsonl", traces=traces)
+        with DashboardServer(board, settings) as server:
+            runs = {r["run_id"]: r for r in _get_json(f"{server.url}/api/runs")["runs"]}
+            report = _get_json(f"{server.url}/api/runs/{RUN}")
+        settings = settings.model_copy(update={"traces": plain})
+        with DashboardServer(board, settings) as server:
+            [none] = _get_json(f"{server.url}/api/runs")["runs"]
+            none_report = _get_json(f"{server.url}/api/runs/plain")
+    assert set(runs) == {RUN, OTHER}
+    row = runs[RUN]
+    assert (row["scenario"], row["policy"], row["spans_lost"]) == ("c", "baseline", 0)
+    assert (row["llm_calls"], row["llm_failed"], row["llm_unpriced"]) == (5, 1, 1)
+    assert (row["llm_input_tokens"], row["llm_output_tokens"], row["llm_cost_usd"]) == (
+        230,
+        35,
+        0.875,
+    )
+    assert (runs[OTHER]["llm_calls"], runs[OTHER]["llm_cost_usd"]) == (1, 1.0)
+    assert _by(report["llm_by_agent"], "agent") == EXPECTED["agent"][1]
+    assert _by(report["llm_by_model"], "model") == EXPECTED["model"][1]
+    # No model calls: zeros, no cost, empty tables; the rest of the page as before.
+    assert (none["llm_calls"], none["llm_input_tokens"], none["llm_output_tokens"]) == (0, 0, 0)
+    assert none["llm_cost_usd"] is None and none["spans_written"] == 1
+    assert none_report["llm_by_agent"] == none_report["llm_by_model"] == []
+    assert none_report["summary"]["processed"] == 1

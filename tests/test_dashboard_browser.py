@@ -397,6 +397,8 @@ def test_the_runs_page_shows_and_compares_traced_runs(page: Any, tmp_path: Path)
         page.wait_for_selector("#red-chart .main-svg")
         assert page.locator("#latency-table tbody tr").count() >= 1
         assert "p99_ms" in page.locator("#makespan-table").inner_text()
+        assert "model calls" in page.locator("#runs-table thead").inner_text()
+        assert "No model calls" in page.locator("#llm-none").inner_text()  # the demo makes none
         page.locator("#cmp-go").click()
         page.wait_for_selector("#compare-table")
         assert "makespan_ms" in page.locator("#compare-table").inner_text()

@@ -45,3 +45,4 @@ def test_the_notebook_runs_headless_and_draws_its_figures(
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "complete       True" in text  # the summary: every span ended was written
     assert "end to end" in text  # the comparison's table
+    assert "no model calls (chat spans) in run" in text  # the demo's agents call no model

@@ -15,13 +15,16 @@ Answer = Callable[[LLMRequest], "LLMResult | str | Awaitable[LLMResult | str]"]
 
 class FunctionModel:
     """Answers with ``fn(request)``: an :class:`LLMResult`, or text (usage counted as one token
-    per four characters). ``fn`` may raise :class:`~blackboard.errors.LLMError` to fail."""
+    per four characters). ``fn`` may raise :class:`~blackboard.errors.LLMError` to fail.
+    ``provider`` and ``structured`` say which model it stands in for (a cassette's keys and
+    the prompts made depend on both)."""
 
-    structured: StructuredMode = "none"
-
-    def __init__(self, fn: Answer, *, provider: str = "function") -> None:
+    def __init__(
+        self, fn: Answer, *, provider: str = "function", structured: StructuredMode = "none"
+    ) -> None:
         self.fn = fn
         self.provider = provider
+        self.structured: StructuredMode = structured
         self.requests: list[LLMRequest] = []
 
     async def complete(self, request: LLMRequest) -> LLMResult:

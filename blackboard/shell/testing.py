@@ -45,6 +45,8 @@ class TestBoard:
         app: the agents to run.
         url: the store (default: a new embedded store).
         partitions: partitions per topic.
+        prefix: the topic prefix (default the settings' own; a fresh one keeps a shared
+            broker's earlier topics and groups out of the test).
         settings: runner settings (default :data:`FAST_SETTINGS`).
         backpressure: publish throttles on lag (default off; :mod:`scheduler.throttle`).
         llm: how model calls run (default: the defaults, not ``BLACKBOARD_LLM_*``).
@@ -59,12 +61,15 @@ class TestBoard:
         *,
         url: str = "memory://",
         partitions: int = 4,
+        prefix: str | None = None,
         settings: RunnerSettings | None = None,
         backpressure: BackpressureSettings | None = None,
         llm: LLMSettings | None = None,
         models: Mapping[str, ModelAdapter] | None = None,
     ) -> None:
         board_settings = BlackboardSettings(url=url, partitions=partitions)
+        if prefix is not None:
+            board_settings = board_settings.model_copy(update={"prefix": prefix})
         # The installed publish hooks, but backpressure as given here (not from the shell's
         # variables: a test says what it wants).
         hooks = [throttle_hooks.backpressure(backpressure or BackpressureSettings())]
@@ -80,8 +85,13 @@ class TestBoard:
 
     async def __aenter__(self) -> TestBoard:
         self.board.ensure_topics(self.worker.app.types())
-        self._task = asyncio.create_task(self.worker.run())
-        await self.worker.started()
+        self._task = task = asyncio.create_task(self.worker.run())
+        started = asyncio.ensure_future(self.worker.started())
+        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not started.done():  # the worker failed before its agents started
+            started.cancel()
+            self.board.close()
+            task.result()
         return self
 
     async def __aexit__(

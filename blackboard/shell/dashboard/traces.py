@@ -21,12 +21,15 @@ def _rows(table: Any) -> list[dict[str, Any]]:
 
 
 def list_runs(traces: Path | None) -> list[dict[str, Any]]:
-    """Every run under ``traces`` (newest last) with scenario, store and span counts.
+    """Every run under ``traces`` (newest last) with scenario, store, span counts and its
+    model calls: ``llm_calls``, ``llm_failed``, ``llm_input_tokens``, ``llm_output_tokens``,
+    ``llm_cost_usd`` (None when no call was priced, none made included) and ``llm_unpriced``
+    (:func:`observability.llm_costs.run_llm_totals`).
 
     Raises:
         TraceError: no traces directory configured, or it does not exist.
     """
-    from observability import analyses, segments
+    from observability import analyses, llm_costs, segments
 
     directory = _dir(traces)
     names = segments.list_runs(directory)
@@ -34,19 +37,22 @@ def list_runs(traces: Path | None) -> list[dict[str, Any]]:
         return []
     con = segments.open_runs(directory, names)
     try:
-        return _rows(analyses.runs(con))
+        totals = {row.pop("run_id"): row for row in _rows(llm_costs.run_llm_totals(con))}
+        return [row | totals.get(row["run_id"], {}) for row in _rows(analyses.runs(con))]
     finally:
         con.close()
 
 
 def run_report(traces: Path | None, run_id: str, bucket_ms: float | None = None) -> dict[str, Any]:
     """One run: summary, makespan per correlation id (and its p50/p95/p99), latency per
-    agent, RED over time (``bucket_ms`` wide buckets; default about 40 over the run).
+    agent, RED over time (``bucket_ms`` wide buckets; default about 40 over the run), and
+    its model calls per agent and per model (``llm_by_agent``, ``llm_by_model``: empty when
+    it made none).
 
     Raises:
         TraceError: the run is missing or cannot be read.
     """
-    from observability import analyses, segments
+    from observability import analyses, llm_costs, segments
 
     con = segments.open_runs(_dir(traces), [run_id])
     try:
@@ -62,6 +68,8 @@ def run_report(traces: Path | None, run_id: str, bucket_ms: float | None = None)
             "latency": _rows(analyses.latency(con, run_id)),
             "bucket_ms": bucket_ms,
             "red": _rows(analyses.red(con, run_id, bucket_ms)),
+            "llm_by_agent": _rows(llm_costs.llm_costs(con, [run_id], "agent")),
+            "llm_by_model": _rows(llm_costs.llm_costs(con, [run_id], "model")),
         }
     finally:
         con.close()

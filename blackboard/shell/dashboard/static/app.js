@@ -289,6 +289,16 @@ async function dlqPage() {
 }
 
 // -- runs ------------------------------------------------------------------------------------
+// A cost in USD (priced calls only; null: none priced), and how many calls had no price.
+function usd(v, unpriced) {
+  const more = unpriced ? ` (+${num(unpriced)} unpriced)` : "";
+  return (v === null || v === undefined ? "-" : "$" + num(v, 6)) + more;
+}
+function llmTable(rows, key, label, id) {
+  return table([[label, x => esc(x[key])], ["calls", x => num(x.calls), "n"], ["failed", x => num(x.failed), "n"],
+    ["tokens in", x => num(x.input_tokens), "n"], ["tokens out", x => num(x.output_tokens), "n"],
+    ["cost", x => usd(x.cost_usd, x.unpriced), "n"], ["re-asks", x => num(x.reasks), "n"]], rows, id);
+}
 function kv(obj, id) {
   return table([["", r => esc(r[0])], ["", r => esc(typeof r[1] === "number" ? num(r[1], 2) : r[1])]], Object.entries(obj), id);
 }
@@ -304,6 +314,9 @@ async function showRun(runId) {
     <h2>RED over time (process spans, ${num(r.bucket_ms, 1)} ms buckets)</h2><div id="red-chart" class="chart"></div>
     <h2>Latency per agent</h2>${table([["agent", x => esc(x.agent)], ["type", x => esc(x.artifact_type)], ["n", x => num(x.n), "n"],
       ["p50 ms", x => num(x.p50_ms, 2), "n"], ["p95 ms", x => num(x.p95_ms, 2), "n"], ["p99 ms", x => num(x.p99_ms, 2), "n"]], r.latency, "latency-table")}
+    <h2>Model calls</h2>${r.llm_by_agent.length
+      ? llmTable(r.llm_by_agent, "agent", "agent", "llm-agent-table") + llmTable(r.llm_by_model, "model", "model", "llm-model-table")
+      : `<p id="llm-none">No model calls in this run.</p>`}
     <h2>Summary</h2>${kv(s, "summary-table")}`;
   const agents = [...new Set(r.red.map(x => x.agent))];
   const traces = agents.flatMap(a => {
@@ -328,7 +341,9 @@ async function runsPage() {
   const opts = sel => runs.map((r, i) => `<option value="${esc(r.run_id)}"${i === sel ? " selected" : ""}>${esc(r.run_id)} · ${esc(r.scenario)}</option>`).join("");
   document.getElementById("runs-body").innerHTML = `
     ${table([["run", r => esc(r.run_id)], ["scenario", r => esc(r.scenario)], ["policy", r => esc(r.policy)], ["store", r => esc(r.store)],
-      ["started", r => esc(r.started_at)], ["spans", r => num(r.spans_written), "n"], ["lost", r => num(r.spans_lost), "n"]], runs, "runs-table")}
+      ["started", r => esc(r.started_at)], ["spans", r => num(r.spans_written), "n"], ["lost", r => num(r.spans_lost), "n"],
+      ["model calls", r => num(r.llm_calls), "n"], ["tokens in", r => num(r.llm_input_tokens), "n"], ["tokens out", r => num(r.llm_output_tokens), "n"],
+      ["cost", r => usd(r.llm_cost_usd, r.llm_unpriced), "n"]], runs, "runs-table")}
     <div class="filters"><label>run <select id="run-pick">${opts(runs.length - 1)}</select></label>
       <label>compare A <select id="cmp-a">${opts(Math.max(0, runs.length - 2))}</select></label>
       <label>with B <select id="cmp-b">${opts(runs.length - 1)}</select></label><button id="cmp-go">Compare</button></div>
