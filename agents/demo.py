@@ -10,6 +10,11 @@
 The three reviewers are separate agents (consumer groups) working in parallel; the chair is a
 join (:meth:`agents.App.join`): it holds the idea and the reviews seen so far per correlation id
 in its keyed state, committed with its input offsets, and decides when the set is complete.
+
+With ``llm`` (``blackboard demo --llm local``, or ``--llm openai:gpt-4o-mini`` with a key set)
+the reviewers and the chair ask a language model instead (:meth:`agents.Context.llm`): each
+reviewer for a :class:`Score`, the chair for a :class:`Decision`. An answer that never
+validates is dead-lettered (stage ``llm_output``); its idea then ends without a verdict.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from pydantic import BaseModel, Field
 from agents.agent import App, Handler
 from agents.collected import JoinSet
 from agents.context import Context
+from agents.llm.settings import LLMSettings
 from agents.settings import RunnerSettings
 from agents.worker import Worker
 from blackboard.artifacts import TypeRegistry, artifact, output_id
 from blackboard.blackboard import Blackboard, BlackboardSettings
+from blackboard.records import TopicPartition
 from blackboard.redact import redact_url
 
 registry = TypeRegistry()
@@ -64,12 +71,26 @@ class Verdict(BaseModel):
     accepted: bool
 
 
+class Score(BaseModel):
+    """What an LLM reviewer answers."""
+
+    score: int = Field(ge=1, le=10)
+
+
+class Decision(BaseModel):
+    """What the LLM chair answers."""
+
+    accepted: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Simulation:
-    """Knobs of the simulated agents: the seed of scores and latencies, the median latency."""
+    """Knobs of the simulated agents: the seed of scores and latencies, the median latency;
+    ``llm``: the model the agents ask instead (None: simulated)."""
 
     seed: int = 7
     latency_s: float = 0.02
+    llm: str | None = None
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
@@ -78,12 +99,44 @@ def _rng(seed: int, *parts: str) -> random.Random:
 
 
 def _reviewer(aspect: str, sim: Simulation) -> Handler:
+    if sim.llm is not None:
+        return _llm_reviewer(aspect, sim.llm)
+
     async def review(idea: Idea, ctx: Context) -> Review:
         rng = _rng(sim.seed, aspect, ctx.envelope.id)
         await asyncio.sleep(rng.lognormvariate(0, 0.5) * sim.latency_s)
         return Review(idea_id=ctx.envelope.id, aspect=aspect, score=rng.randint(1, 10))
 
     return review
+
+
+def _llm_reviewer(aspect: str, model: str) -> Handler:
+    async def review(idea: Idea, ctx: Context) -> Review:
+        answer = await ctx.llm(
+            Score,
+            f"Idea: {idea.title}. {idea.summary}",
+            model=model,
+            system=f"You review research ideas for their {aspect}. Score it from 1 to 10.",
+            max_tokens=40,
+        )
+        return Review(idea_id=ctx.envelope.id, aspect=aspect, score=answer.score)
+
+    return review
+
+
+async def _decide(sim: Simulation, idea: BaseModel, scores: dict[str, int], ctx: Context) -> bool:
+    if sim.llm is None:
+        await asyncio.sleep(sim.latency_s / 4)
+        return sum(scores.values()) >= 18
+    listed = ", ".join(f"{aspect} {score}/10" for aspect, score in sorted(scores.items()))
+    decision = await ctx.llm(
+        Decision,
+        f"Idea: {getattr(idea, 'title', '')}. Reviews: {listed}. Accept it?",
+        model=sim.llm,
+        system="You chair a review panel and decide whether to accept an idea.",
+        max_tokens=20,
+    )
+    return decision.accepted
 
 
 def build_app(sim: Simulation | None = None) -> App:
@@ -101,10 +154,8 @@ def build_app(sim: Simulation | None = None) -> App:
         """Decide once the idea and all its reviews are in."""
         [idea] = parts.of(Idea)
         scores = {r.aspect: r.score for r in parts[Review]}
-        await asyncio.sleep(sim.latency_s / 4)
-        return Verdict(
-            idea_id=idea.artifact.envelope.id, scores=scores, accepted=sum(scores.values()) >= 18
-        )
+        accepted = await _decide(sim, idea.artifact.payload, scores, ctx)
+        return Verdict(idea_id=idea.artifact.envelope.id, scores=scores, accepted=accepted)
 
     return app
 
@@ -129,14 +180,20 @@ async def run_demo(
     partitions: int = 8,
     traces: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
+    llm: str | None = None,
+    llm_settings: LLMSettings | None = None,
 ) -> dict[str, Any]:
     """Run the workflow for ``ideas`` ideas and return its figures (see :func:`summarize`).
 
     With ``traces`` (a directory), the run is traced into it (as run ``run_id``, default a new
     id) and the figures gain a ``traces`` entry: the directory, run id, segment and span counts.
+    With ``llm`` (a model string; ``local`` means ``local:smollm2``) the agents ask that model
+    and the figures gain an ``llm`` entry: calls, tokens, cost, re-asks, failures, and the
+    dead letters (``llm_settings``: the cassette and re-asks; None: ``BLACKBOARD_LLM_*``).
     """
+    sim = Simulation(seed=seed, latency_s=latency_ms / 1000, llm=_model(llm))
     if traces is None:
-        return await _run_workflow(ideas, seed, latency_ms, url, partitions)
+        return await _run_workflow(ideas, sim, url, partitions, llm_settings)
     from observability.runs import RunInfo
     from observability.tracing import start_tracing
 
@@ -149,7 +206,7 @@ async def run_demo(
     )
     tracing = start_tracing(traces, run)
     try:
-        summary = await _run_workflow(ideas, seed, latency_ms, url, partitions)
+        summary = await _run_workflow(ideas, sim, url, partitions, llm_settings)
     finally:
         counts = tracing.stop()  # after the worker stopped: its last commits are in
     summary["traces"] = {
@@ -162,14 +219,24 @@ async def run_demo(
     return summary
 
 
+def _model(llm: str | None) -> str | None:
+    return "local:smollm2" if llm == "local" else llm
+
+
 async def _run_workflow(
-    ideas: int, seed: int, latency_ms: float, url: str, partitions: int
+    ideas: int, sim: Simulation, url: str, partitions: int, llm_settings: LLMSettings | None
 ) -> dict[str, Any]:
-    demo_app = build_app(Simulation(seed=seed, latency_s=latency_ms / 1000))
+    seed = sim.seed
+    demo_app = build_app(sim)
     board = Blackboard(
         url, registry=registry, settings=BlackboardSettings(url=url, partitions=partitions)
     )
-    worker = Worker(demo_app, board, RunnerSettings(commit_interval_ms=10, idle_poll_s=0.05))
+    worker = Worker(
+        demo_app,
+        board,
+        RunnerSettings(commit_interval_ms=10, idle_poll_s=0.05),
+        llm=llm_settings,
+    )
     board.ensure_topics(demo_app.types())
     task = asyncio.create_task(worker.run())
     try:
@@ -180,20 +247,46 @@ async def _run_workflow(
             [Idea(title=f"idea {i}", summary=f"{rng.random():.6f}") for i in range(ideas)],
             artifact_ids=[output_id("demo", [str(seed)], i) for i in range(ideas)],  # repeatable
         )
-        deadline = time.monotonic() + 120
-        while _count(board, "research.Verdict") < ideas:
+        deadline = time.monotonic() + (120 if sim.llm is None else 120 + 60 * ideas)
+        while _count(board, "research.Verdict") + len(_dead_ideas(board)) < ideas:
             if task.done():
                 task.result()
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"demo did not finish: {_count(board, 'research.Verdict')}/{ideas} verdicts"
                 )
-            await asyncio.sleep(0.005)
-        return summarize(board, started, seed=seed, ideas=ideas)
+            await asyncio.sleep(0.005 if sim.llm is None else 0.1)
+        summary = summarize(board, started, seed=seed, ideas=ideas)
+        if sim.llm is not None:
+            summary["llm"] = {"model": sim.llm, **worker.llm.stats.as_dict()}
+            summary["dead_letters"] = _dead_letters(board)
+        return summary
     finally:
         worker.stop()
         await task
         board.close()
+
+
+def _dead_records(board: Blackboard) -> list[Any]:
+    found = []
+    for type_name in ("research.Idea", "research.Review"):
+        topic = board.topics.dlq(board.topics.for_type(type_name))
+        for partition in range(board.settings.partitions):
+            found.extend(board.store.read(TopicPartition(topic, partition), 0, 1_000_000))
+    return found
+
+
+def _dead_ideas(board: Blackboard) -> set[bytes]:
+    """Correlation ids of ideas a dead letter stopped (no verdict will come)."""
+    return {r.header("bb.correlation_id") or b"" for r in _dead_records(board)}
+
+
+def _dead_letters(board: Blackboard) -> dict[str, int]:
+    """Dead letters per stage."""
+    stages: Counter[str] = Counter(
+        (r.header("bb.dlq.stage") or b"?").decode() for r in _dead_records(board)
+    )
+    return dict(sorted(stages.items()))
 
 
 def _count(board: Blackboard, type_name: str) -> int:

@@ -46,16 +46,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the research workflow and print its figures."""
     from agents.demo import run_demo
 
-    if args.ideas < 1:
-        raise ConfigError(f"--ideas must be at least 1, got {args.ideas}")
+    ideas = args.ideas if args.ideas is not None else (3 if args.llm else 50)
+    if ideas < 1:
+        raise ConfigError(f"--ideas must be at least 1, got {ideas}")
+    if args.llm:
+        from agents.llm.models import parse_model
+
+        parse_model("local:smollm2" if args.llm == "local" else args.llm)  # one line if bad
     summary = asyncio.run(
         run_demo(
-            ideas=args.ideas,
+            ideas=ideas,
             seed=args.seed,
             latency_ms=args.latency_ms,
             url=args.store,
             traces=tracing_dir(args.traces),
             run_id=args.run_id,
+            llm=args.llm,
         )
     )
     if args.json:
@@ -71,6 +77,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"end-to-end latency:    p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms"
         f"  p99 {lat['p99']:.1f} ms",
     ]
+    if "llm" in summary:
+        llm = summary["llm"]
+        lines.append(
+            f"model calls:           {llm['calls']} to {llm['model']}, {llm['input_tokens']} in "
+            f"+ {llm['output_tokens']} out tokens, ${llm['cost_usd']:.6f}, {llm['reasks']} "
+            f"re-asks, dead letters {summary['dead_letters'] or 'none'}"
+        )
     if "traces" in summary:
         tr = summary["traces"]
         lines.append(

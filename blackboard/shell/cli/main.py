@@ -56,7 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the research workflow demo on the embedded store")
-    p.add_argument("--ideas", type=int, default=50, help="ideas to review (default 50)")
+    p.add_argument(
+        "--ideas", type=int, default=None, help="ideas to review (default 50; 3 with --llm)"
+    )
+    p.add_argument(
+        "--llm",
+        metavar="MODEL",
+        help="LLM reviewers and chair: 'local' (SmolLM2 in process) or a model string such as "
+        "openai:gpt-4o-mini (its API key from the provider's usual variable)",
+    )
     p.add_argument("--seed", type=int, default=7, help="seed of the simulated latencies and scores")
     p.add_argument("--latency-ms", type=float, default=20.0, help="median simulated agent latency")
     p.add_argument(
