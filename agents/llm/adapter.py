@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Iterable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from agents.llm.result import REQUEST_FAULTS, ErrorKind, LLMRequest, LLMResult
 from blackboard.errors import LLMError, LLMRequestError
-from blackboard.redact import redact_secrets
+from blackboard.redact import MASK, redact_secrets
 
 #: How an adapter holds a model to an output schema: the provider's JSON-schema response
 #: format, a forced tool call, a grammar (in process), JSON mode (valid JSON, no schema), or
@@ -52,10 +53,15 @@ def llm_error(
     status: int | None = None,
     retry_after_s: float | None = None,
     request_id: str | None = None,
+    secrets: Iterable[str] = (),
 ) -> LLMError:
     """The error for a failed call: an :class:`LLMRequestError` for the request's own faults.
-    The message never carries a credential (:func:`blackboard.redact.redact_secrets`)."""
+    The message never carries a credential: ``secrets`` (the adapter's key, whatever its
+    shape) nor what :func:`blackboard.redact.redact_secrets` finds."""
     cls = LLMRequestError if kind in REQUEST_FAULTS else LLMError
+    for secret in secrets:
+        if secret and len(secret) >= 6:
+            message = message.replace(secret, MASK)
     text = redact_secrets(message)
     return cls(
         f"{provider} {kind}{f' (HTTP {status})' if status else ''}: {text}",
@@ -71,6 +77,8 @@ def classify(status: int, code: str, message: str) -> ErrorKind:
     """The normalized kind of an HTTP failure, from its status, the provider's error code or
     type (``insufficient_quota``, ``overloaded_error``, ...) and message."""
     text = f"{code} {message}".lower()
+    if status == 429 and code.lower() in ("rate_limit_exceeded", "rate_limit_error"):
+        return "rate_limited"  # a rate limit's message may still link to the billing page
     if "quota" in text or "credit balance" in text or "billing" in text or status == 402:
         return "quota_exhausted"
     if status == 429:

@@ -12,6 +12,7 @@ import orjson
 
 from agents.llm.adapter import StructuredMode, classify, error_code, llm_error, retry_after_s
 from agents.llm.result import (
+    ErrorKind,
     FinishReason,
     LLMRequest,
     LLMResult,
@@ -20,7 +21,7 @@ from agents.llm.result import (
     Usage,
     rate_limit_headers,
 )
-from blackboard.errors import MissingDependencyError
+from blackboard.errors import LLMError, MissingDependencyError
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -66,6 +67,7 @@ class AnthropicAdapter:
             )
         self.model = model
         self.provider = provider
+        self._secrets = (key,)
         self._anthropic = anthropic
         self._client = anthropic.AsyncAnthropic(
             api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s
@@ -80,26 +82,23 @@ class AnthropicAdapter:
         except anthropic.APIStatusError as exc:
             code, message = error_code(exc.body)
             kind = classify(exc.status_code, code, message or str(exc))
-            raise llm_error(
+            raise self._fail(
                 message or str(exc),
                 kind,
-                provider=self.provider,
                 status=exc.status_code,
                 retry_after_s=retry_after_s(exc.response.headers),
                 request_id=exc.response.headers.get("request-id"),
             ) from None
         except anthropic.APITimeoutError:
-            raise llm_error("the request timed out", "timeout", provider=self.provider) from None
+            raise self._fail("the request timed out", "timeout") from None
         except anthropic.APIConnectionError as exc:
-            raise llm_error(
-                f"connection failed: {exc.__cause__ or exc}", "server", provider=self.provider
-            ) from None
+            raise self._fail(f"connection failed: {exc.__cause__ or exc}", "server") from None
         except anthropic.AnthropicError as exc:
-            raise llm_error(str(exc), "server", provider=self.provider) from None
+            raise self._fail(str(exc), "server") from None
         try:
-            message = raw.parse()
+            message = await raw.parse()
         except Exception as exc:
-            raise llm_error(f"unreadable answer: {exc}", "server", provider=self.provider) from None
+            raise self._fail(f"unreadable answer: {exc}", "server") from None
         return self._result(request, message, raw.headers, time.monotonic() - started)
 
     def _body(self, request: LLMRequest) -> dict[str, Any]:
@@ -112,7 +111,8 @@ class AnthropicAdapter:
         if system:
             body["system"] = "\n\n".join(system)
         if request.temperature is not None:
-            body["temperature"] = request.temperature
+            # anthropic 1.x+ takes sampling parameters only as extra body fields.
+            body["extra_body"] = {"temperature": request.temperature}
         tools = [
             {
                 "name": t["name"],
@@ -163,12 +163,15 @@ class AnthropicAdapter:
                 cache_write_tokens=write,
             ),
             model=message.model or "",
-            provider=self.provider,
             request_id=headers.get("request-id") or message.id,
             rate_limits=rate_limit_headers(headers),
             latency_ms=round(seconds * 1000.0, 3),
             raw=message.model_dump(mode="json"),
         )
+
+    def _fail(self, message: str, kind: ErrorKind, **given: Any) -> LLMError:
+        """The error of a failed call, this adapter's key masked in it."""
+        return llm_error(message, kind, provider=self.provider, secrets=self._secrets, **given)
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""

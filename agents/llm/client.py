@@ -307,6 +307,8 @@ class AgentLLM:
                     self.breaker.trip()
                 raise
             break
+        if not replaying:
+            gate.succeeded()
         call.requests += 1
         runtime.stats.requests += 1
         if not replaying:

@@ -1,6 +1,11 @@
 """One gate per model endpoint in a process, shared by every agent that calls it: a 429 with
 ``Retry-After`` pauses every caller until then, and repeated 429s lower the request rate,
-which then creeps back up while calls succeed (AIMD; no rate at all until the first 429)."""
+which then creeps back up while calls succeed (AIMD; no rate at all until the first 429).
+
+The first decrease starts from the rate calls *succeeded* at over the last two seconds (not the
+rate they were sent at, which a burst of 429s inflates), so it lands just under what the
+provider allows; later ones take a share off the current rate (a success rate measured while
+the gate holds calls back would only say what the gate allowed)."""
 
 from __future__ import annotations
 
@@ -28,17 +33,19 @@ class ModelGate:
 
     Attributes:
         decrease: the rate is multiplied by this on a 429 (at most once per ``settle_s``).
-        increase: the share of the rate added per second of calls without a 429.
+        increase: the share of the rate added per second of calls without a 429 (plus
+            ``min_rate`` per second).
         min_rate: the rate never falls below this (requests/s).
         settle_s: after a decrease, 429s of calls already in flight do not lower it again.
-        default_pause_s: the pause of a 429 without ``Retry-After``.
+        default_pause_s: the pause of a 429 without ``Retry-After`` (short: the learned
+            rate, not the pause, keeps the calls under the limit).
     """
 
-    decrease: float = 0.85
-    increase: float = 0.03
+    decrease: float = 0.9
+    increase: float = 0.02
     min_rate: float = 0.5
     settle_s: float = 1.0
-    default_pause_s: float = 1.0
+    default_pause_s: float = 0.1
     now: Callable[[], float] = time.monotonic
     paused_until: float = 0.0
     rate: float | None = None
@@ -47,6 +54,7 @@ class ModelGate:
     _last_decrease: float = -1e9
     _grown_at: float = 0.0
     _starts: list[float] = field(default_factory=list)
+    _successes: list[float] = field(default_factory=list)
 
     def wait_s(self) -> float:
         """Seconds until the next call may go (0: now)."""
@@ -79,25 +87,38 @@ class ModelGate:
         self.paused_until = max(self.paused_until, now + pause)
         if now - self._last_decrease < self.settle_s + pause:
             return  # calls in flight when the limit was hit: one decrease per event
+        if self.rate is None:
+            base = self._success_rate(now)
+            if base is None:
+                return  # nothing answered yet to learn a rate from: the pause alone
+        else:
+            base = self.rate
         self._last_decrease = now
         self.stats.decreases += 1
-        base = self.rate if self.rate is not None else self._observed_rate(now)
         self.rate = max(self.min_rate, base * self.decrease)
         self._bucket = TokenBucket(self.rate, max(1.0, self.rate * 0.2))
         self._grown_at = now + pause
 
-    def _observed_rate(self, now: float) -> float:
-        """Calls per second over the last few seconds (before any rate was set)."""
-        recent = [t for t in self._starts if t > now - 5.0]
+    def succeeded(self) -> None:
+        """A call was answered (the rate a decrease starts from)."""
+        successes = self._successes
+        successes.append(self.now())
+        if len(successes) > 4096:
+            del successes[:2048]
+
+    def _success_rate(self, now: float) -> float | None:
+        """Calls answered per second over the last two seconds (None: too few to tell)."""
+        recent = [t for t in self._successes if t > now - 2.0]
         if len(recent) < 2:
-            return max(self.min_rate, float(len(recent)))
-        return len(recent) / max(now - recent[0], 0.1)
+            return None
+        return len(recent) / max(now - recent[0], 0.25)
 
     def _grow(self, now: float) -> None:
         bucket = self._bucket
         if bucket is None or self.rate is None or now <= self._grown_at:
             return
-        self.rate *= 1.0 + self.increase * (now - self._grown_at)
+        # A share of the rate per second, and at least min_rate per second from low rates.
+        self.rate += (self.increase * self.rate + self.min_rate) * (now - self._grown_at)
         self._grown_at = now
         bucket.rate = self.rate
         bucket.burst = max(1.0, self.rate * 0.2)

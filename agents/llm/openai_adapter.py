@@ -11,6 +11,7 @@ import orjson
 
 from agents.llm.adapter import StructuredMode, classify, error_code, llm_error, retry_after_s
 from agents.llm.result import (
+    ErrorKind,
     FinishReason,
     LLMRequest,
     LLMResult,
@@ -19,7 +20,7 @@ from agents.llm.result import (
     Usage,
     rate_limit_headers,
 )
-from blackboard.errors import MissingDependencyError
+from blackboard.errors import LLMError, MissingDependencyError
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -69,6 +70,7 @@ class OpenAIAdapter:
             )
         self.model = model
         self.provider = provider
+        self._secrets = (key,)
         self.structured: StructuredMode = structured
         self._openai = openai
         self._client = openai.AsyncOpenAI(
@@ -85,26 +87,23 @@ class OpenAIAdapter:
         except openai.APIStatusError as exc:
             code, message = error_code(exc.body)
             kind = classify(exc.status_code, code, message or str(exc))
-            raise llm_error(
+            raise self._fail(
                 message or str(exc),
                 kind,
-                provider=self.provider,
                 status=exc.status_code,
                 retry_after_s=retry_after_s(exc.response.headers),
                 request_id=exc.response.headers.get("x-request-id"),
             ) from None
         except openai.APITimeoutError:
-            raise llm_error("the request timed out", "timeout", provider=self.provider) from None
+            raise self._fail("the request timed out", "timeout") from None
         except openai.APIConnectionError as exc:
-            raise llm_error(
-                f"connection failed: {exc.__cause__ or exc}", "server", provider=self.provider
-            ) from None
+            raise self._fail(f"connection failed: {exc.__cause__ or exc}", "server") from None
         except openai.OpenAIError as exc:  # a malformed answer
-            raise llm_error(str(exc), "server", provider=self.provider) from None
+            raise self._fail(str(exc), "server") from None
         try:
             completion = raw.parse()
         except Exception as exc:
-            raise llm_error(f"unreadable answer: {exc}", "server", provider=self.provider) from None
+            raise self._fail(f"unreadable answer: {exc}", "server") from None
         return self._result(completion, raw.headers, time.monotonic() - started)
 
     def _body(self, request: LLMRequest) -> dict[str, Any]:
@@ -141,7 +140,7 @@ class OpenAIAdapter:
 
     def _result(self, completion: Any, headers: Any, seconds: float) -> LLMResult:
         if not completion.choices:
-            raise llm_error("an answer with no choices", "server", provider=self.provider)
+            raise self._fail("an answer with no choices", "server")
         choice = completion.choices[0]
         message = choice.message
         calls = tuple(
@@ -155,12 +154,15 @@ class OpenAIAdapter:
             finish_reason=_FINISH.get(choice.finish_reason or "", "other"),
             usage=_usage(completion.usage),
             model=completion.model or "",
-            provider=self.provider,
             request_id=headers.get("x-request-id") or completion.id,
             rate_limits=rate_limit_headers(headers),
             latency_ms=round(seconds * 1000.0, 3),
             raw=completion.model_dump(mode="json"),
         )
+
+    def _fail(self, message: str, kind: ErrorKind, **given: Any) -> LLMError:
+        """The error of a failed call, this adapter's key masked in it."""
+        return llm_error(message, kind, provider=self.provider, secrets=self._secrets, **given)
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""

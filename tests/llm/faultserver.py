@@ -267,7 +267,9 @@ def anthropic_message(
     }
 
 
-def openai_error(message: str, *, code: str | None = None, type: str = "invalid_request_error"):
+def openai_error(
+    message: str, *, code: str | None = None, type: str = "invalid_request_error"
+) -> dict[str, Any]:
     """OpenAI's error body."""
     return {"error": {"message": message, "type": type, "param": None, "code": code}}
 

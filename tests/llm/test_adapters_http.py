@@ -59,7 +59,9 @@ class Api:
     path: str
     request_id_header: str
 
-    def make(self, server: FaultServer, *, api_key: str = KEY, timeout_s: float = 5.0):
+    def make(
+        self, server: FaultServer, *, api_key: str = KEY, timeout_s: float = 5.0
+    ) -> OpenAIAdapter | AnthropicAdapter:
         if self.name == "openai":
             return OpenAIAdapter(
                 "m", api_key=api_key, base_url=f"{server.url}/v1", timeout_s=timeout_s
@@ -82,19 +84,10 @@ OPENAI = Api("openai", "/v1/chat/completions", "x-request-id")
 ANTHROPIC = Api("anthropic", "/v1/messages", "request-id")
 BOTH = pytest.mark.parametrize("api", [OPENAI, ANTHROPIC], ids=lambda a: a.name)
 
-#: BUG agents/llm/anthropic_adapter.py line 100: ``message = raw.parse()`` is not awaited; the
-#: async SDK's ``AsyncAPIResponse.parse()`` is a coroutine, so ``_result`` gets a coroutine and
-#: fails with AttributeError: no Anthropic answer is ever read. Fix: ``await raw.parse()``.
-#: Strict: these pass (and so fail as XPASS) once it is fixed; then drop the marker.
-ANTHROPIC_PARSE_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="BUG anthropic_adapter.py:100 raw.parse() not awaited (AsyncAPIResponse.parse is async)",
-)
-#: Both adapters, the Anthropic one under ANTHROPIC_PARSE_BUG (tests that read a 200 answer).
+#: Both adapters, for tests that read a 200 answer.
 BOTH_READING = pytest.mark.parametrize(
     "api",
-    [OPENAI, pytest.param(ANTHROPIC, marks=ANTHROPIC_PARSE_BUG)],
+    [OPENAI, ANTHROPIC],
     ids=lambda a: a.name,
 )
 
@@ -291,7 +284,6 @@ async def test_openai_tool_calls_are_parsed(fault_server: FaultServer, adapters:
     ]
 
 
-@ANTHROPIC_PARSE_BUG
 async def test_anthropic_answer_is_normalized(fault_server: FaultServer, adapters: Any) -> None:
     fault_server.reply(
         200,
@@ -346,13 +338,6 @@ async def test_anthropic_answer_is_normalized(fault_server: FaultServer, adapter
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG agents/llm/anthropic_adapter.py _body(): anthropic>=1.0 removed `temperature` "
-    "from messages.create(), so passing it as a keyword is a TypeError before any request, and "
-    "LLMRequest's default temperature is 0.0: every default request fails (and not as LLMError)",
-)
 async def test_anthropic_default_request_with_a_temperature_is_sent(
     fault_server: FaultServer, adapters: Any
 ) -> None:
@@ -366,7 +351,6 @@ async def test_anthropic_default_request_with_a_temperature_is_sent(
     assert sent.body.get("temperature", 0.0) == 0.0
 
 
-@ANTHROPIC_PARSE_BUG
 @pytest.mark.parametrize(
     ("reason", "expected"),
     [
@@ -385,7 +369,6 @@ async def test_anthropic_finish_reasons(
     assert result.text == "hello"
 
 
-@ANTHROPIC_PARSE_BUG
 async def test_anthropic_tool_use_is_a_tool_call(fault_server: FaultServer, adapters: Any) -> None:
     fault_server.reply(
         200,
@@ -448,7 +431,6 @@ async def test_openai_structured_none_sends_no_response_format(fault_server: Fau
     assert "response_format" not in only_request(fault_server, OPENAI).body
 
 
-@ANTHROPIC_PARSE_BUG
 @pytest.mark.parametrize(("stop", "finish"), [("tool_use", "stop"), ("max_tokens", "length")])
 async def test_anthropic_structured_output_is_a_forced_tool_call(
     fault_server: FaultServer, adapters: Any, stop: str, finish: str
@@ -556,12 +538,6 @@ async def test_429_without_retry_after(api: Api, fault_server: FaultServer, adap
     only_request(fault_server, api)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG agents/llm/adapter.py classify(): 'billing' anywhere in the message wins over "
-    "status 429 and code rate_limit_exceeded, so OpenAI's free-tier rate-limit message (which "
-    "links to account/billing) is taken for quota_exhausted",
-)
 async def test_openai_rate_limit_message_mentioning_billing_is_still_rate_limited(
     fault_server: FaultServer, adapters: Any
 ) -> None:
@@ -705,7 +681,7 @@ async def test_status_kinds(
     assert message.split(":")[0] in str(error)
     request_fault = kind in ("auth", "invalid_request", "context_window")
     assert isinstance(error, LLMRequestError) is request_fault
-    if request_fault:
+    if isinstance(error, LLMRequestError):
         assert error.retryable is False
     assert took < QUICK_S
     only_request(fault_server, api)
@@ -823,12 +799,6 @@ async def test_anthropic_shaped_key_echoed_in_a_bad_request_is_masked(
     assert key not in _all_text(error) and "AbCdEfGh" not in _all_text(error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG agents/llm/{openai,anthropic}_adapter.py: the api_key given to the adapter is "
-    "not redacted from error messages; only env vars and sk-/bearer-shaped strings are, so a "
-    "self-hosted server's token that is echoed back leaks into str(error)",
-)
 @BOTH
 async def test_any_api_key_given_to_the_adapter_is_masked(
     api: Api, fault_server: FaultServer, adapters: Any
