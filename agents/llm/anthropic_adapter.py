@@ -163,6 +163,7 @@ class AnthropicAdapter:
                 cache_write_tokens=write,
             ),
             model=message.model or "",
+            provider=self.provider,
             request_id=headers.get("request-id") or message.id,
             rate_limits=rate_limit_headers(headers),
             latency_ms=round(seconds * 1000.0, 3),

@@ -154,6 +154,7 @@ class OpenAIAdapter:
             finish_reason=_FINISH.get(choice.finish_reason or "", "other"),
             usage=_usage(completion.usage),
             model=completion.model or "",
+            provider=self.provider,
             request_id=headers.get("x-request-id") or completion.id,
             rate_limits=rate_limit_headers(headers),
             latency_ms=round(seconds * 1000.0, 3),

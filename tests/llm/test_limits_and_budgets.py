@@ -139,22 +139,24 @@ async def _sleep(seconds: float) -> None:
 def test_repeated_429s_lower_the_rate_and_calls_without_them_raise_it() -> None:
     now = [100.0]
     gate = ModelGate(now=lambda: now[0])
-    for _ in range(20):  # 20 calls/s observed, then a 429
-        gate.stats.calls += 1
-        gate._starts.append(now[0])
+    gate.throttled(None)  # nothing answered yet: a pause, no rate to learn from
+    assert gate.rate is None and gate.paused_until == pytest.approx(100.1)
+    for _ in range(20):  # 20 answers in a second, then a 429
+        gate.succeeded()
         now[0] += 0.05
     gate.throttled(1.0)
-    assert gate.rate is not None and 15 < gate.rate < 18  # 0.85 x ~20/s
+    assert gate.rate == pytest.approx(0.9 * 20)  # just under what succeeded
+    assert gate.paused_until == pytest.approx(now[0] + 1.0) and gate.wait_s() > 0.9
     first = gate.rate
     gate.throttled(1.0)  # a 429 of a call already in flight: the same event
     assert gate.rate == first and gate.stats.decreases == 1
     now[0] += 3.0
-    gate.throttled(None)  # a later event lowers it again
-    assert gate.rate == pytest.approx(first * 0.85)
+    gate.throttled(None)  # a later event takes a share off the current rate
+    assert gate.rate == pytest.approx(first * 0.9)
     lowered = gate.rate
-    now[0] += 11.0  # 10 s of calls without 429s after the pause
+    now[0] += 11.0  # calls without 429s for 10.9 s after the 0.1 s pause
     assert gate.wait_s() == 0.0
-    assert gate.rate == pytest.approx(lowered * 1.3)
+    assert gate.rate == pytest.approx(lowered + (0.02 * lowered + 0.5) * 10.9)
 
 
 async def test_quota_exhausted_opens_the_breaker_at_once() -> None:
