@@ -132,8 +132,10 @@ async def convergence(max_rate: float, seconds: float, measure_s: float) -> dict
     async with LatencyServer(0.05, max_rate=max_rate) as server:
         makespan, _, pool = await run_agents(server, inputs, 200, workers=2, timeout_s=seconds * 4)
         stats = server.stats
-    end = max(stats.ok_times)
-    window = [t for t in stats.ok_times if t >= end - measure_s]
+    # The window ends well before the inputs run out (5 s before the ideal end), so both
+    # workers still have work in it; it starts measure_s before that.
+    end = min(stats.ok_times) + seconds - 5.0
+    window = [t for t in stats.ok_times if end - measure_s <= t <= end]
     limited_late = [t for t in stats.limited_times if end - measure_s <= t <= end]
     gates = [g for w in pool for g in w.llm.gates.stats().values()]
     limited = sum(g.rate_limited for g in gates)
@@ -189,12 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", type=int, default=1000)
     parser.add_argument("--latency-s", type=float, default=2.0)
     parser.add_argument("--max-rate", type=float, default=100.0)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--measure-s", type=float, default=10.0)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
-    if args.inputs < 1 or args.seconds <= args.measure_s or args.max_rate <= 0:
-        parser.error("--inputs must be >= 1, --seconds > --measure-s, --max-rate > 0")
+    if args.inputs < 1 or args.seconds <= args.measure_s + 5 or args.max_rate <= 0:
+        parser.error("--inputs must be >= 1, --seconds > --measure-s + 5, --max-rate > 0")
     from blackboard.logs import configure_logging
 
     configure_logging("warning", json=True)
