@@ -172,7 +172,7 @@ class App:
     def llm_agent(
         self,
         *,
-        consumes: type[BaseModel] | Sequence[type[BaseModel]],
+        consumes: type[BaseModel] | Sequence[type[BaseModel]] | Mapping[type[BaseModel], int],
         publishes: type[BaseModel],
         instructions: str,
         name: str | None = None,
@@ -180,6 +180,8 @@ class App:
         temperature: float | None = 0.0,
         max_reasks: int | None = None,
         ordered: bool = False,
+        key: KeyFn | None = None,
+        timeout_s: float | None = None,
         options: AgentOptions | None = None,
         **run: Unpack[RunOptions],
     ) -> Callable[[PromptFn], PromptFn]:
@@ -194,6 +196,12 @@ class App:
                            instructions="Review the idea; score it from 1 to 10.")
             def reviewer(idea: Idea, ctx: Context) -> str:
                 return f"{idea.title}: {idea.text}"
+
+        ``consumes`` as a mapping (``{Idea: 1, Review: 3}``) makes it a join
+        (:meth:`join`): the model reads the idea and its reviews together, the prompt
+        function gets the :class:`~agents.collected.JoinSet` (by default every part, by type,
+        as JSON); ``key`` and ``timeout_s`` are the join's (a partial set past the timeout is
+        dead-lettered, stage ``join``).
 
         :meth:`add_llm_agent` does without a function (the prompt is the input as JSON).
         ``model`` (a run keyword: None means ``BLACKBOARD_LLM_MODEL``), ``options`` and the
@@ -212,6 +220,8 @@ class App:
                 temperature=temperature,
                 max_reasks=max_reasks,
                 ordered=ordered,
+                key=key,
+                timeout_s=timeout_s,
                 options=options,
                 **run,
             )
@@ -222,7 +232,7 @@ class App:
     def add_llm_agent(
         self,
         *,
-        consumes: type[BaseModel] | Sequence[type[BaseModel]],
+        consumes: type[BaseModel] | Sequence[type[BaseModel]] | Mapping[type[BaseModel], int],
         publishes: type[BaseModel],
         instructions: str,
         name: str,
@@ -231,6 +241,8 @@ class App:
         temperature: float | None = 0.0,
         max_reasks: int | None = None,
         ordered: bool = False,
+        key: KeyFn | None = None,
+        timeout_s: float | None = None,
         options: AgentOptions | None = None,
         **run: Unpack[RunOptions],
     ) -> AgentSpec:
@@ -244,6 +256,17 @@ class App:
             max_reasks=max_reasks,
         )
         handler.__name__ = name
+        if isinstance(consumes, Mapping):
+            self.join(
+                consumes=consumes,
+                publishes=publishes,
+                name=name,
+                key=key,
+                timeout_s=timeout_s,
+                options=options,
+                **run,
+            )(handler)
+            return self.agents[name]
         return self.add(
             handler,
             consumes=consumes,

@@ -239,7 +239,11 @@ class AgentRunner:
                 [board.topics.state(spec.name)], board.settings.partitions, compacted=True
             )
         self._bind_clock(asyncio.get_running_loop().time)
-        self._attempts.services = self._services()
+        self._attempts.services = services = self._services()
+        if spec.model is not None and services.llm is not None:
+            # The agent's model is made now (its SDK imported, its client built): a bad model
+            # string stops start-up, and the first record does not pay for it.
+            services.llm.runtime.models.get(spec.model)
         if self._limiter is not None:  # a shared limit reaches Redis first (or fails here)
             await self._limiter.open()
         member = await board.store.join(

@@ -4,13 +4,15 @@ through the OpenAI adapter.
 ``python -m bench.llm [--json]`` prints three figures:
 
 - **overhead**: ``--inputs`` (1,000) inputs to an LLM agent whose model answers in
-  ``--latency-s`` (2 s), concurrency 1,000: the makespan (target ≤ 2.2 s) and the runtime's
-  CPU per call (the process's CPU time over the run, the server's share included: it runs in
-  this process too, so the figure is an upper bound);
+  ``--latency-s`` (2 s), concurrency 1,000 (target ≤ 2.2 s): once with the model a stand-in
+  that sleeps (the runtime alone: ctx.llm, limits, validation, the loop), once through the
+  OpenAI adapter over real HTTP to the latency server in a process of its own (the SDK and
+  the HTTP stack included); each with the worker process's CPU per call;
 - **429 convergence**: two workers (each with its own model runtime, as two processes would
-  have) against a server that answers 429 above ``--max-rate`` requests/s without saying so:
-  the share of calls answered 429 (target ≤ 2%) and the throughput against that rate
-  (target ≥ 90%) over the last ``--measure-s`` seconds;
+  have) with more work than the limit allows, for ``--seconds``, against a server that
+  answers 429 above ``--max-rate`` requests/s without saying so: the share of calls answered
+  429 (target ≤ 2%) and the throughput against that rate (target ≥ 90%) over the last
+  ``--measure-s`` seconds, and over the whole run (the first burst included);
 - **cassette replay**: the overhead run recorded to a cassette and replayed: outputs
   bit-identical, and how much faster.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +33,7 @@ from pydantic import BaseModel
 
 from agents.agent import App
 from agents.context import Context
+from agents.llm import FunctionModel, LLMRequest
 from agents.llm.settings import LLMSettings
 from agents.settings import RunnerSettings
 from agents.worker import Worker
@@ -66,24 +70,27 @@ SETTINGS = RunnerSettings(commit_interval_ms=20, idle_poll_s=0.05, max_buffered=
 
 
 async def run_agents(
-    server: LatencyServer,
+    server: LatencyServer | _Remote | None,
     inputs: int,
     concurrency: int,
     *,
     workers: int = 1,
     llm: LLMSettings | None = None,
     timeout_s: float = 600.0,
+    models: dict[str, Any] | None = None,
 ) -> tuple[float, list[bytes], list[Worker]]:
     """Publish ``inputs`` Asks and run ``workers`` workers until every Answer is committed:
-    (makespan, the answers' values sorted, the workers)."""
-    model = f"openai:bench?base_url={server.base_url}"
+    (makespan, the answers' values sorted, the workers). Without a server the model is the
+    ``stand-in`` of ``models``."""
+    model = "stand-in" if server is None else f"openai:bench?base_url={server.base_url}"
     app = build_app(model, concurrency)
     board = Blackboard(
         "memory://", registry=registry, settings=BlackboardSettings(url="memory://", partitions=8)
     )
     board.ensure_topics(app.types())
     pool = [
-        Worker(app, board, SETTINGS, slot=str(i), llm=llm or LLMSettings()) for i in range(workers)
+        Worker(app, board, SETTINGS, slot=str(i), llm=llm or LLMSettings(), models=models)
+        for i in range(workers)
     ]
     tasks = [asyncio.create_task(w.run()) for w in pool]
     try:
@@ -109,47 +116,100 @@ async def run_agents(
         board.close()
 
 
+class _Remote:
+    """The latency server in a process of its own (its CPU is not the runtime's)."""
+
+    def __init__(self, latency_s: float) -> None:
+        self.latency_s = latency_s
+        self.base_url = ""
+        self._proc: subprocess.Popen[str] | None = None
+
+    async def __aenter__(self) -> _Remote:
+        self._proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurement
+            [sys.executable, "-m", "bench.llm_server", str(self.latency_s)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        port = await asyncio.to_thread(self._proc.stdout.readline)
+        self.base_url = f"http://127.0.0.1:{int(port)}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+
+
 async def overhead(inputs: int, latency_s: float, cassette: Path | None) -> dict[str, Any]:
-    """The makespan and CPU per call of ``inputs`` calls answered in ``latency_s``."""
-    async with LatencyServer(latency_s) as server:
+    """The makespan and CPU per call of ``inputs`` calls answered in ``latency_s``: with a
+    stand-in model (the runtime alone) and over HTTP through the OpenAI adapter."""
+    out: dict[str, Any] = {"inputs": inputs, "latency_s": latency_s}
+
+    async def sleepy(request: LLMRequest) -> str:
+        await asyncio.sleep(latency_s)
+        return '{"n": 1}'
+
+    stand_in = FunctionModel(sleepy, provider="openai", structured="json_schema")
+    cpu = time.process_time()
+    makespan, _, _ = await run_agents(None, inputs, 1000, models={"stand-in": stand_in})
+    out["runtime_makespan_s"] = round(makespan, 3)
+    out["runtime_cpu_ms_per_call"] = round((time.process_time() - cpu) * 1000 / inputs, 3)
+    async with _Remote(latency_s) as server:
         cpu = time.process_time()
         llm = LLMSettings(cassette=cassette, cassette_mode="record") if cassette else None
         makespan, values, _ = await run_agents(server, inputs, 1000, llm=llm)
         cpu = time.process_time() - cpu
-    return {
-        "inputs": inputs,
-        "latency_s": latency_s,
-        "makespan_s": round(makespan, 3),
-        "cpu_ms_per_call": round(cpu * 1000 / inputs, 3),
-        "answers": values,
-    }
+    out["http_makespan_s"] = round(makespan, 3)
+    out["http_cpu_ms_per_call"] = round(cpu * 1000 / inputs, 3)
+    out["answers"] = values
+    return out
 
 
 async def convergence(max_rate: float, seconds: float, measure_s: float) -> dict[str, Any]:
-    """Two workers against a server that 429s above ``max_rate``: the 429 share and the
-    throughput, over the last ``measure_s`` of ``seconds``."""
-    inputs = int(max_rate * seconds)
-    async with LatencyServer(0.05, max_rate=max_rate) as server:
-        makespan, _, pool = await run_agents(server, inputs, 200, workers=2, timeout_s=seconds * 4)
+    """Two workers against a server that 429s above ``max_rate``, for ``seconds`` with more
+    work than they can do: the share of calls answered 429 and the throughput against that
+    rate over the last ``measure_s`` seconds (both workers busy throughout), and over the
+    whole run."""
+    model_server = LatencyServer(0.05, max_rate=max_rate)
+    async with model_server as server:
+        model = f"openai:bench?base_url={server.base_url}"
+        app = build_app(model, 200)
+        board = Blackboard(
+            "memory://",
+            registry=registry,
+            settings=BlackboardSettings(url="memory://", partitions=8),
+        )
+        board.ensure_topics(app.types())
+        pool = [Worker(app, board, SETTINGS, slot=str(i), llm=LLMSettings()) for i in range(2)]
+        tasks = [asyncio.create_task(w.run()) for w in pool]
+        try:
+            await asyncio.gather(*(w.started() for w in pool))
+            board.publish_many([Ask(n=i) for i in range(int(max_rate * seconds * 2))])
+            started = time.monotonic()
+            await asyncio.sleep(seconds)
+        finally:
+            for w in pool:
+                w.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            board.close()
         stats = server.stats
-    # The window ends well before the inputs run out (5 s before the ideal end), so both
-    # workers still have work in it; it starts measure_s before that.
-    end = min(stats.ok_times) + seconds - 5.0
-    window = [t for t in stats.ok_times if end - measure_s <= t <= end]
-    limited_late = [t for t in stats.limited_times if end - measure_s <= t <= end]
+    end = started + seconds
+    ok = [t for t in stats.ok_times if end - measure_s <= t <= end]
+    limited = [t for t in stats.limited_times if end - measure_s <= t <= end]
     gates = [g for w in pool for g in w.llm.gates.stats().values()]
-    limited = sum(g.rate_limited for g in gates)
-    calls = stats.ok + stats.rate_limited
-    # The 429 share of the steady state: the first seconds find the rate from nothing.
     return {
         "max_rate": max_rate,
-        "inputs": inputs,
-        "makespan_s": round(makespan, 3),
+        "seconds": seconds,
+        "answered": stats.ok,
         "answered_429": stats.rate_limited,
-        "share_429_all": round(stats.rate_limited / calls, 4),
-        "share_429_settled": round(len(limited_late) / (len(window) + len(limited_late)), 4),
-        "throughput_ratio": round(len(window) / measure_s / max_rate, 3),
-        "seen_429_by_workers": limited,
+        "share_429_all": round(stats.rate_limited / max(1, stats.ok + stats.rate_limited), 4),
+        "share_429_settled": round(len(limited) / max(1, len(ok) + len(limited)), 4),
+        "throughput_ratio_settled": round(len(ok) / measure_s / max_rate, 3),
+        "throughput_ratio_all": round(
+            stats.ok / max(1e-9, max(stats.ok_times) - started) / max_rate, 3
+        ),
+        "rates": [round(w.llm.gates.of(f"openai@{server.base_url}").rate or 0, 1) for w in pool],
         "rate_decreases": sum(g.decreases for g in gates),
     }
 
@@ -165,9 +225,9 @@ async def replay(inputs: int, latency_s: float) -> dict[str, Any]:
             called = server.stats.ok
     return {
         "inputs": inputs,
-        "recorded_s": recorded["makespan_s"],
+        "recorded_s": recorded["http_makespan_s"],
         "replayed_s": round(makespan, 3),
-        "speedup": round(recorded["makespan_s"] / makespan, 2),
+        "speedup": round(recorded["http_makespan_s"] / makespan, 2),
         "identical": values == recorded["answers"],
         "model_calls_in_replay": called,
     }

@@ -120,3 +120,16 @@ def _response(status: int, payload: bytes, extra: bytes = b"") -> bytes:
         % (status, reason, len(payload), extra)
         + payload
     )
+
+
+async def _serve_forever(latency_s: float, max_rate: float | None) -> None:
+    async with LatencyServer(latency_s, max_rate=max_rate) as server:
+        print(server.port, flush=True)  # the parent reads the port from stdout
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # python -m bench.llm_server LATENCY_S [MAX_RATE]
+    import sys
+
+    rate = float(sys.argv[2]) if len(sys.argv) > 2 else None
+    asyncio.run(_serve_forever(float(sys.argv[1]), rate))

@@ -49,6 +49,10 @@ class Limiter(Protocol):
         a reservation made before a call (a shared limit only lowers what it still owes)."""
         ...
 
+    def hold(self, now: float, seconds: float) -> None:
+        """Start no call for ``seconds`` (a provider answered 429 with ``Retry-After``)."""
+        ...
+
     async def open(self) -> None:
         """Connect (shared limits); called once before the first call."""
         ...
@@ -183,12 +187,13 @@ class RateLimiter:
 
     requests: TokenBucket | None
     tokens: TokenBucket | None
+    held_until: float = 0.0
 
     def wait_s(self, now: float) -> float:
         """Seconds until the next call may start (0: now)."""
-        wait = 0.0
+        wait = self.held_until - now if self.held_until > now else 0.0
         if self.requests is not None:
-            wait = self.requests.wait_s(now)
+            wait = max(wait, self.requests.wait_s(now))
         if self.tokens is not None:
             wait = max(wait, self.tokens.wait_s(now, 0.0))
         return wait
@@ -202,6 +207,10 @@ class RateLimiter:
         """A call reported ``tokens`` (spent, possibly into debt; negative: given back)."""
         if self.tokens is not None and tokens != 0:
             self.tokens.take(now, tokens)
+
+    def hold(self, now: float, seconds: float) -> None:
+        """Start no call for ``seconds``."""
+        self.held_until = max(self.held_until, now + seconds)
 
     async def open(self) -> None:
         """Nothing to connect."""

@@ -121,6 +121,7 @@ class RedisRateLimiter:
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing_since: float | None = None
+        self._held_until = 0.0
 
     @staticmethod
     def _shared(scope: str, kind: str, rate: float | None, limit: RateLimit) -> _Shared | None:
@@ -170,7 +171,7 @@ class RedisRateLimiter:
         task = self._task
         if task is not None and task.done():
             task.result()  # raises what stopped the refills
-        wait = 0.0
+        wait = self._held_until - now if self._held_until > now else 0.0
         req = self.requests
         if req is not None and req.lease < 1:
             self._kick.set()
@@ -198,6 +199,11 @@ class RedisRateLimiter:
             self._kick.set()
         elif tok is not None and tokens < 0:  # a reservation too large: owe less, if still owed
             tok.debt = max(0.0, tok.debt + tokens)
+
+    def hold(self, now: float, seconds: float) -> None:
+        """Start no call of this runner for ``seconds`` (the other runners hear of their own
+        429s: the provider answers each of them)."""
+        self._held_until = max(self._held_until, now + seconds)
 
     # -- talking to Redis -------------------------------------------------------------------
     async def _take(self, bucket: _Shared, want: float, pay: float) -> float:

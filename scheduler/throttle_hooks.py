@@ -44,6 +44,11 @@ class ThrottledLimiter:
         if self.inner is not None:
             self.inner.used_tokens(now, tokens)
 
+    def hold(self, now: float, seconds: float) -> None:
+        """Hold the agent's own limiter (backpressure goes on as it was)."""
+        if self.inner is not None:
+            self.inner.hold(now, seconds)
+
     async def open(self) -> None:
         """Open the agent's own limiter (a shared one connects to Redis)."""
         if self.inner is not None:

@@ -30,3 +30,14 @@ def test_runner_cpu_refuses_a_bad_option_in_one_line() -> None:
     )
     assert out.returncode == 2 and "must be >= 1" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_llm_benchmark_runs_end_to_end() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.llm", "--inputs", "50", "--latency-s", "0.2",
+         "--seconds", "8", "--measure-s", "2", "--max-rate", "50", "--json"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    doc = json.loads(out.stdout)
+    assert doc["replay"]["identical"] is True and doc["replay"]["model_calls_in_replay"] == 0
+    assert doc["overhead"]["inputs"] == 50 and doc["convergence"]["answered"] > 0

@@ -356,7 +356,8 @@ def test_a_dlq_replay_through_the_page_needs_the_key_and_runs_once(
         page.wait_for_selector("#confirm-panel")
         assert second.entry_id in page.locator("#confirm-panel").inner_text()
         page.locator("#confirm-yes").click()
-        page.wait_for_selector("#dlq-message .ok")
+        # The replay's message is still shown (class ok too): wait for the purge's own.
+        page.wait_for_selector("#dlq-message .ok >> text=purged")
         assert "purged 1" in page.locator("#dlq-message").inner_text()
         assert dlq.entries() == [] and dlq.dispositions()[second.entry_id] == "purged"
 

@@ -10,7 +10,15 @@ from typing import Any
 
 import orjson
 
-from agents.llm.adapter import StructuredMode, classify, error_code, llm_error, retry_after_s
+from agents.llm.adapter import (
+    StructuredMode,
+    aiohttp_client,
+    classify,
+    cut_not_timed_out,
+    error_code,
+    llm_error,
+    retry_after_s,
+)
 from agents.llm.result import (
     ErrorKind,
     FinishReason,
@@ -70,7 +78,11 @@ class AnthropicAdapter:
         self._secrets = (key,)
         self._anthropic = anthropic
         self._client = anthropic.AsyncAnthropic(
-            api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s
+            api_key=key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=aiohttp_client(anthropic, timeout_s),
         )
 
     async def complete(self, request: LLMRequest) -> LLMResult:
@@ -89,7 +101,9 @@ class AnthropicAdapter:
                 retry_after_s=retry_after_s(exc.response.headers),
                 request_id=exc.response.headers.get("request-id"),
             ) from None
-        except anthropic.APITimeoutError:
+        except anthropic.APITimeoutError as exc:
+            if cut_not_timed_out(exc):
+                raise self._fail("connection failed: the server closed it", "server") from None
             raise self._fail("the request timed out", "timeout") from None
         except anthropic.APIConnectionError as exc:
             raise self._fail(f"connection failed: {exc.__cause__ or exc}", "server") from None

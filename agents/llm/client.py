@@ -297,9 +297,12 @@ class AgentLLM:
                     self._correct_tokens(estimate, 0)
                 if exc.kind == "rate_limited":
                     runtime.stats.rate_limited += 1
+                    wait = exc.retry_after_s or gate.default_pause_s
                     if not replaying:
                         gate.throttled(exc.retry_after_s)
-                    wait = exc.retry_after_s or gate.default_pause_s
+                        if self.limiter is not None and exc.retry_after_s:
+                            # New handler calls of the agent wait too.
+                            self.limiter.hold(asyncio.get_running_loop().time(), wait)
                     if time.monotonic() + wait <= deadline:
                         continue  # not a failure: wait with every caller of the endpoint
                 runtime.stats.errors += 1

@@ -1,5 +1,6 @@
-"""The declarative LLM agent's handler: instructions as the system message, the input as the
-prompt (or what a prompt function makes of it), the declared type as the answer."""
+"""The declarative LLM agent's handler: instructions as the system message, the input (or a
+join's every part) as the prompt, or what a prompt function makes of it, and the declared
+type as the answer."""
 
 from __future__ import annotations
 
@@ -18,10 +19,17 @@ if TYPE_CHECKING:
 PromptFn = Callable[[Any, "Context"], "str | Awaitable[str]"]
 
 
-def default_prompt(payload: BaseModel) -> str:
-    """The input as its type's name and its fields as JSON."""
-    fields = orjson.dumps(payload.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode()
-    return f"{type(payload).__name__}:\n{fields}"
+def default_prompt(payload: Any) -> str:
+    """The input as its type's name and its fields as JSON; a join's set as each part so, in
+    arrival order."""
+    parts = getattr(payload, "parts", None)
+    if parts is not None:  # a JoinSet: everything the agent read for this key
+        return "\n\n".join(f"{p.artifact.type}:\n{_json(p.artifact.payload)}" for p in parts)
+    return f"{type(payload).__name__}:\n{_json(payload)}"
+
+
+def _json(payload: BaseModel) -> str:
+    return orjson.dumps(payload.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode()
 
 
 def llm_handler(

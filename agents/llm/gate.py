@@ -1,11 +1,15 @@
 """One gate per model endpoint in a process, shared by every agent that calls it: a 429 with
-``Retry-After`` pauses every caller until then, and repeated 429s lower the request rate,
-which then creeps back up while calls succeed (AIMD; no rate at all until the first 429).
+``Retry-After`` pauses every caller until then, and repeated 429s teach the gate a request
+rate (no rate at all until the first 429, so an endpoint with room is never held back).
 
-The first decrease starts from the rate calls *succeeded* at over the last two seconds (not the
-rate they were sent at, which a burst of 429s inflates), so it lands just under what the
-provider allows; later ones take a share off the current rate (a success rate measured while
-the gate holds calls back would only say what the gate allowed)."""
+The rate moves like TCP CUBIC's window, simplified: a 429 remembers the rate that hit the
+limit (the *ceiling*) and drops to ``decrease`` times it; the rate then climbs back quickly
+toward the ceiling (``recover``: a share of the gap per second) and probes above it slowly
+(``probe``, the same requests/s per second for every worker), so it spends most of its time
+just under the limit and 429s stay rare. The first
+ceiling is the rate calls *succeeded* at (not the rate they were sent at, which a burst of
+429s inflates); several workers sharing a provider's limit each find their share.
+"""
 
 from __future__ import annotations
 
@@ -32,23 +36,27 @@ class ModelGate:
     """The pause and the learned request rate of one model endpoint.
 
     Attributes:
-        decrease: the rate is multiplied by this on a 429 (at most once per ``settle_s``).
-        increase: the share of the rate added per second of calls without a 429 (plus
-            ``min_rate`` per second).
+        decrease: on a 429 the rate drops to this share of the ceiling (at most once per
+            ``settle_s``).
+        recover: the share of the gap to the ceiling closed per second.
+        probe: above the ceiling, requests/s added per second: the same for every worker, so
+            shares of a limit even out (additive increase, multiplicative decrease).
         min_rate: the rate never falls below this (requests/s).
         settle_s: after a decrease, 429s of calls already in flight do not lower it again.
         default_pause_s: the pause of a 429 without ``Retry-After`` (short: the learned
             rate, not the pause, keeps the calls under the limit).
     """
 
-    decrease: float = 0.9
-    increase: float = 0.02
+    decrease: float = 0.85
+    recover: float = 0.5
+    probe: float = 1.0
     min_rate: float = 0.5
-    settle_s: float = 1.0
+    settle_s: float = 0.5
     default_pause_s: float = 0.1
     now: Callable[[], float] = time.monotonic
     paused_until: float = 0.0
     rate: float | None = None
+    ceiling: float | None = None
     stats: GateStats = field(default_factory=GateStats)
     _bucket: TokenBucket | None = None
     _last_decrease: float = -1e9
@@ -88,14 +96,15 @@ class ModelGate:
         if now - self._last_decrease < self.settle_s + pause:
             return  # calls in flight when the limit was hit: one decrease per event
         if self.rate is None:
-            base = self._success_rate(now)
-            if base is None:
+            ceiling = self._success_rate(now)
+            if ceiling is None:
                 return  # nothing answered yet to learn a rate from: the pause alone
         else:
-            base = self.rate
+            ceiling = self.rate  # the rate that hit the limit
         self._last_decrease = now
         self.stats.decreases += 1
-        self.rate = max(self.min_rate, base * self.decrease)
+        self.ceiling = max(self.min_rate, ceiling)
+        self.rate = max(self.min_rate, self.ceiling * self.decrease)
         self._bucket = TokenBucket(self.rate, max(1.0, self.rate * 0.2))
         self._grown_at = now + pause
 
@@ -117,8 +126,12 @@ class ModelGate:
         bucket = self._bucket
         if bucket is None or self.rate is None or now <= self._grown_at:
             return
-        # A share of the rate per second, and at least min_rate per second from low rates.
-        self.rate += (self.increase * self.rate + self.min_rate) * (now - self._grown_at)
+        elapsed = now - self._grown_at
+        ceiling = self.ceiling or self.rate
+        if self.rate < ceiling * 0.99:  # back toward the ceiling, fast
+            self.rate += (ceiling - self.rate) * min(1.0, self.recover * elapsed)
+        else:  # above it, slowly
+            self.rate += self.probe * elapsed
         self._grown_at = now
         bucket.rate = self.rate
         bucket.burst = max(1.0, self.rate * 0.2)

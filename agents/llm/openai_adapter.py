@@ -9,7 +9,15 @@ from typing import Any
 
 import orjson
 
-from agents.llm.adapter import StructuredMode, classify, error_code, llm_error, retry_after_s
+from agents.llm.adapter import (
+    StructuredMode,
+    aiohttp_client,
+    classify,
+    cut_not_timed_out,
+    error_code,
+    llm_error,
+    retry_after_s,
+)
 from agents.llm.result import (
     ErrorKind,
     FinishReason,
@@ -73,17 +81,30 @@ class OpenAIAdapter:
         self._secrets = (key,)
         self.structured: StructuredMode = structured
         self._openai = openai
+        import httpx2  # the SDK's HTTP client (openai 3.x): its responses, read as JSON here
+
+        self._raw_type = httpx2.Response
         self._client = openai.AsyncOpenAI(
-            api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s
+            api_key=key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=aiohttp_client(openai, timeout_s),
         )
 
     async def complete(self, request: LLMRequest) -> LLMResult:
-        """One chat completion (see :meth:`agents.llm.adapter.ModelAdapter.complete`)."""
+        """One chat completion (see :meth:`agents.llm.adapter.ModelAdapter.complete`).
+
+        Posted through the SDK's client (its auth, base URL, timeouts and errors), with the
+        body built here and the answer read as JSON: the SDK's typed request transform and
+        response models cost more CPU than the rest of a call at high concurrency."""
         openai = self._openai
         body = self._body(request)
         started = time.monotonic()
         try:
-            raw = await self._client.chat.completions.with_raw_response.create(**body)
+            response = await self._client.post(
+                "/chat/completions", cast_to=self._raw_type, body=body
+            )
         except openai.APIStatusError as exc:
             code, message = error_code(exc.body)
             kind = classify(exc.status_code, code, message or str(exc))
@@ -94,17 +115,19 @@ class OpenAIAdapter:
                 retry_after_s=retry_after_s(exc.response.headers),
                 request_id=exc.response.headers.get("x-request-id"),
             ) from None
-        except openai.APITimeoutError:
+        except openai.APITimeoutError as exc:
+            if cut_not_timed_out(exc):
+                raise self._fail("connection failed: the server closed it", "server") from None
             raise self._fail("the request timed out", "timeout") from None
         except openai.APIConnectionError as exc:
             raise self._fail(f"connection failed: {exc.__cause__ or exc}", "server") from None
         except openai.OpenAIError as exc:  # a malformed answer
             raise self._fail(str(exc), "server") from None
         try:
-            completion = raw.parse()
-        except Exception as exc:
-            raise self._fail(f"unreadable answer: {exc}", "server") from None
-        return self._result(completion, raw.headers, time.monotonic() - started)
+            completion = orjson.loads(response.content)
+            return self._result(completion, response.headers, time.monotonic() - started)
+        except (orjson.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+            raise self._fail(f"unreadable answer: {type(exc).__name__}: {exc}", "server") from None
 
     def _body(self, request: LLMRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -139,26 +162,36 @@ class OpenAIAdapter:
         return body
 
     def _result(self, completion: Any, headers: Any, seconds: float) -> LLMResult:
-        if not completion.choices:
+        """The normalized result of a chat completion's JSON.
+
+        Raises:
+            LLMError: an answer without choices.
+        """
+        choices = completion.get("choices") or ()
+        if not choices:
             raise self._fail("an answer with no choices", "server")
-        choice = completion.choices[0]
-        message = choice.message
+        choice = choices[0]
+        message = choice.get("message") or {}
         calls = tuple(
-            ToolCall(id=c.id, name=c.function.name, arguments=_arguments(c.function.arguments))
-            for c in (message.tool_calls or ())
-            if getattr(c, "function", None) is not None
+            ToolCall(
+                id=c.get("id", ""),
+                name=c["function"]["name"],
+                arguments=_arguments(c["function"].get("arguments")),
+            )
+            for c in (message.get("tool_calls") or ())
+            if c.get("function")
         )
         return LLMResult(
-            text=message.content or "",
+            text=message.get("content") or "",
             tool_calls=calls,
-            finish_reason=_FINISH.get(choice.finish_reason or "", "other"),
-            usage=_usage(completion.usage),
-            model=completion.model or "",
+            finish_reason=_FINISH.get(choice.get("finish_reason") or "", "other"),
+            usage=_usage(completion.get("usage")),
+            model=completion.get("model") or "",
             provider=self.provider,
-            request_id=headers.get("x-request-id") or completion.id,
+            request_id=headers.get("x-request-id") or completion.get("id"),
             rate_limits=rate_limit_headers(headers),
             latency_ms=round(seconds * 1000.0, 3),
-            raw=completion.model_dump(mode="json"),
+            raw=completion,
         )
 
     def _fail(self, message: str, kind: ErrorKind, **given: Any) -> LLMError:
@@ -195,13 +228,13 @@ def _arguments(text: str | None) -> dict[str, Any]:
 
 
 def _usage(usage: Any) -> Usage:
-    if usage is None:
+    if not usage:
         return Usage()
-    prompt = getattr(usage, "prompt_tokens_details", None)
-    completion = getattr(usage, "completion_tokens_details", None)
+    prompt = usage.get("prompt_tokens_details") or {}
+    completion = usage.get("completion_tokens_details") or {}
     return Usage(
-        input_tokens=usage.prompt_tokens or 0,
-        output_tokens=usage.completion_tokens or 0,
-        cache_read_tokens=(getattr(prompt, "cached_tokens", None) or 0) if prompt else 0,
-        reasoning_tokens=(getattr(completion, "reasoning_tokens", None) or 0) if completion else 0,
+        input_tokens=usage.get("prompt_tokens") or 0,
+        output_tokens=usage.get("completion_tokens") or 0,
+        cache_read_tokens=prompt.get("cached_tokens") or 0,
+        reasoning_tokens=completion.get("reasoning_tokens") or 0,
     )

@@ -4,6 +4,7 @@ the model what was wrong."""
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, TypeVar
 
@@ -15,8 +16,10 @@ T = TypeVar("T", bound=BaseModel)
 _FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
 
+@functools.cache
 def output_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema of ``model`` as providers take it."""
+    """The JSON schema of ``model`` as providers take it (made once per type: pydantic takes
+    ~0.3 ms to build one). Callers must not change it."""
     return model.model_json_schema()
 
 

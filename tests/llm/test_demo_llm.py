@@ -3,8 +3,11 @@ local model; ``blackboard demo`` alone stays instant and loads no model library.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import orjson
 
@@ -40,3 +43,33 @@ def test_the_plain_demo_loads_no_model_library() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
+
+
+def test_the_demo_records_to_a_cassette_and_replays_it_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    cassette = tmp_path / "demo.jsonl"
+
+    def demo(mode: str) -> tuple[dict[str, object], float]:
+        env = {
+            **os.environ,
+            "BLACKBOARD_LLM_CASSETTE": str(cassette),
+            "BLACKBOARD_LLM_CASSETTE_MODE": mode,
+        }
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "blackboard.shell.cli.main", "demo", "--llm", "local",
+             "--ideas", "2", "--json"],
+            capture_output=True, timeout=600, check=True, env=env,
+        )  # fmt: skip
+        return orjson.loads(done.stdout), time.monotonic() - started
+
+    recorded, _ = demo("record")
+    entries = cassette.read_bytes().splitlines()
+    assert len(entries) == recorded["llm"]["requests"]  # type: ignore[index]
+    replayed, _ = demo("replay")
+    for key in ("artifacts", "accepted", "dead_letters", "llm"):
+        assert replayed[key] == recorded[key], key
+    cassette.write_bytes(b"\n".join(entries[:-1]) + b"\n")  # one answer missing now
+    broken, _ = demo("replay")  # fails closed: the call with no answer is dead-lettered
+    assert broken["dead_letters"].get("process", 0) >= 1  # type: ignore[attr-defined]

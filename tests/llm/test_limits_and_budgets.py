@@ -136,7 +136,7 @@ async def _sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-def test_repeated_429s_lower_the_rate_and_calls_without_them_raise_it() -> None:
+def test_429s_teach_the_gate_a_rate_just_under_the_limit() -> None:
     now = [100.0]
     gate = ModelGate(now=lambda: now[0])
     gate.throttled(None)  # nothing answered yet: a pause, no rate to learn from
@@ -145,18 +145,19 @@ def test_repeated_429s_lower_the_rate_and_calls_without_them_raise_it() -> None:
         gate.succeeded()
         now[0] += 0.05
     gate.throttled(1.0)
-    assert gate.rate == pytest.approx(0.9 * 20)  # just under what succeeded
+    assert gate.ceiling == pytest.approx(20.0)  # what succeeded
+    assert gate.rate == pytest.approx(0.85 * 20)
     assert gate.paused_until == pytest.approx(now[0] + 1.0) and gate.wait_s() > 0.9
-    first = gate.rate
     gate.throttled(1.0)  # a 429 of a call already in flight: the same event
-    assert gate.rate == first and gate.stats.decreases == 1
-    now[0] += 3.0
-    gate.throttled(None)  # a later event takes a share off the current rate
-    assert gate.rate == pytest.approx(first * 0.9)
-    lowered = gate.rate
-    now[0] += 11.0  # calls without 429s for 10.9 s after the 0.1 s pause
+    assert gate.rate == pytest.approx(17.0) and gate.stats.decreases == 1
+    now[0] += 3.0  # 2 s after the pause: the gap to the ceiling closes at half per second
     assert gate.wait_s() == 0.0
-    assert gate.rate == pytest.approx(lowered + (0.02 * lowered + 0.5) * 10.9)
+    assert gate.rate == pytest.approx(17.0 + 3.0 * 1.0)  # min(1, 0.5 * 2 s) of the gap
+    now[0] += 1.0  # at the ceiling: probing above it by 1 request/s per second
+    gate.wait_s()
+    assert gate.rate == pytest.approx(21.0)
+    gate.throttled(None)  # the next 429: the ceiling is the rate that hit it
+    assert gate.ceiling == pytest.approx(21.0) and gate.rate == pytest.approx(0.85 * 21.0)
 
 
 async def test_quota_exhausted_opens_the_breaker_at_once() -> None:
@@ -256,3 +257,25 @@ async def test_a_deferring_budget_waits_for_its_next_window() -> None:
         assert len(tb.artifacts(Answer)) == 2 and tb.dead_letters(Ask) == []
     # The second call (100 spent + ~530 reserved > 600) waited for the next window.
     assert len(asked) == 2 and int(asked[0] // 0.5) < int(asked[1] // 0.5)
+
+
+async def test_a_429_holds_the_agent_s_rate_limit_so_new_records_wait() -> None:
+    app, called = _app(rate_limit=RateLimit(requests_per_s=1000))
+    throttled: list[float] = []
+
+    def answer(request: LLMRequest) -> LLMResult:
+        if not throttled:
+            throttled.append(time.monotonic())
+            raise llm_error("slow down", "rate_limited", provider="openai", retry_after_s=0.6)
+        return _answer()
+
+    model = FunctionModel(answer, provider="openai", structured="json_schema")
+    async with TestBoard(app, models={MODEL: model}) as tb:
+        tb.publish(Ask(n=1))
+        while not throttled:
+            await _sleep(0.01)
+        await _sleep(0.1)
+        tb.publish(Ask(n=2))  # arrives while the hold is on
+        await tb.run_until_idle()
+        assert sorted(a.payload.n for a in tb.artifacts(Answer)) == [2, 3]
+    assert len(called) == 2 and called[1] >= throttled[0] + 0.6  # its handler waited

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,21 @@ def server() -> Iterator[FaultServer]:
         yield fault_server
 
 
+@pytest.fixture
+async def make(provider: Provider, server: FaultServer) -> AsyncIterator[Callable[[], Any]]:
+    """Adapters of the provider for the fault server, closed at the end (a stand-in given
+    to a worker belongs to whoever made it)."""
+    made: list[ModelAdapter] = []
+
+    def new() -> ModelAdapter:
+        made.append(provider.make(server.url))
+        return made[-1]
+
+    yield new
+    for adapter in made:
+        await adapter.aclose()
+
+
 def _app(calls: list[float], **run: Any) -> App:
     app = App(registry=reg)
     retry = RetryPolicy(max_attempts=3, backoff_ms=5, max_backoff_ms=10, jitter="none")
@@ -113,11 +128,11 @@ def _app(calls: list[float], **run: Any) -> App:
 
 
 async def test_an_invalid_answer_is_reasked_with_its_errors(
-    provider: Provider, server: FaultServer
+    provider: Provider, server: FaultServer, make: Callable[[], Any]
 ) -> None:
     server.queue(provider.answer('{"score": 42}'), provider.answer('{"score": 4}'))
     calls: list[float] = []
-    async with TestBoard(_app(calls), models={MODEL: provider.make(server.url)}) as tb:
+    async with TestBoard(_app(calls), models={MODEL: make()}) as tb:
         tb.publish(Ask(n=1))
         await tb.run_until_idle()
         assert [a.payload.score for a in tb.artifacts(Score)] == [4]
@@ -128,11 +143,11 @@ async def test_an_invalid_answer_is_reasked_with_its_errors(
 
 
 async def test_a_cut_off_answer_is_reasked_then_dead_lettered(
-    provider: Provider, server: FaultServer
+    provider: Provider, server: FaultServer, make: Callable[[], Any]
 ) -> None:
     server.queue(*[provider.cut_off('{"score": ') for _ in range(3)])
     calls: list[float] = []
-    async with TestBoard(_app(calls), models={MODEL: provider.make(server.url)}) as tb:
+    async with TestBoard(_app(calls), models={MODEL: make()}) as tb:
         ask = tb.publish(Ask(n=1))
         await tb.run_until_idle()
         (letter,) = tb.dead_letters(Ask)
@@ -143,12 +158,12 @@ async def test_a_cut_off_answer_is_reasked_then_dead_lettered(
 
 
 async def test_a_429_is_waited_out_and_the_call_goes_on(
-    provider: Provider, server: FaultServer
+    provider: Provider, server: FaultServer, make: Callable[[], Any]
 ) -> None:
     server.queue(provider.rate_limited(0.5), provider.answer('{"score": 7}'))
     calls: list[float] = []
     app = _app(calls, breaker=BreakerPolicy(failures=1, cooldown_s=60))
-    async with TestBoard(app, models={MODEL: provider.make(server.url)}) as tb:
+    async with TestBoard(app, models={MODEL: make()}) as tb:
         tb.publish(Ask(n=1))
         await tb.run_until_idle()
         assert [a.payload.score for a in tb.artifacts(Score)] == [7]
@@ -159,12 +174,12 @@ async def test_a_429_is_waited_out_and_the_call_goes_on(
 
 
 async def test_quota_exhausted_opens_the_breaker_at_once(
-    provider: Provider, server: FaultServer
+    provider: Provider, server: FaultServer, make: Callable[[], Any]
 ) -> None:
     server.queue(provider.quota(), provider.answer('{"score": 2}'))
     calls: list[float] = []
     app = _app(calls, breaker=BreakerPolicy(failures=5, cooldown_s=0.3))
-    async with TestBoard(app, models={MODEL: provider.make(server.url)}) as tb:
+    async with TestBoard(app, models={MODEL: make()}) as tb:
         tb.publish(Ask(n=1))
         await tb.run_until_idle()
         assert [a.payload.score for a in tb.artifacts(Score)] == [2]
@@ -174,18 +189,18 @@ async def test_quota_exhausted_opens_the_breaker_at_once(
 
 
 async def test_a_recorded_run_replays_without_the_server(
-    provider: Provider, server: FaultServer, tmp_path: Path
+    provider: Provider, server: FaultServer, make: Callable[[], Any], tmp_path: Path
 ) -> None:
     cassette = tmp_path / "c.jsonl"
     server.queue(provider.answer('{"score": 42}'), provider.answer('{"score": 5}'))
     recording = LLMSettings(cassette=cassette, cassette_mode="record")
-    async with TestBoard(_app([]), llm=recording, models={MODEL: provider.make(server.url)}) as tb:
+    async with TestBoard(_app([]), llm=recording, models={MODEL: make()}) as tb:
         tb.publish(Ask(n=1))
         await tb.run_until_idle()
         recorded = [a.payload for a in tb.artifacts(Score)]
     requests = len(server.requests)
     replaying = LLMSettings(cassette=cassette, cassette_mode="replay")
-    async with TestBoard(_app([]), llm=replaying, models={MODEL: provider.make(server.url)}) as tb:
+    async with TestBoard(_app([]), llm=replaying, models={MODEL: make()}) as tb:
         tb.publish(Ask(n=1))
         await tb.run_until_idle()
         assert [a.payload for a in tb.artifacts(Score)] == recorded == [Score(score=5)]
