@@ -60,11 +60,17 @@ class _Spent:
     window: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    held_tokens: int = 0
+    held_cost_usd: float = 0.0
+
+
+#: What :meth:`BudgetLedger.check` says of a call that fits only once calls in flight settle.
+WAIT = "wait"
 
 
 @dataclass(slots=True)
 class BudgetLedger:
-    """What each budget scope spent, in the current window."""
+    """What each budget scope spent in the current window, and what calls in flight hold."""
 
     _spent: dict[tuple[int, str], _Spent] = field(default_factory=lambda: defaultdict(_Spent))
 
@@ -75,28 +81,62 @@ class BudgetLedger:
             spent.window, spent.tokens, spent.cost_usd = window, 0, 0.0
         return spent
 
-    def over(
+    def check(
         self, budget: Budget, scope: str, now: float, tokens: int, cost_usd: float
     ) -> str | None:
-        """Why a call estimated at ``tokens`` and ``cost_usd`` would pass ``budget`` (None:
-        it fits)."""
+        """None if a call estimated at ``tokens`` and ``cost_usd`` fits ``budget``;
+        :data:`WAIT` if it fits what was spent but not with what calls in flight hold (they
+        settle soon, most for less than they hold); else why it would pass the budget."""
         spent = self._entry(budget, scope, now)
-        if budget.max_tokens is not None and spent.tokens + tokens > budget.max_tokens:
-            return f"{spent.tokens} + ~{tokens} tokens over the budget of {budget.max_tokens}"
-        if budget.max_cost_usd is not None and spent.cost_usd + cost_usd > budget.max_cost_usd:
-            return (
-                f"${spent.cost_usd:.6f} + ~${cost_usd:.6f} over the budget of "
-                f"${budget.max_cost_usd}"
-            )
-        return None
+        over = _over(budget, spent.tokens, spent.cost_usd, tokens, cost_usd)
+        if over is not None:
+            return over
+        held = _over(
+            budget,
+            spent.tokens + spent.held_tokens,
+            spent.cost_usd + spent.held_cost_usd,
+            tokens,
+            cost_usd,
+        )
+        return None if held is None else WAIT
+
+    def hold(self, budget: Budget, scope: str, now: float, tokens: int, cost_usd: float) -> None:
+        """Hold a call's estimate until it settles."""
+        spent = self._entry(budget, scope, now)
+        spent.held_tokens += tokens
+        spent.held_cost_usd += cost_usd
+
+    def settle(
+        self,
+        budget: Budget,
+        scope: str,
+        now: float,
+        held: tuple[int, float],
+        tokens: int,
+        cost_usd: float,
+    ) -> None:
+        """A call held ``held`` (tokens, cost) and used ``tokens`` and ``cost_usd``."""
+        spent = self._entry(budget, scope, now)
+        spent.held_tokens = max(0, spent.held_tokens - held[0])
+        spent.held_cost_usd = max(0.0, spent.held_cost_usd - held[1])
+        spent.tokens += tokens
+        spent.cost_usd += cost_usd
 
     def spend(self, budget: Budget, scope: str, now: float, tokens: int, cost_usd: float) -> None:
         """Count a call's tokens and cost."""
-        spent = self._entry(budget, scope, now)
-        spent.tokens += tokens
-        spent.cost_usd += cost_usd
+        self.settle(budget, scope, now, (0, 0.0), tokens, cost_usd)
 
     def next_window_s(self, budget: Budget, now: float) -> float:
         """Seconds until ``budget``'s window starts again."""
         assert budget.window_s is not None
         return budget.window_s - (now % budget.window_s)
+
+
+def _over(
+    budget: Budget, spent_tokens: int, spent_cost: float, tokens: int, cost_usd: float
+) -> str | None:
+    if budget.max_tokens is not None and spent_tokens + tokens > budget.max_tokens:
+        return f"{spent_tokens} + ~{tokens} tokens over the budget of {budget.max_tokens}"
+    if budget.max_cost_usd is not None and spent_cost + cost_usd > budget.max_cost_usd:
+        return f"${spent_cost:.6f} + ~${cost_usd:.6f} over the budget of ${budget.max_cost_usd}"
+    return None

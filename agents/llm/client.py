@@ -35,7 +35,7 @@ from blackboard.errors import (
     LLMOutputError,
 )
 from observability import tracing
-from scheduler.budgets import Budget, BudgetLedger
+from scheduler.budgets import WAIT, Budget, BudgetLedger
 
 if TYPE_CHECKING:
     from agents.breaker import CircuitBreaker
@@ -274,7 +274,37 @@ class AgentLLM:
         """One model request, through budgets, limits, the gate and the cassette."""
         runtime = self.runtime
         estimate = request.prompt_chars() // CHARS_PER_TOKEN + request.max_tokens
-        await self._check_budgets(ctx, ref, estimate)
+        held = await self._reserve_budgets(ctx, ref, estimate)
+        try:
+            result = await self._call(ctx, adapter, ref, request, call, estimate)
+        except BaseException:
+            self._settle_budgets(held, estimate, 0, 0.0)  # nothing answered: nothing spent
+            raise
+        cost, prices = result.cost_usd, result.prices
+        if prices is None:
+            cost, prices = price(adapter.provider, result.model or request.model, result.usage)
+        self._settle_budgets(held, estimate, result.usage.total, cost or 0.0)
+        call.result = result
+        call.usage = call.usage + result.usage
+        call.cost_usd = None if cost is None or call.cost_usd is None else call.cost_usd + cost
+        call.prices = prices
+        stats = runtime.stats
+        stats.input_tokens += result.usage.input_tokens
+        stats.output_tokens += result.usage.output_tokens
+        stats.cost_usd += cost or 0.0
+        return result
+
+    async def _call(
+        self,
+        ctx: Context,
+        adapter: ModelAdapter,
+        ref: ModelRef,
+        request: LLMRequest,
+        call: LLMCall,
+        estimate: int,
+    ) -> LLMResult:
+        """The request through the gate, the rate limit and the cassette, 429s waited out."""
+        runtime = self.runtime
         cassette = runtime.cassette
         replaying = cassette is not None and cassette.mode == "replay"
         gate = runtime.gates.of(ref.endpoint)
@@ -316,18 +346,6 @@ class AgentLLM:
         runtime.stats.requests += 1
         if not replaying:
             self._correct_tokens(estimate, result.usage.total)
-        cost, prices = result.cost_usd, result.prices
-        if prices is None:
-            cost, prices = price(adapter.provider, result.model or request.model, result.usage)
-        call.result = result
-        call.usage = call.usage + result.usage
-        call.cost_usd = None if cost is None or call.cost_usd is None else call.cost_usd + cost
-        call.prices = prices
-        stats = runtime.stats
-        stats.input_tokens += result.usage.input_tokens
-        stats.output_tokens += result.usage.output_tokens
-        stats.cost_usd += cost or 0.0
-        self._spend(ctx, result.usage.total, cost or 0.0)
         return result
 
     async def _charge_request(self, ctx: Context, estimate: int) -> None:
@@ -348,23 +366,45 @@ class AgentLLM:
         if self.limiter is not None and used != estimate:
             self.limiter.used_tokens(asyncio.get_running_loop().time(), float(used - estimate))
 
-    async def _check_budgets(self, ctx: Context, ref: ModelRef, estimate: int) -> None:
-        if not self.budgets:
-            return
-        ledger, env = self.runtime.ledger, ctx.envelope
-        cost, _ = price(ref.provider, ref.name, Usage(input_tokens=estimate))
-        for budget in self.budgets:
-            scope = budget.scope(self.agent, env.tenant, env.correlation_id)
-            while why := ledger.over(budget, scope, time.time(), estimate, cost or 0.0):
-                if budget.on_exceed != "defer":
-                    raise BudgetExceededError(f"budget of {scope}: {why}")
-                await asyncio.sleep(ledger.next_window_s(budget, time.time()) + 0.001)
+    async def _reserve_budgets(
+        self, ctx: Context, ref: ModelRef, estimate: int
+    ) -> list[tuple[Budget, str, float]]:
+        """Check every budget and hold the call's estimate in each until it settles, so calls
+        running at once cannot all pass a budget that only one of them fits: a call that fits
+        what was spent but not with what calls in flight hold waits for them to settle.
 
-    def _spend(self, ctx: Context, tokens: int, cost: float) -> None:
-        env, now = ctx.envelope, time.time()
-        for budget in self.budgets:
-            scope = budget.scope(self.agent, env.tenant, env.correlation_id)
-            self.runtime.ledger.spend(budget, scope, now, tokens, cost)
+        Raises:
+            BudgetExceededError: a budget that dead-letters would be passed.
+        """
+        if not self.budgets:
+            return []
+        ledger, env = self.runtime.ledger, ctx.envelope
+        cost = price(ref.provider, ref.name, Usage(input_tokens=estimate))[0] or 0.0
+        held: list[tuple[Budget, str, float]] = []
+        try:
+            for budget in self.budgets:
+                scope = budget.scope(self.agent, env.tenant, env.correlation_id)
+                while why := ledger.check(budget, scope, time.time(), estimate, cost):
+                    if why == WAIT:
+                        await asyncio.sleep(0.01)
+                    elif budget.on_exceed == "defer":
+                        await asyncio.sleep(ledger.next_window_s(budget, time.time()) + 0.001)
+                    else:
+                        raise BudgetExceededError(f"budget of {scope}: {why}")
+                ledger.hold(budget, scope, time.time(), estimate, cost)
+                held.append((budget, scope, cost))
+        except BaseException:
+            self._settle_budgets(held, estimate, 0, 0.0)
+            raise
+        return held
+
+    def _settle_budgets(
+        self, held: list[tuple[Budget, str, float]], estimate: int, tokens: int, cost: float
+    ) -> None:
+        """Put what the call used in place of what it held."""
+        now = time.time()
+        for budget, scope, held_cost in held:
+            self.runtime.ledger.settle(budget, scope, now, (estimate, held_cost), tokens, cost)
 
 
 def _messages(

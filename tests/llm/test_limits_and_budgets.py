@@ -279,3 +279,36 @@ async def test_a_429_holds_the_agent_s_rate_limit_so_new_records_wait() -> None:
         await tb.run_until_idle()
         assert sorted(a.payload.n for a in tb.artifacts(Answer)) == [2, 3]
     assert len(called) == 2 and called[1] >= throttled[0] + 0.6  # its handler waited
+
+
+async def test_calls_running_at_once_cannot_all_pass_a_budget() -> None:
+    # Each call holds ~538 tokens (its estimate) and uses 100: 10 at once against 1,000 tokens.
+    # Held estimates keep them from all passing the check together; those that fit what was
+    # spent wait for the calls in flight to settle instead of being dead-lettered.
+    budget = Budget(max_tokens=1000, per="agent")
+    app, _ = _app(budgets=[budget], concurrency=10)
+    in_flight, peak = 0, 0
+
+    async def answer(request: LLMRequest) -> LLMResult:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await _sleep(0.05)
+        in_flight -= 1
+        return _answer(usage=100)
+
+    model = FunctionModel(answer, provider="openai", structured="json_schema")
+    async with TestBoard(app, models={MODEL: model}) as tb:
+        asks = [tb.publish(Ask(n=i)) for i in range(12)]
+        await tb.run_until_idle()
+        answered = {a.envelope.causation_ids[0] for a in tb.artifacts(Answer)}
+        letters = tb.dead_letters(Ask)
+        ledger = tb.worker.llm.ledger
+    # 100 tokens each, ~538 estimated: a call fits while 100 k + 538 <= 1,000, so five do;
+    # two at once never fit (2 x 538), so they ran one by one, waiting, not dead-lettered.
+    assert len(answered) == 5 and len(letters) == 7
+    assert answered | {r.header("bb.id").decode() for r in letters} == {a.id for a in asks}  # type: ignore[union-attr]
+    assert all(r.header("bb.dlq.stage") == b"budget" for r in letters)
+    assert peak == 1  # one estimate (~530) at a time fits beside what was spent
+    (spent,) = ledger._spent.values()
+    assert spent.tokens == 500 and spent.held_tokens == 0
