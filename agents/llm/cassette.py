@@ -2,7 +2,10 @@
 of the canonical request and an occurrence index, so repeated identical requests replay in
 the order they were made. Whole results are kept (finish reason, usage, cost, raw data) and
 failures too, so truncation, re-ask and 429 paths replay exactly; a request never recorded
-fails closed in replay mode (:class:`~blackboard.errors.CassetteMissError`)."""
+fails closed in replay mode (:class:`~blackboard.errors.CassetteMissError`).
+
+One process records a cassette (its first answer starts the file afresh); any number replay
+it."""
 
 from __future__ import annotations
 
@@ -86,8 +89,10 @@ class Cassette:
 
     def _write(self, key: str, n: int, provider: str, request: LLMRequest, **what: Any) -> None:
         if self._out is None:
+            # A recording starts the file afresh: occurrences count from 0 in each process, so
+            # appending a second run would give two answers the same (key, occurrence).
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._out = self.path.open("ab")
+            self._out = self.path.open("wb")
         entry = {"key": key, "n": n, "provider": provider, "model": request.model, **what}
         self._out.write(orjson.dumps(entry) + b"\n")
         self._out.flush()

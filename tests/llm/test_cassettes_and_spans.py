@@ -178,3 +178,22 @@ async def test_a_model_call_is_a_chat_span_under_its_process_span(tmp_path: Path
             assert attrs["bb.llm.reasks"] == 2 and attrs["bb.llm.requests"] == 3
             assert attrs["bb.llm.error"] == "llm_output"
     assert sum(r["status"] == "ERROR" for r in rows) == len(letters) >= 1
+
+
+async def test_a_second_recording_starts_the_cassette_afresh(tmp_path: Path) -> None:
+    from agents.llm.cassette import Cassette
+
+    path = tmp_path / "c.jsonl"
+    request = LLMRequest(model="m", messages=())
+    for answer in ("old", "new"):
+        model = FunctionModel(lambda r, answer=answer: answer)
+        recorder = Cassette(path, "record")
+        await recorder.call("function", request, lambda model=model: model.complete(request))
+        recorder.close()
+
+    async def never() -> Any:
+        raise AssertionError("replay called the model")
+
+    player = Cassette(path, "replay")
+    assert (await player.call("function", request, never)).text == "new"
+    assert len(path.read_bytes().splitlines()) == 1
