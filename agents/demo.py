@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from agents.agent import App, Handler
 from agents.collected import JoinSet
 from agents.context import Context
+from agents.llm.models import parse_model
 from agents.llm.settings import LLMSettings
 from agents.settings import RunnerSettings
 from agents.worker import Worker
@@ -258,7 +259,7 @@ async def _run_workflow(
             await asyncio.sleep(0.005 if sim.llm is None else 0.1)
         summary = summarize(board, started, seed=seed, ideas=ideas)
         if sim.llm is not None:
-            summary["llm"] = {"model": sim.llm, **worker.llm.stats.as_dict()}
+            summary["llm"] = {"model": parse_model(sim.llm).shown, **worker.llm.stats.as_dict()}
             summary["dead_letters"] = _dead_letters(board)
         return summary
     finally:

@@ -199,7 +199,7 @@ class AgentLLM:
             seed=seed,
         )
         reasks = runtime.settings.max_reasks if max_reasks is None else max_reasks
-        call = LLMCall(model=ref, provider=adapter.provider)
+        call = LLMCall(model=parsed.shown, provider=adapter.provider)
         ctx.llm_calls.append(call)
         runtime.stats.calls += 1
         start_ns = time.time_ns()
@@ -244,7 +244,7 @@ class AgentLLM:
             if call.reasks >= max_reasks:
                 stats.output_failures += 1
                 raise LLMOutputError(
-                    f"{ref.ref} gave no valid {output.__name__} after {call.reasks} re-ask(s)"
+                    f"{ref.shown} gave no valid {output.__name__} after {call.reasks} re-ask(s)"
                     f"{' (cut off)' if truncated else ''}: {'; '.join(errors)}; "
                     f"raw: {result.text[:1000]!r}",
                     raw=result.text,

@@ -15,12 +15,14 @@ never from the string: a model string is logged and traced, a key never is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from agents.llm.adapter import ModelAdapter
 from blackboard.errors import ConfigError
+from blackboard.redact import redact_url
 
 PROVIDERS = ("openai", "anthropic", "local")
 _OPTIONS = {"base_url", "structured", "provider", "n_ctx"}
@@ -41,6 +43,15 @@ class ModelRef:
         return dict(self.options).get(key)
 
     @property
+    def shown(self) -> str:
+        """The model string as logs, spans and errors show it: a base URL's password and
+        secret query values masked (:func:`blackboard.redact.redact_url`)."""
+        if not self.options:
+            return self.ref
+        options = [(k, redact_url(v) if k == "base_url" else v) for k, v in self.options]
+        return f"{self.provider}:{self.name}?" + "&".join(f"{k}={v}" for k, v in options)
+
+    @property
     def endpoint(self) -> str:
         """Where requests go: one 429 gate per endpoint (:mod:`agents.llm.gate`)."""
         return f"{self.provider}@{self.option('base_url') or 'default'}"
@@ -50,8 +61,19 @@ def parse_model(ref: str) -> ModelRef:
     """Parse ``provider:model[?options]``.
 
     Raises:
-        ConfigError: an unknown provider or option, or no model name.
+        ConfigError: an unknown provider or option, or no model name (the message masks a
+            base URL's password).
     """
+    try:
+        return _parse(ref)
+    except ConfigError as exc:
+        raise ConfigError(_PASSWORD.sub(r"//\1:***@", str(exc))) from None
+
+
+_PASSWORD = re.compile(r"//([^:/@\s]+):[^@/\s]+@")
+
+
+def _parse(ref: str) -> ModelRef:
     provider, sep, rest = ref.partition(":")
     name, _, query = rest.partition("?")
     if not sep or not name:
@@ -128,8 +150,13 @@ class Models:
         """
         if ref in self._overrides:
             adapter = self._overrides[ref]
-            provider, _, name = ref.partition(":")
-            return adapter, ModelRef(ref, adapter.provider or provider, name or ref)
+            try:
+                known = parse_model(ref)
+                options = known.options
+                name = known.name
+            except ConfigError:  # a stand-in's own name, e.g. "stand-in"
+                options, name = (), ref.partition(":")[2] or ref
+            return adapter, ModelRef(ref, adapter.provider, name, options)
         parsed = parse_model(ref)
         made = self._made.get(ref)
         if made is None:
